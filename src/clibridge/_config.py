@@ -1,0 +1,123 @@
+"""One validated, frozen configuration for the whole process.
+
+Sources, later ones winning: defaults here < TOML file (``--config`` / ``CLIBRIDGE_CONFIG``)
+< ``CLIBRIDGE_*`` environment variables < command-line flags. Loading lives in
+:mod:`clibridge._config_load`; this module only declares the shape and the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+DEFAULT_HOST = "127.0.0.1"
+#: Chosen to stay clear of the ports local model tools use (Ollama 11434, LM Studio 1234,
+#: LiteLLM 4000, vLLM 8000, llama.cpp 8080, claude-code-router 3456, text-generation-webui 5000).
+DEFAULT_PORT = 7483
+
+BackendName = Literal["claude", "codex"]
+
+
+def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attr.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class PoolConfig:
+    """Per-backend pool limits and timeouts (seconds)."""
+
+    #: max concurrent turns
+    workers: int = attrs.field(default=4, validator=_positive)
+    #: booted workers kept ahead of demand
+    spares: int = attrs.field(default=1, validator=_non_negative)
+    max_queue: int = attrs.field(default=16, validator=_non_negative)
+    queue_timeout: float = attrs.field(default=30.0, validator=_positive)
+    turn_timeout: float = attrs.field(default=600.0, validator=_positive)
+    stream_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
+    ready_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: retire a worker after this many turns / seconds of life
+    max_turns: int = attrs.field(default=200, validator=_positive)
+    max_age: float = attrs.field(default=3600.0, validator=_positive)
+    #: after an interrupt, how long the CLI has to end the turn before it is killed
+    interrupt_grace: float = attrs.field(default=5.0, validator=_positive)
+    #: after SIGTERM to the process group, how long before SIGKILL
+    kill_grace: float = attrs.field(default=2.0, validator=_positive)
+    restart_backoff_initial: float = attrs.field(default=0.5, validator=_positive)
+    restart_backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    #: this many consecutive boot failures mark the backend not ready
+    crash_loop_threshold: int = attrs.field(default=5, validator=_positive)
+    #: a parked conversation is reclaimed after this many seconds
+    park_ttl: float = attrs.field(default=300.0, validator=_positive)
+
+
+@attrs.frozen
+class ClaudeConfig:
+    #: argv prefix that runs the CLI (``claude``, or the fake: ``clibridge-fake-claude``)
+    command: tuple[str, ...] = ("claude",)
+    #: let the model use the CLI's own tools (shell, file edits, web). Off: a model, not a shell.
+    enable_cli_tools: bool = False
+    #: run in the operator's real HOME instead of clibridge's spawn home (explicit, logged)
+    use_real_home: bool = False
+    #: upstream 429: give up after this many ``api_retry`` events
+    retry_attempts: int = attrs.field(default=2, validator=_non_negative)
+    #: upstream 401: fail at once (True) or let the CLI retry
+    fail_fast_on_401: bool = True
+    #: extra environment variable names passed through to the CLI (beyond the allow-list)
+    pass_env: tuple[str, ...] = ()
+    #: the command an operator runs to log in again (shown in LoginExpired errors)
+    login_hint: str = "claude setup-token  (then set CLAUDE_CODE_OAUTH_TOKEN)"
+    pool: PoolConfig = PoolConfig()
+
+
+@attrs.frozen
+class CodexConfig:
+    command: tuple[str, ...] = ("codex",)
+    enable_cli_tools: bool = False
+    use_real_home: bool = False
+    #: concurrent threads (requests) one app-server process serves
+    threads_per_worker: int = attrs.field(default=4, validator=_positive)
+    pass_env: tuple[str, ...] = ()
+    #: extra ``-c key=value`` overrides for ``codex app-server``
+    overrides: tuple[str, ...] = ()
+    login_hint: str = "clibridge login codex"
+    pool: PoolConfig = PoolConfig(workers=2, spares=1)
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: API key clients must send (``Authorization: Bearer`` or ``x-api-key``); None = no auth,
+    #: which is allowed on a loopback bind only
+    auth_token: str | None = None
+    max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    max_messages: int = attrs.field(default=2000, validator=_positive)
+    max_prompt_chars: int = attrs.field(default=2_000_000, validator=_positive)
+    #: a client that has not taken a chunk for this long is cut and its slot freed
+    send_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: SSE ``: keepalive`` comment after this much silence
+    keepalive_interval: float = attrs.field(default=15.0, validator=_positive)
+    #: on SIGTERM, how long in-flight turns may run before they are cancelled
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    claude: ClaudeConfig = ClaudeConfig()
+    codex: CodexConfig = CodexConfig()
+    #: which backends to run: "auto" detects logged-in CLIs and falls back to the bundled fake
+    backend: Literal["auto", "claude", "codex", "fake", "both"] = "auto"
+    #: where spawn homes, logs and the janitor live (platformdirs' user state dir if None)
+    state_dir: Path | None = None
+    #: model alias -> "backend:cli-model-id" overrides on top of the built-in table
+    models: dict[str, str] = attrs.field(factory=dict)
+    log_level: str = "info"
