@@ -84,6 +84,10 @@ class Scenario:
     ignore_interrupt: bool = False
     garbage_line: bool = False  # print a non-JSON line before the turn's output
     stderr: str | None = None  # a line to print on stderr during the turn
+    # --- codex app-server only
+    approval_request: bool = False  # send item/commandExecution/requestApproval first
+    unknown_server_request: bool = False  # send a server request with an unknown method
+    error_notification: str | None = None  # send an ``error`` notification with this message
     # --- process-level (scenario file ``default`` only)
     boot_delay: float = 0.0
     crash_at_boot: bool = False
