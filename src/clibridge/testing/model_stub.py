@@ -844,6 +844,12 @@ class ModelStub:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        if scope["method"] == "HEAD":
+            # Why: claude opens with ``HEAD /`` to warm the connection; answer it plainly.
+            self._record(scope, raw, body, None)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if (
             path not in ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
             or scope["method"] != "POST"
