@@ -84,6 +84,11 @@ class Scenario:
     ignore_interrupt: bool = False
     garbage_line: bool = False  # print a non-JSON line before the turn's output
     stderr: str | None = None  # a line to print on stderr during the turn
+    # --- claude only (fake_claude)
+    #: prefix the reply with ``[system: <the system prompt in force>]`` (tests of binding)
+    echo_system: bool = False
+    #: after tool calls, append the tool results' texts to the reply
+    echo_tool_results: bool = False
     # --- codex app-server only
     approval_request: bool = False  # send item/commandExecution/requestApproval first
     unknown_server_request: bool = False  # send a server request with an unknown method
