@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -76,7 +77,7 @@ def load_bundle(path: Path | None = None) -> dict[str, Any]:
 def _method_of(branch: Mapping[str, Any]) -> str | None:
     method = branch.get("properties", {}).get("method", {})
     enum = method.get("enum")
-    return enum[0] if enum else None
+    return str(enum[0]) if enum else None
 
 
 class CodexSchema:
@@ -102,7 +103,7 @@ class CodexSchema:
         branch = self._branches[(side, "request")].get(method)
         if branch is None:
             return None
-        params_ref = branch["properties"].get("params", {}).get("$ref", "")
+        params_ref = str(branch["properties"].get("params", {}).get("$ref", ""))
         if not params_ref.endswith("Params"):
             return None
         ref = params_ref[: -len("Params")] + "Response"
@@ -118,7 +119,8 @@ class CodexSchema:
     def _validator(self, key: str, schema: Mapping[str, Any]) -> Any:
         validator = self._validators.get(key)
         if validator is None:
-            import jsonschema  # test extra: imported lazily
+            # jsonschema is a test extra (and untyped): import it only when first needed.
+            jsonschema = importlib.import_module("jsonschema")
 
             validator = jsonschema.Draft7Validator({**schema, "definitions": self._defs})
             self._validators[key] = validator
@@ -154,9 +156,7 @@ class CodexSchema:
         if "error" in msg:
             self._check("JSONRPCError", {"$ref": "#/definitions/JSONRPCError"}, msg, "error")
             return "error"
-        self._check(
-            "JSONRPCResponse", {"$ref": "#/definitions/JSONRPCResponse"}, msg, "response"
-        )
+        self._check("JSONRPCResponse", {"$ref": "#/definitions/JSONRPCResponse"}, msg, "response")
         peer: Side = "server" if side == "client" else "client"
         ref = self.response_ref(peer, method)
         if ref is not None:

@@ -50,10 +50,26 @@ _CONTEXT_WINDOW = 258400
 _UNKNOWN_SERVER_METHOD = "fake/unknownServerRequest"
 #: the CodexErrorInfo string values (schema ``CodexErrorInfo``)
 _ERROR_INFOS = frozenset(
-    "contextWindowExceeded sessionBudgetExceeded usageLimitExceeded rateLimitExceeded "
-    "flexUnavailable serverOverloaded modelNotFound policyCapacityUnavailable cyberPolicy "
-    "misalignmentPolicyViolation tooManyDenials internalServerError unauthorized badRequest "
-    "threadRollbackFailed sandboxError other inferenceHookDenied".split()
+    [
+        "contextWindowExceeded",
+        "sessionBudgetExceeded",
+        "usageLimitExceeded",
+        "rateLimitExceeded",
+        "flexUnavailable",
+        "serverOverloaded",
+        "modelNotFound",
+        "policyCapacityUnavailable",
+        "cyberPolicy",
+        "misalignmentPolicyViolation",
+        "tooManyDenials",
+        "internalServerError",
+        "unauthorized",
+        "badRequest",
+        "threadRollbackFailed",
+        "sandboxError",
+        "other",
+        "inferenceHookDenied",
+    ]
 )
 _IMPLEMENTED = ("initialize", "thread/start", "turn/start", "turn/interrupt")
 _INVALID_REQUEST = -32600  # the real app-server uses it for unknown methods too
@@ -696,7 +712,7 @@ class _TurnRunner:
             waiting.append((item, at, pending))
         for item, at, pending in waiting:
             reply = self.wait_reply(pending)
-            result = reply.get("result") if isinstance(reply.get("result"), dict) else {}
+            result = _result(reply)
             success = bool(result.get("success", "error" not in reply))
             self.item_completed(
                 {
@@ -760,7 +776,7 @@ class _TurnRunner:
             },
         )
         reply = self.wait_reply(pending)
-        result = reply.get("result") if isinstance(reply.get("result"), dict) else {}
+        result = _result(reply)
         decision = result.get("decision")
         self.s.notify(
             "serverRequest/resolved", {"threadId": self.thread.id, "requestId": pending_id(reply)}
@@ -812,7 +828,13 @@ class _TurnRunner:
 
 
 def pending_id(reply: Mapping[str, Any]) -> Any:
+    """The id of the server request a client reply answers."""
     return reply.get("id")
+
+
+def _result(reply: Mapping[str, Any]) -> dict[str, Any]:
+    result = reply.get("result")
+    return result if isinstance(result, dict) else {}
 
 
 _REASONS = {
