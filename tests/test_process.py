@@ -1,0 +1,140 @@
+"""The child-process layer: process groups, teardown, long lines, stderr tail."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+
+import pytest
+import trio
+
+from clibridge._process import ChildSpec, live_group_members, open_child
+
+
+def py(code: str) -> ChildSpec:
+    return ChildSpec(argv=(sys.executable, "-c", textwrap.dedent(code)), env=dict(os.environ))
+
+
+GRANDCHILD = """
+    import subprocess, sys, time
+    gc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    print(gc.pid, flush=True)
+    {tail}
+"""
+
+
+async def test_teardown_kills_group_including_grandchild() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(
+                py(GRANDCHILD.format(tail="time.sleep(300)")), nursery=nursery, kill_grace=5
+            ) as child:
+                line = await child.receive_line()
+                assert line is not None
+                grandchild = int(line)
+                pgid = child.pgid
+                assert set(live_group_members(pgid)) == {child.pid, grandchild}
+            # stdin EOF does not stop `sleep`, so TERM ended it (not KILL)
+            assert child.returncode == -signal.SIGTERM
+    assert live_group_members(pgid) == []
+
+
+async def test_grandchild_killed_after_normal_exit() -> None:
+    """The leader exits by itself; its grandchild must not outlive the context."""
+    with trio.fail_after(30):
+        async with (
+            trio.open_nursery() as nursery,
+            open_child(py(GRANDCHILD.format(tail="sys.exit(0)")), nursery=nursery) as child,
+        ):
+            line = await child.receive_line()
+            assert line is not None
+            grandchild = int(line)
+            assert await child.wait() == 0
+            assert grandchild in live_group_members(child.pgid)
+    assert live_group_members(child.pgid) == []
+
+
+async def test_sigterm_ignoring_child_killed_after_grace() -> None:
+    code = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(300)
+    """
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(py(code), nursery=nursery, kill_grace=0.3) as child:
+                assert await child.receive_line() == b"ready"
+                t0 = trio.current_time()
+            elapsed = trio.current_time() - t0
+    assert child.returncode == -signal.SIGKILL
+    assert elapsed >= 0.3
+    assert live_group_members(child.pgid) == []
+
+
+async def test_cancelled_body_still_tears_down() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                async with open_child(py("import time; time.sleep(300)"), nursery=nursery) as child:
+                    scope.cancel()
+                    await trio.sleep_forever()
+    assert child.returncode is not None
+    assert live_group_members(child.pgid) == []
+
+
+async def test_long_lines_and_last_line_without_newline() -> None:
+    code = """
+        import sys
+        sys.stdout.write("x" * 300_000 + "\\n" + "short\\n" + "y" * 250_000)
+    """
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(py(code), nursery=nursery) as child:
+                assert await child.receive_line() == b"x" * 300_000
+                assert await child.receive_line() == b"short"
+                assert await child.receive_line() == b"y" * 250_000
+                assert await child.receive_line() is None
+
+
+async def test_send_line_and_echo() -> None:
+    code = """
+        import sys
+        for line in sys.stdin:
+            sys.stdout.write(line.upper()); sys.stdout.flush()
+    """
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(py(code), nursery=nursery) as child:
+                await child.send_line(b"a" * 210_000)
+                assert await child.receive_line() == b"A" * 210_000
+                await child.close_stdin()
+                assert await child.receive_line() is None
+                assert await child.wait() == 0
+
+
+async def test_stderr_tail_is_bounded() -> None:
+    code = """
+        import sys
+        sys.stderr.write("z" * 100_000 + "THE END")
+        sys.stderr.flush()
+    """
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(py(code), nursery=nursery) as child:
+                await child.wait()
+                await child.stderr_closed.wait()
+                tail = child.stderr_tail()
+    assert tail.endswith("THE END")
+    assert len(tail) == 8192
+
+
+async def test_missing_program_raises_oserror() -> None:
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(FileNotFoundError):
+            async with open_child(
+                ChildSpec(argv=("/nonexistent/clibridge-no-such-cli",), env={}), nursery=nursery
+            ):
+                pass
