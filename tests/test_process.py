@@ -91,12 +91,11 @@ async def test_long_lines_and_last_line_without_newline() -> None:
         sys.stdout.write("x" * 300_000 + "\\n" + "short\\n" + "y" * 250_000)
     """
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            async with open_child(py(code), nursery=nursery) as child:
-                assert await child.receive_line() == b"x" * 300_000
-                assert await child.receive_line() == b"short"
-                assert await child.receive_line() == b"y" * 250_000
-                assert await child.receive_line() is None
+        async with trio.open_nursery() as nursery, open_child(py(code), nursery=nursery) as child:
+            assert await child.receive_line() == b"x" * 300_000
+            assert await child.receive_line() == b"short"
+            assert await child.receive_line() == b"y" * 250_000
+            assert await child.receive_line() is None
 
 
 async def test_send_line_and_echo() -> None:
@@ -106,13 +105,12 @@ async def test_send_line_and_echo() -> None:
             sys.stdout.write(line.upper()); sys.stdout.flush()
     """
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            async with open_child(py(code), nursery=nursery) as child:
-                await child.send_line(b"a" * 210_000)
-                assert await child.receive_line() == b"A" * 210_000
-                await child.close_stdin()
-                assert await child.receive_line() is None
-                assert await child.wait() == 0
+        async with trio.open_nursery() as nursery, open_child(py(code), nursery=nursery) as child:
+            await child.send_line(b"a" * 210_000)
+            assert await child.receive_line() == b"A" * 210_000
+            await child.close_stdin()
+            assert await child.receive_line() is None
+            assert await child.wait() == 0
 
 
 async def test_stderr_tail_is_bounded() -> None:
@@ -122,11 +120,10 @@ async def test_stderr_tail_is_bounded() -> None:
         sys.stderr.flush()
     """
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            async with open_child(py(code), nursery=nursery) as child:
-                await child.wait()
-                await child.stderr_closed.wait()
-                tail = child.stderr_tail()
+        async with trio.open_nursery() as nursery, open_child(py(code), nursery=nursery) as child:
+            await child.wait()
+            await child.stderr_closed.wait()
+            tail = child.stderr_tail()
     assert tail.endswith("THE END")
     assert len(tail) == 8192
 
