@@ -20,14 +20,6 @@ DEFAULT_PORT = 7483
 BackendName = Literal["claude", "codex"]
 
 
-def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
-
-
-def _non_negative(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attr.name} must be >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -35,27 +27,27 @@ class PoolConfig:
     """Per-backend pool limits and timeouts (seconds)."""
 
     #: max concurrent turns
-    workers: int = attrs.field(default=4, validator=_positive)
+    workers: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     #: booted workers kept ahead of demand
-    spares: int = attrs.field(default=1, validator=_non_negative)
-    max_queue: int = attrs.field(default=16, validator=_non_negative)
-    queue_timeout: float = attrs.field(default=30.0, validator=_positive)
-    turn_timeout: float = attrs.field(default=600.0, validator=_positive)
-    stream_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
-    ready_timeout: float = attrs.field(default=60.0, validator=_positive)
+    spares: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    max_queue: int = attrs.field(default=16, validator=attrs.validators.ge(0))
+    queue_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    turn_timeout: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
+    stream_idle_timeout: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    ready_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     #: retire a worker after this many turns / seconds of life
-    max_turns: int = attrs.field(default=200, validator=_positive)
-    max_age: float = attrs.field(default=3600.0, validator=_positive)
+    max_turns: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    max_age: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     #: after an interrupt, how long the CLI has to end the turn before it is killed
-    interrupt_grace: float = attrs.field(default=5.0, validator=_positive)
+    interrupt_grace: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     #: after SIGTERM to the process group, how long before SIGKILL
-    kill_grace: float = attrs.field(default=2.0, validator=_positive)
-    restart_backoff_initial: float = attrs.field(default=0.5, validator=_positive)
-    restart_backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    kill_grace: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    restart_backoff_initial: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    restart_backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     #: this many consecutive boot failures mark the backend not ready
-    crash_loop_threshold: int = attrs.field(default=5, validator=_positive)
+    crash_loop_threshold: int = attrs.field(default=5, validator=attrs.validators.gt(0))
     #: a parked conversation is reclaimed after this many seconds
-    park_ttl: float = attrs.field(default=300.0, validator=_positive)
+    park_ttl: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -67,7 +59,7 @@ class ClaudeConfig:
     #: run in the operator's real HOME instead of clibridge's spawn home (explicit, logged)
     use_real_home: bool = False
     #: upstream 429: give up after this many ``api_retry`` events
-    retry_attempts: int = attrs.field(default=2, validator=_non_negative)
+    retry_attempts: int = attrs.field(default=2, validator=attrs.validators.ge(0))
     #: upstream 401: fail at once (True) or let the CLI retry
     fail_fast_on_401: bool = True
     #: extra environment variable names passed through to the CLI (beyond the allow-list)
@@ -83,7 +75,7 @@ class CodexConfig:
     enable_cli_tools: bool = False
     use_real_home: bool = False
     #: concurrent threads (requests) one app-server process serves
-    threads_per_worker: int = attrs.field(default=4, validator=_positive)
+    threads_per_worker: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     pass_env: tuple[str, ...] = ()
     #: extra ``-c key=value`` overrides for ``codex app-server``
     overrides: tuple[str, ...] = ()
@@ -98,15 +90,15 @@ class ServerConfig:
     #: API key clients must send (``Authorization: Bearer`` or ``x-api-key``); None = no auth,
     #: which is allowed on a loopback bind only
     auth_token: str | None = None
-    max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
-    max_messages: int = attrs.field(default=2000, validator=_positive)
-    max_prompt_chars: int = attrs.field(default=2_000_000, validator=_positive)
+    max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=attrs.validators.gt(0))
+    max_messages: int = attrs.field(default=2000, validator=attrs.validators.gt(0))
+    max_prompt_chars: int = attrs.field(default=2_000_000, validator=attrs.validators.gt(0))
     #: a client that has not taken a chunk for this long is cut and its slot freed
-    send_timeout: float = attrs.field(default=60.0, validator=_positive)
+    send_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     #: SSE ``: keepalive`` comment after this much silence
-    keepalive_interval: float = attrs.field(default=15.0, validator=_positive)
+    keepalive_interval: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     #: on SIGTERM, how long in-flight turns may run before they are cancelled
-    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen

@@ -11,7 +11,8 @@ Life cycle (DESIGN.md): ``spawning -> booted -> bound -> busy -> idle/parked -> 
                                 process dies or ready_timeout passes before that.
                                 After started, run() lives until its scope is cancelled
                                 (teardown: group TERM, grace, KILL, shielded and bounded)
-                                or the process exits by itself (it then returns).
+                                or the process exits by itself: run() returns normally
+                                ONLY then (a teardown lets trio.Cancelled propagate).
     await worker.bind(binding)  make the worker serve ``binding`` (system prompt, tools,
                                 model): initialize on a fresh worker, /clear + set_model
                                 on one already bound to the same prompt and tools.

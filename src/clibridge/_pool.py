@@ -1,0 +1,512 @@
+"""A bounded pool of warm CLI workers for one backend.
+
+Theory of operation
+-------------------
+Two limits, two mechanisms:
+
+* **Turn permits** bound concurrency: at most ``workers`` leases exist at once (a lease is a
+  turn in flight, or later a parked conversation). A request that finds no free permit
+  waits in a FIFO queue of at most ``max_queue`` entries; a full queue, or a wait longer
+  than ``queue_timeout``, raises :class:`~clibridge._errors.QueueFull` (HTTP 429) with a
+  Retry-After estimate. A released permit goes straight to the head of the queue, so
+  nobody barges ahead of a waiter.
+* **Processes** are bounded by ``workers + spares``. The maintainer task keeps ``spares``
+  booted, unbound workers ahead of demand, plus one booting worker for every permit holder
+  that found nothing to use; when the process limit is reached it retires the idle worker
+  that was used least recently (it is bound to a conversation setup nobody wants now).
+
+Checkout with a permit in hand: an idle worker already bound to the same system prompt and
+tool set (``bind`` then does ``/clear`` + ``set_model``), else a booted spare (``bind``
+initializes it), else wait until the maintainer produces one.
+
+Every worker's life runs in a task of the pool's nursery: ``worker.run`` spawns, answers the
+readiness handshake and then lives until the pool cancels its scope (retire) or the
+process exits. Retiring never blocks the caller: the teardown (group TERM, grace, KILL)
+runs shielded in the worker's own task.
+
+Releasing is synchronous and happens on every path out of a lease (success, error,
+cancel): the permit goes back, and the worker goes back to idle only when it is healthy and
+young enough; otherwise it is retired and replaced.
+
+Failures: a worker that fails to boot, or exits while booted, bumps a consecutive-failure
+counter; respawns wait ``restart_backoff_initial * 2**(n-1)`` (capped). ``crash_loop_threshold``
+consecutive failures make the pool not ready until a worker boots and serves a turn again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ._config import PoolConfig
+from ._errors import BootError, BridgeError, QueueFull, TurnTimeout, UnavailableError
+from ._worker import Binding, Worker, WorkerUnusable
+
+log = logging.getLogger("clibridge.pool")
+
+WorkerFactory = Callable[[int], Worker]
+
+
+class SlotState(enum.Enum):
+    BOOTING = "booting"
+    IDLE = "idle"  # booted; bound or not
+    BUSY = "busy"  # leased for a turn
+    PARKED = "parked"  # leased, holding a conversation between two requests
+    RETIRING = "retiring"
+
+
+@attrs.define(eq=False)
+class _Slot:
+    worker: Worker
+    state: SlotState = SlotState.BOOTING
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    last_used: float = 0.0
+    booted_at: float | None = None
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    granted: bool = False
+    error: BridgeError | None = None
+
+
+@attrs.frozen
+class WorkerStats:
+    id: int
+    state: str
+    pid: int | None
+    age: float
+    turns: int
+    bound: bool
+    system_chars: int
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot for /readyz, metrics and tests."""
+
+    name: str
+    ready: bool
+    reason: str
+    workers: tuple[WorkerStats, ...]
+    permits_total: int
+    in_flight: int  # leases: busy + parked
+    parked: int
+    queued: int
+    booting: int
+    idle: int
+    served: int
+    rejected: int
+    restarts: int  # replacements for workers that died or failed to boot
+    boot_failures: int
+    crashes: int
+    timeouts: int
+    draining: bool
+
+
+class _ReadySignal:
+    """The ``task_status`` handed to ``Worker.run``: marks the worker booted."""
+
+    def __init__(self, on_ready: Callable[[], None]) -> None:
+        self._on_ready = on_ready
+        self.booted = False
+
+    def started(self, value: object = None) -> None:
+        if self.booted:
+            raise RuntimeError("started() called twice")
+        self.booted = True
+        self._on_ready()
+
+
+class Lease:
+    """A checked-out worker. Obtained from :meth:`WorkerPool.lease`."""
+
+    def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot = slot
+        self.retire_on_release = False
+
+    @property
+    def worker(self) -> Worker:
+        return self._slot.worker
+
+
+class WorkerPool:
+    """See the module docstring. Start it with ``await nursery.start(pool.run)``."""
+
+    def __init__(self, name: str, config: PoolConfig, factory: WorkerFactory) -> None:
+        self.name = name
+        self.config = config
+        self._factory = factory
+        self._slots: dict[int, _Slot] = {}
+        self._next_id = 1
+        self._free_permits = config.workers
+        self._queue: deque[_Waiter] = deque()
+        # permit holders that found no usable worker and wait for one
+        self._wanting = 0
+        self._changed = trio.Event()  # fired (and replaced) on every state change
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self._last_error = ""
+        self._boot_failures_in_a_row = 0
+        self._crashes_in_a_row = 0
+        self._spawn_not_before = 0.0
+        self._turn_seconds = 5.0  # EWMA of lease durations, for Retry-After estimates
+        # counters
+        self._served = 0
+        self._rejected = 0
+        self._boot_failures = 0
+        self._crashes = 0
+        self._timeouts = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the workers' nursery; report started at once (spares boot in the background)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._maintain)
+            task_status.started()
+            # runs until cancelled; worker teardown is shielded inside each worker's task
+
+    def begin_drain(self) -> None:
+        """Stop admitting: new and queued requests get 503; leases in flight go on."""
+        self._draining = True
+        while self._queue:
+            waiter = self._queue.popleft()
+            waiter.error = UnavailableError("clibridge is shutting down", retry_after=5)
+            waiter.event.set()
+        self._notify()
+
+    async def wait_idle(self) -> None:
+        """Wait until no lease is in flight (for a graceful drain)."""
+        while self.config.workers - self._free_permits > 0:
+            await self._wait_change()
+
+    # ------------------------------------------------------------------ checkout
+
+    @asynccontextmanager
+    async def lease(self, binding: Binding) -> AsyncIterator[Lease]:
+        """Admit, check out a worker bound to ``binding``, and give it back on every path."""
+        await self._acquire_permit()
+        slot: _Slot | None = None
+        started = trio.current_time()
+        try:
+            slot = await self._checkout(binding)
+            lease = Lease(self, slot)
+            try:
+                yield lease
+            except TurnTimeout:
+                self._timeouts += 1
+                raise
+            finally:
+                self._release(slot, retire=lease.retire_on_release)
+                slot = None
+        finally:
+            if slot is not None:  # checkout itself failed or was cancelled after picking
+                self._release(slot, retire=True)
+            self._release_permit()
+            elapsed = trio.current_time() - started
+            self._turn_seconds = 0.8 * self._turn_seconds + 0.2 * elapsed
+
+    async def _acquire_permit(self) -> None:
+        if self._draining:
+            raise UnavailableError("clibridge is shutting down", retry_after=5)
+        if self._free_permits > 0 and not self._queue:
+            self._free_permits -= 1
+            return
+        if len(self._queue) >= self.config.max_queue:
+            self._rejected += 1
+            raise QueueFull(
+                f"all {self.config.workers} {self.name} workers are busy and the wait queue "
+                f"({self.config.max_queue}) is full; retry later",
+                retry_after=self._retry_after(len(self._queue)),
+            )
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        try:
+            with trio.move_on_after(self.config.queue_timeout):
+                await waiter.event.wait()
+        finally:
+            # Trio wakes a parked task either by set() or by a cancel, never both: an unset
+            # event means we are still queued and must leave the queue (cancel or timeout).
+            if not waiter.event.is_set():
+                self._queue.remove(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        if not waiter.granted:
+            self._rejected += 1
+            raise QueueFull(
+                f"waited {self.config.queue_timeout:g} s for a free {self.name} worker; retry later",
+                retry_after=self._retry_after(len(self._queue)),
+            )
+
+    def _release_permit(self) -> None:
+        if self._queue:
+            # hand the permit straight to the head of the queue: no barging
+            waiter = self._queue.popleft()
+            waiter.granted = True
+            waiter.event.set()
+        else:
+            self._free_permits += 1
+        self._notify()
+
+    async def _checkout(self, binding: Binding) -> _Slot:
+        """With a permit held: find, or wait for, a worker and bind it."""
+        with trio.move_on_after(self.config.ready_timeout):
+            while True:
+                slot = self._pick(binding)
+                if slot is not None:
+                    slot.state = SlotState.BUSY
+                    try:
+                        await slot.worker.bind(binding)
+                    except WorkerUnusable:
+                        self._retire(slot)
+                        continue
+                    except BaseException:
+                        self._retire(slot)
+                        raise
+                    if not slot.worker.healthy:
+                        self._retire(slot)
+                        continue
+                    return slot
+                if self._crash_looping():
+                    raise UnavailableError(
+                        f"the {self.name} CLI keeps failing: {self._last_error}", retry_after=30
+                    )
+                self._wanting += 1
+                self._notify()
+                try:
+                    await self._wait_change()
+                finally:
+                    self._wanting -= 1
+        raise BootError(
+            f"no {self.name} worker became ready within {self.config.ready_timeout:g} s"
+            + (f" (last error: {self._last_error})" if self._last_error else ""),
+            retry_after=5,
+        )
+
+    def _pick(self, binding: Binding) -> _Slot | None:
+        same: _Slot | None = None
+        spare: _Slot | None = None
+        for slot in self._slots.values():
+            if slot.state is not SlotState.IDLE or not slot.worker.healthy:
+                continue
+            bound = slot.worker.binding
+            if bound is None:
+                if spare is None:
+                    spare = slot
+            elif bound.same_conversation_setup(binding) and (
+                same is None or slot.last_used > same.last_used
+            ):
+                same = slot
+        return same or spare
+
+    def _release(self, slot: _Slot, *, retire: bool) -> None:
+        worker = slot.worker
+        now = trio.current_time()
+        slot.last_used = now
+        too_old = (now - worker.started_at) >= self.config.max_age
+        worn = worker.turns >= self.config.max_turns
+        if retire or not worker.healthy or too_old or worn or slot.state is not SlotState.BUSY:
+            self._retire(slot)
+        else:
+            slot.state = SlotState.IDLE
+            self._served += 1
+            self._crashes_in_a_row = 0
+        self._notify()
+
+    def _retire(self, slot: _Slot) -> None:
+        if slot.state is SlotState.RETIRING:
+            return
+        slot.state = SlotState.RETIRING
+        slot.scope.cancel()
+        self._notify()
+
+    # ------------------------------------------------------------------ workers
+
+    async def _maintain(self) -> None:
+        """Keep spares booted and boot for permit holders that wait; retire old idle workers."""
+        while True:
+            now = trio.current_time()
+            for slot in list(self._slots.values()):
+                if slot.state is SlotState.IDLE and (
+                    now - slot.worker.started_at >= self.config.max_age
+                ):
+                    self._retire(slot)
+            if not self._draining:
+                self._spawn_as_needed(now)
+            deadline = now + min(self.config.max_age, 60.0)
+            if self._spawn_not_before > now:
+                deadline = min(deadline, self._spawn_not_before)
+            with trio.move_on_at(deadline):
+                await self._wait_change()
+
+    def _spawn_as_needed(self, now: float) -> None:
+        counts = self._counts()
+        failing = self._boot_failures_in_a_row > 0 or self._crashes_in_a_row > 0
+        if now < self._spawn_not_before or (failing and counts["booting"] > 0):
+            return  # backing off; while failing, boot one at a time
+        max_procs = self.config.workers + self.config.spares
+        live = counts["booting"] + counts["idle"] + counts["busy"] + counts["parked"]
+        want = self.config.spares + self._wanting
+        have = counts["booting"] + counts["idle_unbound"]
+        while have < want:
+            if live >= max_procs:
+                if self._wanting == 0 or not self._evict_one():
+                    return
+                live -= 1
+            self._spawn()
+            live += 1
+            have += 1
+            if failing:
+                return
+
+    def _evict_one(self) -> bool:
+        idle_bound = [
+            s
+            for s in self._slots.values()
+            if s.state is SlotState.IDLE and s.worker.binding is not None
+        ]
+        if not idle_bound:
+            return False
+        self._retire(min(idle_bound, key=lambda s: s.last_used))
+        return True
+
+    def _spawn(self) -> None:
+        assert self._nursery is not None
+        worker_id = self._next_id
+        self._next_id += 1
+        slot = _Slot(self._factory(worker_id))
+        self._slots[worker_id] = slot
+        self._nursery.start_soon(self._life, slot)
+
+    async def _life(self, slot: _Slot) -> None:
+        worker = slot.worker
+        ready = _ReadySignal(lambda: self._on_booted(slot))
+        failure: str | None = None
+        try:
+            with slot.scope:
+                await worker.run(task_status=ready)
+                # run() returns normally only when the process exited by itself
+                failure = "the CLI process exited"
+        except BootError as exc:
+            if slot.state is not SlotState.RETIRING:
+                failure = str(exc)
+            if exc.detail:
+                log.warning("%s worker %d stderr tail:\n%s", self.name, worker.id, exc.detail)
+        except Exception as exc:  # a bug or an OS error: keep the pool alive, count a failure
+            failure = f"{type(exc).__name__}: {exc}"
+            log.exception("%s worker %d failed", self.name, worker.id)
+        finally:
+            self._slots.pop(worker.id, None)
+            if failure is not None:
+                self._last_error = failure
+                if ready.booted:
+                    self._crashes += 1
+                    self._crashes_in_a_row += 1
+                    log.warning("%s worker %d died: %s", self.name, worker.id, failure)
+                else:
+                    self._boot_failures += 1
+                    self._boot_failures_in_a_row += 1
+                    log.warning("%s worker %d failed to boot: %s", self.name, worker.id, failure)
+                self._spawn_not_before = trio.current_time() + self._backoff()
+            slot.state = SlotState.RETIRING
+            self._notify()
+
+    def _on_booted(self, slot: _Slot) -> None:
+        slot.booted_at = slot.last_used = trio.current_time()
+        self._boot_failures_in_a_row = 0
+        if slot.state is SlotState.BOOTING:
+            slot.state = SlotState.IDLE
+        self._notify()
+
+    def _backoff(self) -> float:
+        n = max(self._boot_failures_in_a_row, self._crashes_in_a_row)
+        delay = self.config.restart_backoff_initial * 2 ** max(n - 1, 0)
+        return float(min(delay, self.config.restart_backoff_max))
+
+    # ------------------------------------------------------------------ state
+
+    def _crash_looping(self) -> bool:
+        limit = self.config.crash_loop_threshold
+        return self._boot_failures_in_a_row >= limit or self._crashes_in_a_row >= limit
+
+    def _counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(
+            ("booting", "idle", "idle_unbound", "busy", "parked", "retiring"), 0
+        )
+        for slot in self._slots.values():
+            counts[slot.state.value] += 1
+            if slot.state is SlotState.IDLE and slot.worker.binding is None:
+                counts["idle_unbound"] += 1
+        return counts
+
+    def _retry_after(self, position: int) -> float:
+        return float(max(1, math.ceil((position + 1) * self._turn_seconds / self.config.workers)))
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+
+    def readiness(self) -> tuple[bool, str]:
+        counts = self._counts()
+        if self._draining:
+            return False, "draining"
+        if self._crash_looping():
+            return False, f"{self.name} CLI is crash-looping: {self._last_error}"
+        if counts["idle"] + counts["busy"] + counts["parked"] == 0:
+            if self._last_error:
+                return False, f"no {self.name} worker booted yet (last error: {self._last_error})"
+            return False, f"no {self.name} worker booted yet"
+        return True, f"{self.name}: {counts['idle']} idle, {counts['busy']} busy"
+
+    def statistics(self) -> PoolStatistics:
+        now = trio.current_time()
+        counts = self._counts()
+        ready, reason = self.readiness()
+        return PoolStatistics(
+            name=self.name,
+            ready=ready,
+            reason=reason,
+            workers=tuple(
+                WorkerStats(
+                    id=s.worker.id,
+                    state=s.state.value,
+                    pid=s.worker.pid,
+                    age=now - s.worker.started_at,
+                    turns=s.worker.turns,
+                    bound=s.worker.binding is not None,
+                    system_chars=len(s.worker.binding.system) if s.worker.binding else 0,
+                )
+                for s in self._slots.values()
+            ),
+            permits_total=self.config.workers,
+            in_flight=self.config.workers - self._free_permits,
+            parked=counts["parked"],
+            queued=len(self._queue),
+            booting=counts["booting"],
+            idle=counts["idle"],
+            served=self._served,
+            rejected=self._rejected,
+            restarts=self._crashes + self._boot_failures,
+            boot_failures=self._boot_failures,
+            crashes=self._crashes,
+            timeouts=self._timeouts,
+            draining=self._draining,
+        )
+
+    def statistics_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self.statistics())

@@ -1,0 +1,307 @@
+"""Pool logic on scripted in-process workers under a MockClock: exact virtual times."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from clibridge._config import PoolConfig
+from clibridge._errors import CliCrashed, QueueFull, UnavailableError
+from clibridge._events import Message, Request, TextPart
+from clibridge._pool import WorkerPool
+from clibridge._worker import Binding
+
+from .scripted import Plan, ScriptedWorker
+
+A = Binding(system="A", tools_key=(), model="m")
+B = Binding(system="B", tools_key=(), model="m")
+REQ = Request(model="m", messages=(Message("user", (TextPart("hi"),)),))
+
+
+class Harness:
+    def __init__(self, config: PoolConfig, plan: Plan | None = None) -> None:
+        self.plan = plan or Plan()
+        self.log: list[tuple[float, str, int]] = []
+        self.workers: dict[int, ScriptedWorker] = {}
+        self.pool = WorkerPool("fake", config, self._make)
+
+    def _make(self, worker_id: int) -> ScriptedWorker:
+        worker = ScriptedWorker(worker_id, self.plan, self.log)
+        self.workers[worker_id] = worker
+        return worker
+
+    async def turn(self, binding: Binding = A, record: list[object] | None = None) -> int:
+        async with self.pool.lease(binding) as lease:
+            if record is not None:
+                record.append((trio.current_time(), lease.worker.id))
+            async for _ in lease.worker.turn(REQ):
+                pass
+            return lease.worker.id
+
+    def events(self, what: str) -> list[tuple[float, int]]:
+        return [(t, wid) for t, w, wid in self.log if w == what]
+
+    def alive(self) -> int:
+        return sum(w.alive for w in self.workers.values())
+
+
+@pytest.fixture
+async def harness_factory(
+    nursery: trio.Nursery,
+) -> AsyncIterator[type[Harness]]:
+    started: list[Harness] = []
+
+    class Started(Harness):
+        def __init__(self, config: PoolConfig, plan: Plan | None = None) -> None:
+            super().__init__(config, plan)
+            started.append(self)
+
+    yield Started
+    del started
+
+
+async def start(nursery: trio.Nursery, h: Harness) -> Harness:
+    await nursery.start(h.pool.run)
+    return h
+
+
+async def test_spares_boot_ahead_and_a_steady_stream_never_waits_for_boot(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=1)))
+    await trio.sleep(1.1)  # the spare's boot
+    assert h.pool.statistics().idle == 1
+    for _ in range(5):
+        t0 = trio.current_time()
+        await h.turn()
+        assert trio.current_time() - t0 == pytest.approx(0.5)  # the turn only, no boot
+    # one worker bound to A served all, and a spare stays booted next to it
+    await trio.sleep(1.0)
+    stats = h.pool.statistics()
+    assert stats.served == 5
+    assert stats.idle == 2
+    assert [wid for _, wid in h.events("turn")] == [1] * 5
+
+
+async def test_fifo_queue_and_429_when_full(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=1, max_queue=2)))
+    await trio.sleep(1.1)
+    order: list[object] = []
+    async with trio.open_nursery() as inner:
+        for i in range(3):
+            inner.start_soon(h.turn, A, order)
+            await trio.sleep(0.01)  # arrive in a known order
+        with pytest.raises(QueueFull) as info:
+            await h.turn()
+        assert info.value.retry_after is not None and info.value.retry_after >= 1
+        assert h.pool.statistics().queued == 2
+    # one at a time, in arrival order, each right after the previous
+    starts = [t for t, _ in order]  # type: ignore[misc]
+    assert starts == pytest.approx([1.1, 1.6, 2.1])
+    assert h.pool.statistics().rejected == 1
+
+
+async def test_queue_timeout_gives_429_at_exactly_queue_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(
+        nursery, Harness(PoolConfig(workers=1, spares=0, queue_timeout=3.0), Plan(turn_delay=100))
+    )
+    nursery.start_soon(h.turn)
+    await trio.sleep(2.0)  # boot (1 s) + into the turn
+    t0 = trio.current_time()
+    with pytest.raises(QueueFull, match="waited 3 s"):
+        await h.turn()
+    assert trio.current_time() - t0 == pytest.approx(3.0)
+    assert h.pool.statistics().queued == 0
+
+
+async def test_cancel_while_queued_leaves_queue_and_keeps_accounting(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0), Plan(turn_delay=10)))
+    nursery.start_soon(h.turn)
+    await trio.sleep(2.0)
+    with trio.move_on_after(1.0):
+        await h.turn()
+    stats = h.pool.statistics()
+    assert stats.queued == 0 and stats.in_flight == 1
+    await trio.sleep(10)
+    stats = h.pool.statistics()
+    assert stats.in_flight == 0 and stats.served == 1
+    await h.turn()  # capacity is back
+    assert h.pool.statistics().served == 2
+
+
+async def test_cancel_while_waiting_for_boot_keeps_the_booting_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=0), Plan(boot_delay=5)))
+    with trio.move_on_after(1.0):
+        await h.turn()
+    assert h.pool.statistics().in_flight == 0
+    await trio.sleep(5.1)
+    # the worker booted anyway and is there for the next request, which does not wait
+    t0 = trio.current_time()
+    await h.turn()
+    assert trio.current_time() - t0 == pytest.approx(0.5)
+
+
+async def test_cancel_during_turn_interrupts_and_returns_a_healthy_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0), Plan(turn_delay=10)))
+    with trio.move_on_after(3.0):
+        await h.turn()
+    assert h.events("interrupt") == [(pytest.approx(3.0), 1)]
+    assert h.pool.statistics().in_flight == 0
+    await h.turn()  # same worker, reused
+    assert [wid for _, wid in h.events("turn")] == [1, 1]
+
+
+async def test_unacknowledged_interrupt_retires_and_replaces_the_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(
+        nursery, Harness(PoolConfig(workers=1, spares=0), Plan(turn_delay=10, interrupt_ack=None))
+    )
+    with trio.move_on_after(3.0):
+        await h.turn()
+    await trio.sleep(0.1)
+    assert not h.workers[1].alive  # killed after the grace period
+    h.plan.interrupt_ack = 0.01
+    h.plan.turn_delay = 0.5
+    assert await h.turn() == 2
+    assert h.pool.statistics().in_flight == 0
+
+
+async def test_same_binding_reuses_worker_other_binding_takes_the_spare(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=1)))
+    await trio.sleep(1.1)
+    first = await h.turn(A)
+    await trio.sleep(1.1)  # a new spare boots
+    other = await h.turn(B)
+    again = await h.turn(A)
+    assert first == again != other
+    assert h.workers[first].binds == [A, A]
+
+
+async def test_process_limit_evicts_least_recently_used_idle_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # workers=1 + spares=0: one process; a new system prompt must replace it
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0)))
+    assert await h.turn(A) == 1
+    t0 = trio.current_time()
+    assert await h.turn(B) == 2
+    assert trio.current_time() - t0 == pytest.approx(1.5)  # boot + turn
+    await trio.testing.wait_all_tasks_blocked()
+    assert not h.workers[1].alive
+
+
+async def test_max_turns_retires_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=1, max_turns=2)))
+    ids = [await h.turn() for _ in range(3)]
+    assert ids[0] == ids[1] != ids[2]
+
+
+async def test_crash_mid_turn_fails_request_and_is_replaced(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(
+        nursery,
+        Harness(
+            PoolConfig(workers=1, spares=1, restart_backoff_initial=2.0), Plan(crash_in_turn=True)
+        ),
+    )
+    with pytest.raises(CliCrashed):
+        await h.turn()
+    h.plan.crash_in_turn = False
+    assert await h.turn() == 2  # the spare
+    stats = h.pool.statistics()
+    assert stats.crashes == 1 and stats.in_flight == 0
+    await trio.sleep(10)
+    assert h.pool.statistics().restarts == 1
+
+
+async def test_boot_failures_back_off_exponentially_and_mark_crash_loop(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = PoolConfig(
+        workers=1,
+        spares=1,
+        restart_backoff_initial=1.0,
+        restart_backoff_max=8.0,
+        crash_loop_threshold=4,
+    )
+    h = await start(nursery, Harness(config, Plan(boot_delay=0.5, boot_fails=True)))
+    await trio.sleep(60)
+    spawns = [t for t, _ in h.events("spawn")]
+    # boot takes 0.5 s; then waits of 1, 2, 4, 8, 8, ...
+    assert spawns[:6] == pytest.approx([0.0, 1.5, 4.0, 8.5, 17.0, 25.5])
+    ready, reason = h.pool.readiness()
+    assert not ready and "crash-looping" in reason and "scripted boot failure" in reason
+    with pytest.raises(UnavailableError, match="keeps failing"):
+        await h.turn()
+    # recovery: the next boot works, the backend is ready again
+    h.plan.boot_fails = False
+    await trio.sleep(10)
+    assert h.pool.readiness()[0]
+    await h.turn()
+
+
+async def test_drain_rejects_new_and_queued_and_waits_for_in_flight(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=1), Plan(turn_delay=5)))
+    await trio.sleep(1.1)
+    results: list[str] = []
+
+    async def queued() -> None:
+        try:
+            await h.turn()
+        except UnavailableError:
+            results.append("rejected")
+
+    nursery.start_soon(h.turn)
+    await trio.sleep(0.1)
+    nursery.start_soon(queued)
+    await trio.sleep(0.1)
+    h.pool.begin_drain()
+    with pytest.raises(UnavailableError):
+        await h.turn()
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == ["rejected"]
+    t0 = trio.current_time()
+    await h.pool.wait_idle()
+    assert trio.current_time() - t0 == pytest.approx(4.8)
+
+
+async def test_statistics_account_for_every_worker(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=3, spares=2)))
+    await trio.sleep(1.1)
+    stats = h.pool.statistics()
+    assert stats.idle == 2 and stats.booting == 0 and len(stats.workers) == 2
+    assert stats.ready
+    async with trio.open_nursery() as inner:
+        for _ in range(3):
+            inner.start_soon(h.turn)
+        await trio.sleep(0.1)
+        stats = h.pool.statistics()
+        assert stats.in_flight == 3
+        # two spares taken, a third booting for the third request, and spares refilling
+        assert stats.booting >= 1
+    stats = h.pool.statistics()
+    assert stats.in_flight == 0 and stats.served == 3
+    assert len(stats.workers) <= 5
