@@ -62,7 +62,7 @@ class ScriptedWorker:
                 self._note("killed")
 
     async def bind(self, binding: Binding) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         self.binds.append(binding)
         self.binding = binding
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import trio
 import trio.testing
@@ -48,21 +46,6 @@ class Harness:
         return sum(w.alive for w in self.workers.values())
 
 
-@pytest.fixture
-async def harness_factory(
-    nursery: trio.Nursery,
-) -> AsyncIterator[type[Harness]]:
-    started: list[Harness] = []
-
-    class Started(Harness):
-        def __init__(self, config: PoolConfig, plan: Plan | None = None) -> None:
-            super().__init__(config, plan)
-            started.append(self)
-
-    yield Started
-    del started
-
-
 async def start(nursery: trio.Nursery, h: Harness) -> Harness:
     await nursery.start(h.pool.run)
     return h
@@ -93,7 +76,7 @@ async def test_fifo_queue_and_429_when_full(
     await trio.sleep(1.1)
     order: list[object] = []
     async with trio.open_nursery() as inner:
-        for i in range(3):
+        for _ in range(3):
             inner.start_soon(h.turn, A, order)
             await trio.sleep(0.01)  # arrive in a known order
         with pytest.raises(QueueFull) as info:
