@@ -1,0 +1,186 @@
+"""The command line: ``clibridge serve | config | version``.
+
+Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
+generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
+only say what was given, :func:`~clibridge._config_load.load_config` decides the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from . import __version__
+from ._config import Config
+from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
+
+_GROUPS = {
+    "server": "HTTP server",
+    "top": "backends, models, logging",
+    "pool": "pools (both backends; --claude-* / --codex-* set one)",
+    "claude": "claude backend",
+    "codex": "codex backend",
+}
+
+_ENV_EPILOG = """\
+Every flag also has an environment variable: CLIBRIDGE_ + the flag name in upper case
+(--port -> CLIBRIDGE_PORT, --claude-workers -> CLIBRIDGE_CLAUDE_WORKERS), or the setting's
+dotted TOML key with __ (CLIBRIDGE_CLAUDE__POOL__WORKERS). The auth token may also come from
+CLIBRIDGE_API_KEY. Precedence: defaults < TOML file (--config / CLIBRIDGE_CONFIG) <
+environment < flags. `clibridge config` prints the effective configuration as TOML.
+"""
+
+
+def _group_of(setting: Setting) -> str:
+    head = setting.key.split(".", 1)[0]
+    if head in ("server", "claude", "codex", "pool"):
+        return head
+    if setting.is_alias:
+        return "pool"
+    return "top"
+
+
+def _metavar(tp: Any) -> str | None:
+    inner = tp
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        inner = next(a for a in get_args(tp) if a is not type(None))
+    if inner is int:
+        return "N"
+    if inner is float:
+        return "SECONDS"
+    if inner is Path:
+        return "PATH"
+    return None
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    groups = {name: parser.add_argument_group(title) for name, title in _GROUPS.items()}
+    for s in settings():
+        inner = s.type
+        origin = get_origin(inner)
+        default_note = "" if s.is_alias or s.default is None else f" [default: {_show(s)}]"
+        env_note = f" (env {s.env[0]})"
+        help_text = (s.help or s.key) + default_note + env_note
+        kwargs: dict[str, Any] = {
+            "dest": s.key,
+            "default": None,
+            "help": help_text.replace("%", "%%"),
+        }
+        if inner is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = list(get_args(inner))
+        elif s.key == "models":
+            kwargs.update(action="append", metavar="ALIAS=TARGET")
+        elif origin is tuple and not s.key.endswith(".command"):
+            kwargs.update(action="append", metavar="VALUE")
+        elif origin is tuple:
+            kwargs["metavar"] = '"PROGRAM ARGS"'
+        elif s.key == "log_level":
+            kwargs["choices"] = list(LOG_LEVELS)
+        else:
+            kwargs["metavar"] = _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+        groups[_group_of(s)].add_argument(s.flag, **kwargs)
+
+
+def _show(s: Setting) -> str:
+    if isinstance(s.default, tuple):
+        return " ".join(s.default)
+    return str(s.default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clibridge",
+        description="Serve the claude and codex coding-agent CLIs as a local "
+        "OpenAI / Anthropic compatible model API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, text in (
+        ("serve", "run the server (pools of CLI workers behind the HTTP API)"),
+        ("config", "print the effective configuration as TOML (secrets redacted)"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=_ENV_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument(
+            "--config", type=Path, metavar="PATH", help="TOML config file (env CLIBRIDGE_CONFIG)"
+        )
+        if name == "serve":
+            p.add_argument(
+                "--tui",
+                action="store_true",
+                help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
+            )
+        _add_setting_flags(p)
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, keyed like :func:`settings` (unset ones dropped)."""
+    out: dict[str, Any] = {}
+    for s in settings():
+        value = getattr(args, s.key, None)
+        if value is None:
+            continue
+        if isinstance(value, list) and s.key != "models":
+            value = tuple(value)
+        out[s.key] = value
+    return out
+
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    return load_config(flags_from_args(args), environ, args.config)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the ``clibridge`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    if args.command == "version":
+        print(f"clibridge {__version__}")
+        return 0
+    if getattr(args, "tui", False):
+        print(
+            "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "
+            "yet; run `clibridge serve` without it to use the stream-json driver.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = _load(args, env)
+    except ConfigError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        sys.stdout.write(dump_toml(config))
+        return 0
+    _setup_logging(config.log_level)
+    # imported late: `clibridge config` and `--help` must not pay for the server stack
+    supervisor = importlib.import_module("clibridge._supervisor")
+    exit_code: int = supervisor.run(config)
+    return exit_code
