@@ -1,0 +1,129 @@
+"""The models table: what clients may ask for, and which backend / CLI model serves it.
+
+Clients send whatever their tool defaults to (``gpt-5.5``, ``claude-sonnet-4-5``,
+``sonnet``...). The table maps such names to a backend and the id handed to the CLI, plus
+a reasoning effort implied by a suffix (``gpt-5.5-high``). Names not in the table but shaped
+like a backend's model ids (``claude-*`` for claude; ``gpt-*``, ``o<digit>*`` for codex) pass
+through unchanged, so a new upstream model works before clibridge knows about it. Operators
+add or override entries with ``[models]`` in the config file (``alias = "backend:cli-id"``,
+optionally ``"codex:gpt-5.5@high"``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from ._errors import ModelNotFound, RequestError
+from ._service import ModelInfo
+
+EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+
+#: alias -> (backend, cli model id)
+BUILTIN: dict[str, tuple[str, str]] = {
+    "claude-opus-4-5": ("claude", "claude-opus-4-5"),
+    "claude-sonnet-4-5": ("claude", "claude-sonnet-4-5"),
+    "claude-haiku-4-5": ("claude", "claude-haiku-4-5"),
+    "claude-opus-4-1": ("claude", "claude-opus-4-1"),
+    "claude-sonnet-4-0": ("claude", "claude-sonnet-4-0"),
+    "opus": ("claude", "claude-opus-4-5"),
+    "sonnet": ("claude", "claude-sonnet-4-5"),
+    "haiku": ("claude", "claude-haiku-4-5"),
+    "gpt-5.5": ("codex", "gpt-5.5"),
+    "gpt-5.3-codex": ("codex", "gpt-5.3-codex"),
+    "gpt-5-codex": ("codex", "gpt-5-codex"),
+    "gpt-5": ("codex", "gpt-5"),
+}
+
+_PASSTHROUGH = (
+    ("claude", re.compile(r"claude-[a-z0-9][a-z0-9.\-]*")),
+    ("codex", re.compile(r"(gpt-[a-z0-9][a-z0-9.\-]*|o[0-9][a-z0-9.\-]*)")),
+)
+
+
+@attrs.frozen
+class Route:
+    backend: str
+    cli_model: str
+    reasoning_effort: str | None = None
+
+
+def parse_target(alias: str, target: str) -> Route:
+    """``"codex:gpt-5.5@high"`` -> Route; raises ValueError naming the alias."""
+    backend, sep, rest = target.partition(":")
+    if not sep or backend not in ("claude", "codex") or not rest:
+        raise ValueError(
+            f"models.{alias}: expected 'claude:<model id>' or 'codex:<model id>[@effort]', "
+            f"got {target!r}"
+        )
+    model, _, effort = rest.partition("@")
+    if effort and effort not in EFFORTS:
+        raise ValueError(f"models.{alias}: effort must be one of {', '.join(EFFORTS)}")
+    return Route(backend, model, effort or None)
+
+
+class ModelTable:
+    """Resolves client model names for the backends that are running."""
+
+    def __init__(
+        self,
+        backends: Iterable[str],
+        *,
+        overrides: Mapping[str, str] | None = None,
+        fake_backends: Iterable[str] = (),
+        default_model: str | None = None,
+    ) -> None:
+        self.backends = frozenset(backends)
+        self.fake_backends = frozenset(fake_backends)
+        entries = {alias: Route(*target) for alias, target in BUILTIN.items()}
+        for alias, target in (overrides or {}).items():
+            entries[alias] = parse_target(alias, target)
+        self._entries = entries
+        self.default_model = default_model
+
+    def resolve(self, name: str) -> Route:
+        if not isinstance(name, str) or not name:
+            raise RequestError("model is required", param="$.model")
+        route = self._lookup(name)
+        if route is None:
+            raise ModelNotFound(
+                f"model {name!r} is not available here; available models: "
+                + ", ".join(info.id for info in self.listing()),
+                param="$.model",
+            )
+        if route.backend not in self.backends:
+            raise ModelNotFound(
+                f"model {name!r} is served by the {route.backend} backend, which is not running "
+                f"(running: {', '.join(sorted(self.backends)) or 'none'})",
+                param="$.model",
+            )
+        return route
+
+    def _lookup(self, name: str) -> Route | None:
+        if name in self._entries:
+            return self._entries[name]
+        base, _, suffix = name.rpartition("-")
+        if base and suffix in EFFORTS:
+            inner = self._lookup(base)
+            if inner is not None and inner.backend == "codex":
+                return attrs.evolve(inner, reasoning_effort=suffix)
+        for backend, pattern in _PASSTHROUGH:
+            if pattern.fullmatch(name):
+                return Route(backend, name)
+        return None
+
+    def listing(self) -> list[ModelInfo]:
+        """The entries of running backends, in table order (for ``/v1/models``)."""
+        return [
+            ModelInfo(
+                id=alias,
+                backend=route.backend,
+                cli_model=route.cli_model,
+                fake=route.backend in self.fake_backends,
+                reasoning_effort=route.reasoning_effort,
+            )
+            for alias, route in self._entries.items()
+            if route.backend in self.backends
+        ]

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from clibridge._errors import ModelNotFound
+from clibridge._models import ModelTable, Route, parse_target
+
+
+def test_aliases_suffixes_and_passthrough() -> None:
+    table = ModelTable(["claude", "codex"])
+    assert table.resolve("sonnet") == Route("claude", "claude-sonnet-4-5")
+    assert table.resolve("claude-sonnet-4-5-20250929") == Route(
+        "claude", "claude-sonnet-4-5-20250929"
+    )
+    assert table.resolve("gpt-5.5-high") == Route("codex", "gpt-5.5", "high")
+    assert table.resolve("gpt-5.3-codex") == Route("codex", "gpt-5.3-codex")
+    assert table.resolve("gpt-6") == Route("codex", "gpt-6")
+
+
+def test_unknown_model_lists_what_is_available() -> None:
+    table = ModelTable(["claude"])
+    with pytest.raises(ModelNotFound, match="available models: .*sonnet") as info:
+        table.resolve("llama3")
+    assert info.value.param == "$.model"
+    with pytest.raises(ModelNotFound, match="codex backend, which is not running"):
+        table.resolve("gpt-5.5")
+    assert all(m.backend == "claude" for m in table.listing())
+
+
+def test_overrides_and_their_errors() -> None:
+    table = ModelTable(["codex"], overrides={"fast": "codex:gpt-5.5@low"})
+    assert table.resolve("fast") == Route("codex", "gpt-5.5", "low")
+    with pytest.raises(ValueError, match=r"models\.bad"):
+        parse_target("bad", "gpt-5.5")
+    with pytest.raises(ValueError, match="effort"):
+        parse_target("bad", "codex:gpt-5.5@turbo")
+
+
+def test_fake_backends_are_marked() -> None:
+    table = ModelTable(["claude"], fake_backends=["claude"])
+    assert all(m.fake for m in table.listing())
