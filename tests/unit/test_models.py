@@ -19,7 +19,7 @@ def test_aliases_suffixes_and_passthrough() -> None:
 
 def test_unknown_model_lists_what_is_available() -> None:
     table = ModelTable(["claude"])
-    with pytest.raises(ModelNotFound, match="available models: .*sonnet") as info:
+    with pytest.raises(ModelNotFound, match=r"available models: .*sonnet") as info:
         table.resolve("llama3")
     assert info.value.param == "$.model"
     with pytest.raises(ModelNotFound, match="codex backend, which is not running"):
