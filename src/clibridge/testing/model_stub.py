@@ -231,10 +231,14 @@ def _last_user_text(body: Mapping[str, Any]) -> str:
 
 
 def _system_text(body: Mapping[str, Any]) -> str:
-    system = body.get("system", body.get("instructions"))
-    if system is None:
-        return ""
-    return _content_text(system)
+    """Messages ``system``; Responses ``instructions`` plus ``developer`` / ``system`` items
+    (codex sends its whole system prompt as developer messages, ``instructions`` empty)."""
+    parts = [_content_text(body.get("system", body.get("instructions")) or "")]
+    if "messages" not in body:
+        for item in _messages(body):
+            if isinstance(item, dict) and item.get("role") in ("developer", "system"):
+                parts.append(_content_text(item.get("content")))
+    return "\n".join(p for p in parts if p)
 
 
 def _tool_names(body: Mapping[str, Any]) -> list[str]:
@@ -765,6 +769,11 @@ class ModelStub:
     async def wait_for_in_flight(self, count: int) -> None:
         """Wait until ``count`` requests are being answered at the same time."""
         while self._in_flight < count:
+            await self._changed.wait()
+
+    async def wait_for_idle(self) -> None:
+        """Wait until no request is being answered (e.g. after a client hung up a stream)."""
+        while self._in_flight:
             await self._changed.wait()
 
     def _notify(self) -> None:
