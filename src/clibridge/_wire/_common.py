@@ -16,8 +16,8 @@ from typing import Any
 
 from .._errors import RequestError, UnsupportedFeature, UpstreamError
 from .._events import (
-    FinishReason,
     Finished,
+    FinishReason,
     ImagePart,
     Message,
     Part,
@@ -111,7 +111,7 @@ class ConversationBuilder:
                 f"{messages_param}: the conversation is empty; send at least one user message",
                 param=messages_param,
             )
-        role, parts = self._messages[-1]
+        role = self._messages[-1][0]
         if role != "user" and not allow_assistant_last:
             raise UnsupportedFeature(
                 f"{last_param}: the last message must come from the user (or carry tool"
@@ -176,3 +176,10 @@ def effective_reason(finish: Finished, has_tool_calls: bool) -> FinishReason:
     if has_tool_calls and finish.reason is FinishReason.END_TURN:
         return FinishReason.TOOL_USE
     return finish.reason
+
+
+def effort_level(effort: str | None) -> ReasoningEffort | None:
+    """An OpenAI ``reasoning_effort`` / ``reasoning.effort`` on the neutral scale."""
+    if effort in ("minimal", "low", "medium", "high", "xhigh"):
+        return effort  # type: ignore[return-value]
+    return None  # absent or "none"

@@ -131,7 +131,7 @@ def _structure_any(value: object, _: Any) -> object:
     return value
 
 
-def _list_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], list[Any]]:
+def _list_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any], list[Any]]:
     inner = cattrs.cols.list_structure_factory(tp, conv)
 
     def structure_list(value: object, t: Any) -> list[Any]:
@@ -143,7 +143,7 @@ def _list_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], li
     return structure_list
 
 
-def _dict_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], dict[str, Any]]:
+def _dict_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any], dict[str, Any]]:
     args = get_args(tp)
     value_type = args[1] if len(args) == 2 else Any
 
@@ -157,7 +157,7 @@ def _dict_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], di
     return structure_dict
 
 
-def _literal_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], object]:
+def _literal_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any], object]:
     allowed = get_args(tp)
     shown = ", ".join(repr(a) for a in allowed)
 
@@ -171,7 +171,7 @@ def _literal_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any],
     return structure_literal
 
 
-def _attrs_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], object]:
+def _attrs_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any], object]:
     inner = make_dict_structure_fn(tp, conv)
 
     def structure_object(value: object, t: Any) -> object:
@@ -180,6 +180,18 @@ def _attrs_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], o
         return inner(value, t)
 
     return structure_object
+
+
+def _is_list(tp: Any) -> bool:
+    return get_origin(tp) is list
+
+
+def _is_dict(tp: Any) -> bool:
+    return get_origin(tp) is dict
+
+
+def _is_literal(tp: Any) -> bool:
+    return get_origin(tp) is Literal
 
 
 def _is_union(tp: Any) -> bool:
@@ -195,7 +207,7 @@ def _tag_values(cls: type) -> tuple[tuple[str, ...], bool]:
     raise TypeError(f"{cls.__name__} is in a union with other objects but has no Literal `type`")
 
 
-def _union_factory(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], object]:
+def _union_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any], object]:
     """Resolve a union by the JSON kind of the value, then by the ``type`` tag of objects."""
     by_kind: dict[str, list[Any]] = {}
     for member in get_args(tp):
@@ -242,9 +254,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook_func(lambda t: t is _NoneType, _structure_none)
     conv.register_structure_hook_func(lambda t: t is Any or t is object, _structure_any)
-    conv.register_structure_hook_factory(lambda t: get_origin(t) is list, _list_factory)
-    conv.register_structure_hook_factory(lambda t: get_origin(t) is dict, _dict_factory)
-    conv.register_structure_hook_factory(lambda t: get_origin(t) is Literal, _literal_factory)
+    conv.register_structure_hook_factory(_is_list, _list_factory)
+    conv.register_structure_hook_factory(_is_dict, _dict_factory)
+    conv.register_structure_hook_factory(_is_literal, _literal_factory)
     conv.register_structure_hook_factory(_is_union, _union_factory)
     conv.register_structure_hook_factory(attrs.has, _attrs_factory)
     return conv

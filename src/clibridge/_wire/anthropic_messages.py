@@ -394,7 +394,12 @@ def encode_completion(
         content.append({"type": "text", "text": completion.text})
     for call in completion.tool_calls:
         content.append(
-            {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call.arguments)}
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": _tool_input(call.arguments),
+            }
         )
     return {
         "id": response_id,
@@ -435,7 +440,7 @@ class StreamEncoder:
 
     def start(self) -> list[bytes]:
         """``message_start`` with an empty message."""
-        message = {
+        message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
             "role": "assistant",
@@ -454,7 +459,9 @@ class StreamEncoder:
         if isinstance(event, TextDelta | ThinkingDelta):
             if not event.text:
                 return []
-            kind: Literal["text", "thinking"] = "text" if isinstance(event, TextDelta) else "thinking"
+            kind: Literal["text", "thinking"] = (
+                "text" if isinstance(event, TextDelta) else "thinking"
+            )
             frames = [] if self._text_kind == kind else self._close_text()
             if self._text_block is None:
                 frames.append(self._open_text(kind))
@@ -475,7 +482,9 @@ class StreamEncoder:
             self._tool_blocks[event.index] = index
             self._args.started(event.index)
             block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
-            frames.append(_event({"type": "content_block_start", "index": index, "content_block": block}))
+            frames.append(
+                _event({"type": "content_block_start", "index": index, "content_block": block})
+            )
             return frames
         if isinstance(event, ToolCallDelta):
             if not event.arguments or event.index not in self._tool_blocks:
@@ -497,7 +506,9 @@ class StreamEncoder:
             if kind == "text"
             else {"type": "thinking", "thinking": "", "signature": ""}
         )
-        return _event({"type": "content_block_start", "index": self._text_block, "content_block": block})
+        return _event(
+            {"type": "content_block_start", "index": self._text_block, "content_block": block}
+        )
 
     def _close_text(self) -> list[bytes]:
         index = self._text_block
@@ -525,7 +536,9 @@ class StreamEncoder:
         if rest:
             self._args.sent(tool_index, rest)
             frames.append(self._json_delta(tool_index, rest))
-        frames.append(_event({"type": "content_block_stop", "index": self._tool_blocks.pop(tool_index)}))
+        frames.append(
+            _event({"type": "content_block_stop", "index": self._tool_blocks.pop(tool_index)})
+        )
         return frames
 
     def _finish(self, event: Finished) -> list[bytes]:

@@ -43,7 +43,6 @@ from .._events import (
     Finished,
     FinishReason,
     Part,
-    ReasoningEffort,
     Request,
     TextDelta,
     TextPart,
@@ -205,7 +204,9 @@ def decode_request(body: object) -> Request:
                 system.append(text)
         elif msg.role == "user":
             if msg.content is None:
-                raise RequestError(f"{at}.content: a user message needs content", param=f"{at}.content")
+                raise RequestError(
+                    f"{at}.content: a user message needs content", param=f"{at}.content"
+                )
             conv.add("user", _user_parts(msg.content, f"{at}.content"))
         elif msg.role == "assistant":
             conv.add("assistant", _assistant_parts(msg, at))
@@ -229,7 +230,9 @@ def decode_request(body: object) -> Request:
         ToolSpec(
             name=t.function.name,
             description=t.function.description or "",
-            input_schema=t.function.parameters if t.function.parameters is not None else DEFAULT_SCHEMA,
+            input_schema=t.function.parameters
+            if t.function.parameters is not None
+            else DEFAULT_SCHEMA,
         )
         for t in req.tools or ()
     )
@@ -239,7 +242,6 @@ def decode_request(body: object) -> Request:
     else:
         positive(max_tokens, "$.max_completion_tokens")
     stop: tuple[str, ...] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    effort: ReasoningEffort | None = None if req.reasoning_effort in (None, "none") else req.reasoning_effort  # type: ignore[assignment]
     return Request(
         model=req.model,
         messages=messages,
@@ -249,7 +251,7 @@ def decode_request(body: object) -> Request:
         parallel_tool_calls=req.parallel_tool_calls is not False,
         max_tokens=max_tokens,
         stop=stop,
-        reasoning_effort=effort,
+        reasoning_effort=effort_level(req.reasoning_effort),
         stream=bool(req.stream),
         user=req.user,
     )
