@@ -62,6 +62,7 @@ from ._common import (
     ToolArguments,
     cancelled_error,
     effective_reason,
+    effort_level,
     image_from_url,
     positive,
     text_parts,
