@@ -1,0 +1,269 @@
+"""The root of the process: one nursery that owns the janitor, the pools and the HTTP server.
+
+Theory of operation
+-------------------
+``run(config)`` is what ``clibridge serve`` calls. It picks the backends (a logged-in CLI,
+or the bundled fake CLI, loudly), starts the janitor, starts one :class:`WorkerPool` per
+backend and the HTTP server in one root nursery, and waits for SIGTERM / SIGINT. Then it
+drains: the pools stop admitting (new requests get 503), the HTTP server stops accepting
+and open streams are told to finish; in-flight turns get ``drain_timeout`` to finish before
+everything is cancelled, which kills every worker's process group. Exit code 0.
+
+:class:`Supervisor` is the :class:`~clibridge._service.TurnService` the HTTP layer talks to:
+it resolves the model name through the models table, leases a worker from the right pool
+with the request's binding (system prompt, tool set, CLI model) and hands back the
+worker's event stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ._config import Config
+from ._errors import UnavailableError
+from ._events import Event, Request
+from ._models import ModelTable
+from ._pool import WorkerPool
+from ._service import ModelInfo, Readiness
+from ._worker import Binding
+
+log = logging.getLogger("clibridge")
+
+FAKE_CLAUDE_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_claude")
+FAKE_CODEX_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_codex")
+
+
+def tools_key(request: Request) -> tuple[str, ...]:
+    """A canonical, hashable form of the request's tool set (for worker reuse)."""
+    return tuple(
+        json.dumps(
+            [t.name, t.description, t.input_schema], sort_keys=True, separators=(",", ":")
+        )
+        for t in sorted(request.tools, key=lambda t: t.name)
+    )
+
+
+class Supervisor:
+    """Routes neutral requests to the pools. Implements ``TurnService``."""
+
+    def __init__(
+        self, pools: Mapping[str, WorkerPool], table: ModelTable, *, fake: bool = False
+    ) -> None:
+        self.pools = dict(pools)
+        self.table = table
+        self.fake = fake
+
+    @asynccontextmanager
+    async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
+        route = self.table.resolve(request.model)
+        pool = self.pools[route.backend]
+        request = attrs.evolve(
+            request,
+            model=route.cli_model,
+            reasoning_effort=request.reasoning_effort or route.reasoning_effort,  # type: ignore[arg-type]
+        )
+        binding = Binding(system=request.system, tools_key=tools_key(request), model=route.cli_model)
+        async with pool.lease(binding) as lease:
+            events = lease.worker.turn(request)
+            try:
+                yield events
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    # the worker's own cleanup (interrupt, grace) is shielded and bounded
+                    await aclose()
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self.table.listing()
+
+    def readiness(self) -> Readiness:
+        states = {name: pool.readiness() for name, pool in self.pools.items()}
+        ready = any(ok for ok, _ in states.values())
+        reason = "; ".join(reason for _, reason in states.values()) or "no backend configured"
+        if self.fake:
+            reason = "FAKE CLI (no logged-in claude/codex found): " + reason
+        return Readiness(ready=ready, reason=reason, fake=self.fake)
+
+    def statistics(self) -> Mapping[str, Any]:
+        return {name: pool.statistics_dict() for name, pool in self.pools.items()}
+
+    def begin_drain(self) -> None:
+        for pool in self.pools.values():
+            pool.begin_drain()
+
+    async def wait_idle(self) -> None:
+        for pool in self.pools.values():
+            await pool.wait_idle()
+
+
+# ---------------------------------------------------------------------- backend choice
+
+
+@attrs.frozen
+class BackendChoice:
+    claude: tuple[str, ...] | None  # the command to run, None when not served
+    codex: tuple[str, ...] | None
+    fake: bool
+    notes: tuple[str, ...]  # what was detected, for the banner and the log
+
+
+def claude_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
+    """Why we believe the claude CLI can reach its upstream, or None."""
+    if environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
+        return "CLAUDE_CODE_OAUTH_TOKEN is set"
+    if "ANTHROPIC_API_KEY" in config.claude.pass_env and environ.get("ANTHROPIC_API_KEY"):
+        return "ANTHROPIC_API_KEY is passed through on purpose"
+    if config.claude.use_real_home:
+        creds = Path(environ.get("HOME", "~")).expanduser() / ".claude" / ".credentials.json"
+        if creds.is_file():
+            return f"use_real_home and {creds} exists"
+    return None
+
+
+def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice:
+    """Pick what to serve: ``auto`` serves the logged-in CLIs, or the fake when there are none."""
+    mode = config.backend
+    notes: list[str] = []
+    claude_cmd: tuple[str, ...] | None = None
+    if mode in ("claude", "auto", "both"):
+        binary = shutil.which(config.claude.command[0], path=environ.get("PATH"))
+        why = claude_logged_in(config, environ)
+        if binary and why:
+            claude_cmd = (binary, *config.claude.command[1:])
+            notes.append(f"claude: {binary} ({why})")
+        elif mode in ("claude", "both"):
+            if not binary:
+                raise SystemExit(
+                    f"clibridge: error: --backend {mode}: {config.claude.command[0]!r} not found "
+                    "on PATH (install @anthropic-ai/claude-code or set claude.command)"
+                )
+            # explicitly asked for: run it and let the first request report the login state
+            claude_cmd = (binary, *config.claude.command[1:])
+            notes.append(
+                f"claude: {binary} (no login detected: set CLAUDE_CODE_OAUTH_TOKEN from "
+                "`claude setup-token`, or --use-real-home)"
+            )
+        else:
+            notes.append(
+                "claude: " + ("not logged in for clibridge" if binary else "not installed")
+            )
+    if mode in ("codex",):
+        raise SystemExit(
+            "clibridge: error: the codex backend is not implemented yet "
+            "(see docs/ops.md); use --backend claude or --backend fake"
+        )
+    if mode == "fake" or (mode == "auto" and claude_cmd is None):
+        return BackendChoice(FAKE_CLAUDE_COMMAND, None, True, tuple(notes))
+    return BackendChoice(claude_cmd, None, False, tuple(notes))
+
+
+def state_dir(config: Config) -> Path:
+    if config.state_dir is not None:
+        return config.state_dir
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("clibridge"))
+
+
+# ---------------------------------------------------------------------- the process
+
+
+def run(config: Config, environ: Mapping[str, str] | None = None) -> int:
+    """Serve until SIGTERM / SIGINT; return the exit code (0 after a graceful drain)."""
+    env = dict(os.environ if environ is None else environ)
+    choice = choose_backends(config, env)
+    return trio.run(partial(serve, config, choice, env))
+
+
+async def serve(
+    config: Config,
+    choice: BackendChoice,
+    environ: Mapping[str, str],
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
+    from ._http.app import create_app
+    from ._http.server import banner, serve_http
+    from ._janitor import Janitor
+
+    shutdown = shutdown or trio.Event()
+    home = state_dir(config)
+    home.mkdir(parents=True, exist_ok=True)
+    with Janitor.start() as janitor:
+        pools: dict[str, WorkerPool] = {}
+        if choice.claude is not None:
+            factory = _claude_factory(config, choice.claude, home, janitor, environ)
+            pools["claude"] = WorkerPool("claude", config.claude.pool, factory)
+        table = ModelTable(
+            pools,
+            overrides=config.models,
+            fake_backends=list(pools) if choice.fake else (),
+        )
+        service = Supervisor(pools, table, fake=choice.fake)
+        app = create_app(service, config.server)
+        async with trio.open_nursery() as root:
+            for pool in pools.values():
+                await root.start(pool.run)
+            root.start_soon(_on_signal, shutdown)
+            http_done = trio.Event()
+
+            async def run_http(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+                try:
+                    await serve_http(
+                        app, config.server, shutdown_trigger=shutdown.wait, task_status=task_status
+                    )
+                finally:
+                    http_done.set()
+
+            host, port = await root.start(run_http)
+            print(banner(config, host, port, service), file=sys.stderr, flush=True)
+            for note in choice.notes:
+                log.info("%s", note)
+            task_status.started((host, port))
+            await shutdown.wait()
+            log.info("shutting down: draining in-flight requests (up to %g s)", config.server.drain_timeout)
+            service.begin_drain()
+            draining = getattr(app, "draining", None)
+            if isinstance(draining, trio.Event):
+                draining.set()
+            with trio.move_on_after(config.server.drain_timeout):
+                await service.wait_idle()
+                await http_done.wait()
+            root.cancel_scope.cancel()
+    log.info("stopped")
+    return 0
+
+
+async def _on_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                log.warning("second signal %s: stopping now", signal.Signals(signum).name)
+                raise KeyboardInterrupt
+            log.info("received %s", signal.Signals(signum).name)
+            shutdown.set()
+
+
+def _claude_factory(
+    config: Config,
+    command: tuple[str, ...],
+    home: Path,
+    janitor: Any,
+    environ: Mapping[str, str],
+) -> Any:
+    raise UnavailableError("claude worker factory not wired yet")
