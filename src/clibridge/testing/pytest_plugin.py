@@ -51,16 +51,30 @@ def real_clis() -> RealClis:
     return find_real_clis()
 
 
+# Why separate sync fixtures: a skip raised inside a fixture that depends on a trio fixture
+# reaches pytest wrapped in an exception group, and the skip reason is lost.
 @pytest.fixture
-def real_claude(real_clis: RealClis, model_stub: ModelStub, tmp_path: Path) -> ClaudeSetup:
-    """The real claude set up against ``model_stub`` in a fresh HOME."""
+def claude_binary(real_clis: RealClis) -> Path:
+    """The pinned claude executable; skips (fails under ``CI``) when it is missing."""
     require_real_cli(real_clis, "claude")
     assert real_clis.claude is not None
-    return claude_setup(real_clis.claude, model_stub.base_url, tmp_path / "claude-home")
+    return real_clis.claude
 
 
 @pytest.fixture
-def real_codex(real_clis: RealClis, model_stub: ModelStub, tmp_path: Path) -> CodexSetup:
-    """The real codex set up against ``model_stub`` in a fresh CODEX_HOME."""
+def codex_clis(real_clis: RealClis) -> RealClis:
+    """``real_clis``, after skipping (failing under ``CI``) when codex is missing."""
     require_real_cli(real_clis, "codex")
-    return codex_setup(real_clis, model_stub.base_url, tmp_path / "codex-home")
+    return real_clis
+
+
+@pytest.fixture
+def real_claude(claude_binary: Path, model_stub: ModelStub, tmp_path: Path) -> ClaudeSetup:
+    """The real claude set up against ``model_stub`` in a fresh HOME."""
+    return claude_setup(claude_binary, model_stub.base_url, tmp_path / "claude-home")
+
+
+@pytest.fixture
+def real_codex(codex_clis: RealClis, model_stub: ModelStub, tmp_path: Path) -> CodexSetup:
+    """The real codex set up against ``model_stub`` in a fresh CODEX_HOME."""
+    return codex_setup(codex_clis, model_stub.base_url, tmp_path / "codex-home")
