@@ -1,0 +1,106 @@
+"""What one HTTP request owns beyond Quart's handler task.
+
+Quart runs a handler and then iterates a streaming body in the same task, and a client
+disconnect cancels that task. A turn must outlive neither the request nor be cut in the
+middle of its service context by a ``yield``: so the task that holds the service context
+(the *producer*, :mod:`._turns`) runs in a nursery this ASGI middleware opens around each
+HTTP request. The middleware waits for it, so when a request is over its turn is over.
+
+A client that stops reading blocks Hypercorn's (shielded) socket send forever; only
+closing the socket unblocks it. Hypercorn does not hand the socket to the app, so
+:func:`_find_transport` looks it up in the task tree — best effort: when it cannot be
+found, a stalled client still has its turn cancelled and its slot freed, only the idle
+connection stays until the client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+log = logging.getLogger("clibridge.http")
+
+#: the scope key under which the middleware leaves the request's :class:`Exchange`
+EXCHANGE_KEY = "clibridge.exchange"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+
+
+class ASGIApp(Protocol):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class Abandonable(Protocol):
+    def abandon(self) -> None: ...
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """The nursery of one HTTP request's producers, and the way to cut its connection."""
+
+    nursery: trio.Nursery
+    transport: trio.SocketStream | None = None
+    producers: list[Abandonable] = attrs.field(factory=list)
+    #: set when the connection was cut under a stalled client
+    cut_done: bool = False
+
+    def cut(self) -> None:
+        """Close the connection under a client that stopped reading (idempotent)."""
+        if self.cut_done:
+            return
+        self.cut_done = True
+        if self.transport is None:
+            log.debug("cannot close a stalled connection: transport not found")
+            return
+        # a plain socket close wakes the blocked send_all with ClosedResourceError, and
+        # Hypercorn then tells the app the client is gone
+        self.transport.socket.close()
+
+
+def _find_transport() -> trio.SocketStream | None:
+    """The TCP stream of the current HTTP request (Hypercorn-on-trio specific, best effort).
+
+    Hypercorn runs the app in a nursery owned by its connection task, which trio's
+    ``serve_listeners`` started as ``_run_handler(stream, handler)``: that task's frame
+    holds the accepted stream.
+    """
+    try:
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        for _ in range(4):  # app task -> connection task (a few levels at most)
+            if task is None or task.parent_nursery is None:
+                return None
+            task = task.parent_nursery.parent_task
+            frame = getattr(task.coro, "cr_frame", None)
+            stream = frame.f_locals.get("stream") if frame is not None else None
+            if isinstance(stream, trio.SocketStream):
+                return stream
+    except Exception:  # pragma: no cover - a layout we do not know: give up quietly
+        log.debug("transport lookup failed", exc_info=True)
+    return None
+
+
+class ExchangeMiddleware:
+    """ASGI middleware that gives each HTTP request an :class:`Exchange`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        async with trio.open_nursery() as nursery:
+            exchange = Exchange(nursery, _find_transport())
+            scope[EXCHANGE_KEY] = exchange
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                # a body generator that never ran never abandoned its producer
+                for producer in exchange.producers:
+                    producer.abandon()

@@ -1,0 +1,535 @@
+"""The Quart-Trio app: routes, auth, limits, error envelopes, streaming.
+
+Every response, error or not, carries ``X-Request-Id``; every 429 / 503 / 529 carries
+``Retry-After``. Every error is a :class:`~clibridge._errors.BridgeError` answered in the
+envelope of the API family the path belongs to (:func:`dialect_of`); an exception nobody
+expected is logged with the request id and answered as a 500-class error in the same
+envelope, never as Quart's HTML page.
+
+Routes::
+
+    POST /v1/chat/completions        OpenAI Chat Completions (stream or not)
+    POST /v1/responses               OpenAI Responses
+    POST /v1/messages                Anthropic Messages
+    POST /v1/messages/count_tokens   Anthropic token count (an estimate: ~4 chars a token)
+    GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
+    GET  /v1/stats                   the service's statistics
+    GET  /healthz                    liveness (never needs auth)
+    GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
+                                     so load balancers can probe it)
+
+Sampling knobs the CLIs cannot take (temperature, top_p, ...) are accepted and ignored by
+the wire layer; features that cannot be honoured get a 400 there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import cattrs
+import trio
+from quart import Response, g, request
+from quart.json.provider import DefaultJSONProvider
+from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+
+from .._config import ServerConfig
+from .._errors import (
+    AuthError,
+    BridgeError,
+    ErrorKind,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    ProtocolError,
+    RequestError,
+    RequestTooLarge,
+    UnavailableError,
+)
+from .._events import (
+    ImagePart,
+    Request,
+    TextPart,
+    ThinkingPart,
+    ToolCallPart,
+    ToolResultPart,
+    TurnStarted,
+)
+from .._events import collect as collect_events
+from .._service import ModelInfo, TurnService
+from .._wire.errors import Dialect, dialect_for_path, error_body, error_status
+from .._wire.sse import KEEPALIVE
+from ._codecs import codec_for
+from ._exchange import EXCHANGE_KEY, Exchange, ExchangeMiddleware
+from ._turns import (
+    DrainState,
+    InternalError,
+    TurnRun,
+    as_bridge_error,
+    retry_after_header,
+    sse_body,
+)
+
+log = logging.getLogger("clibridge.http")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: paths that never need the auth token (probes)
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: count_tokens: characters per token, and what one image is counted as
+CHARS_PER_TOKEN = 4
+IMAGE_TOKENS = 1600
+
+_json_converter = cattrs.Converter()
+_NOTHING = object()
+
+
+def dumps(data: object) -> str:
+    """Compact JSON that keeps key order and non-ASCII text (attrs records allowed)."""
+    return json.dumps(
+        data, ensure_ascii=False, separators=(",", ":"), default=_json_converter.unstructure
+    )
+
+
+class BridgeJSONProvider(DefaultJSONProvider):
+    """Quart's JSON, but in key order, UTF-8 and able to write attrs records."""
+
+    sort_keys = False
+    ensure_ascii = False
+    compact = True
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        if attrs.has(type(o)):
+            return _json_converter.unstructure(o)
+        return DefaultJSONProvider.default(o)
+
+
+class BridgeApp(QuartTrio):
+    """The clibridge app: a QuartTrio app that knows its service and its drain state."""
+
+    json_provider_class = BridgeJSONProvider
+
+    service: TurnService
+    server_config: ServerConfig
+    drain: DrainState
+    #: set by the supervisor when the server shuts down: open streams finish with a final
+    #: error event within ``drain_timeout`` instead of being cut
+    draining: trio.Event
+    #: unix time the app was made (the ``created`` of every model)
+    created: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dialect_of(path: str, headers: Headers | Mapping[str, str]) -> Dialect:
+    """The API family whose envelope a response to ``path`` uses.
+
+    Shared paths (``/v1/models``, unknown ones) answer Anthropic clients, recognised by
+    the ``anthropic-version`` header every Anthropic SDK sends, in Anthropic's shape.
+    """
+    dialect = dialect_for_path(path)
+    shared = dialect == "openai_chat" and not path.startswith(("/v1/chat/", "/chat/"))
+    if shared and headers.get("anthropic-version"):
+        return "anthropic_messages"
+    return dialect
+
+
+def request_id() -> str:
+    """This request's id: the client's ``X-Request-Id`` when sane, else a new one."""
+    rid: str | None = g.get("request_id")
+    if rid is None:
+        given = request.headers.get("X-Request-Id", "")
+        rid = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
+        g.request_id = rid
+    return rid
+
+
+def json_response(
+    data: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        dumps(data), status=status, headers=dict(headers or {}), content_type="application/json"
+    )
+
+
+def error_response(error: BridgeError, dialect: Dialect | None = None) -> Response:
+    """``error`` in the envelope of ``dialect`` (the request path's by default)."""
+    if dialect is None:
+        dialect = dialect_of(request.path, request.headers)
+    status = error_status(dialect, error)
+    headers: dict[str, str] = {}
+    if status in (429, 503, 529):
+        headers["Retry-After"] = retry_after_header(error)
+    if isinstance(error, RequestTooLarge) and status == 413:
+        # the unread rest of the body would be parsed as the next request: a hang
+        headers["Connection"] = "close"
+    if isinstance(error, MethodNotAllowed) and g.get("allowed_methods"):
+        headers["Allow"] = ", ".join(sorted(g.allowed_methods))
+    if status >= 500:
+        log.warning(
+            "request %s %s %s -> %d %s%s",
+            request_id(),
+            request.method,
+            request.path,
+            status,
+            error.message,
+            f" ({error.detail})" if error.detail else "",
+        )
+    return json_response(error_body(dialect, error), status, headers)
+
+
+class _HttpError(BridgeError):
+    """A protocol-level error werkzeug raised (408, 411, 415, ...), with its own status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = ErrorKind.INVALID_REQUEST if status < 500 else ErrorKind.API_ERROR
+
+
+def _from_http_exception(exc: HTTPException) -> BridgeError:
+    code = exc.code or 500
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.max_content_length
+        return RequestTooLarge(
+            f"the request body is larger than the {limit} bytes this server accepts "
+            "(server.max_body_bytes)",
+            param="$",
+        )
+    if code == 404:
+        return NotFound(
+            f"no such endpoint: {request.method} {request.path} (see GET /v1/models, "
+            "POST /v1/chat/completions, /v1/responses, /v1/messages)"
+        )
+    if code == 405:
+        if isinstance(exc, WerkzeugMethodNotAllowed) and exc.valid_methods:
+            g.allowed_methods = list(exc.valid_methods)
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    return _HttpError(exc.description or exc.name, code)
+
+
+async def _read_json() -> dict[str, Any]:
+    """The request body as a JSON object; 400 / 413 in the dialect's shape otherwise."""
+    raw = await request.get_data(cache=False)
+    if not raw.strip():
+        raise RequestError("the request body is empty; send a JSON object", param="$")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise RequestError("the request body is not UTF-8 text", param="$") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            param="$",
+        ) from None
+    except RecursionError:
+        raise RequestError("the request body is nested too deeply", param="$") from None
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object", param="$")
+    return body
+
+
+def prompt_chars(req: Request) -> int:
+    """Characters of the prompt as a CLI sees it: system, messages and tool definitions."""
+    total = len(req.system)
+    for message in req.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart | ThinkingPart):
+                total += len(part.text)
+            elif isinstance(part, ToolCallPart):
+                total += len(part.name) + len(part.arguments)
+            elif isinstance(part, ToolResultPart):
+                total += len(part.content)
+    for tool in req.tools:
+        total += len(tool.name) + len(tool.description) + len(dumps(tool.input_schema))
+    return total
+
+
+def estimate_tokens(req: Request) -> int:
+    """An honest estimate of the input tokens: ~4 characters a token, images at 1600.
+
+    Not the model's tokenizer (the CLIs do not expose one): good for budgeting, off by
+    ±20 % on ordinary English, more on code and other languages.
+    """
+    images = sum(isinstance(p, ImagePart) for m in req.messages for p in m.parts)
+    return max(1, math.ceil(prompt_chars(req) / CHARS_PER_TOKEN)) + images * IMAGE_TOKENS
+
+
+def _check_limits(req: Request, config: ServerConfig) -> None:
+    if len(req.messages) > config.max_messages:
+        raise RequestTooLarge(
+            f"the request has {len(req.messages)} messages; this server accepts at most "
+            f"{config.max_messages} (server.max_messages)",
+            param="$.messages",
+        )
+    chars = prompt_chars(req)
+    if chars > config.max_prompt_chars:
+        raise RequestTooLarge(
+            f"the prompt is {chars} characters; this server accepts at most "
+            f"{config.max_prompt_chars} (server.max_prompt_chars)",
+            param="$.messages",
+        )
+
+
+def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:
+    """One model in a shape both SDKs read: OpenAI's Model and Anthropic's ModelInfo."""
+    via = f"{info.backend} CLI" + (", FAKE" if info.fake else "")
+    return {
+        "id": info.id,
+        "object": "model",
+        "type": "model",
+        "created": created,
+        "created_at": datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "owned_by": f"clibridge-{info.backend}",
+        "display_name": f"{info.id} (via {via})",
+        "backend": info.backend,
+        "cli_model": info.cli_model,
+        "fake": info.fake,
+    }
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
+    """The HTTP front end for ``service``; serve it with :func:`~._http.server.serve_http`."""
+    app = BridgeApp("clibridge")
+    app.service = service
+    app.server_config = config
+    grace = max(config.drain_timeout - 1.0, config.drain_timeout * 0.8)
+    app.drain = DrainState(grace=grace)
+    app.draining = app.drain.draining
+    app.created = int(time.time())
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        # streams set their own (None); this bounds sending a plain JSON answer
+        RESPONSE_TIMEOUT=max(60.0, config.send_timeout),
+        # a client has this long to upload its body
+        BODY_TIMEOUT=max(60.0, config.send_timeout),
+        PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS here: OPTIONS gets a 405 in the API's shape
+    )
+    app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
+
+    @app.before_serving
+    async def _start_drain_watch() -> None:
+        app.nursery.start_soon(app.drain.watch)
+
+    @app.before_request
+    async def _authenticate() -> None:
+        request_id()
+        token = config.auth_token
+        if token is None or request.path in _OPEN_PATHS:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                given = credentials.strip()
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            raise AuthError(
+                "missing or wrong API key: send the clibridge auth token as "
+                "'Authorization: Bearer <token>' or 'x-api-key: <token>'"
+                if given is None
+                else "wrong API key: it does not match the clibridge auth token"
+            )
+
+    @app.after_request
+    async def _stamp(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id()
+        if response.status_code in (429, 503, 529) and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(BridgeError)
+    async def _bridge_error(error: BridgeError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        return error_response(_from_http_exception(error))
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        bridge = as_bridge_error(error, request_id())
+        if bridge is None or isinstance(bridge, InternalError):
+            log.error(
+                "unexpected error (request %s %s %s)",
+                request_id(),
+                request.method,
+                request.path,
+                exc_info=error,
+            )
+            bridge = bridge or InternalError(
+                f"internal error in clibridge (request {request_id()}); the server log has the details"
+            )
+        return error_response(bridge)
+
+    # ----------------------------------------------------------------- probes
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        readiness = service.readiness()
+        ready = readiness.ready and not app.draining.is_set()
+        reason = (
+            "draining: the server is shutting down" if app.draining.is_set() else readiness.reason
+        )
+        body = {"ready": ready, "reason": reason, "fake": readiness.fake}
+        return json_response(body, 200 if ready else 503, {} if ready else {"Retry-After": "1"})
+
+    @app.get("/v1/stats")
+    async def stats() -> Response:
+        return json_response(
+            {
+                "service": dict(service.statistics()),
+                "http": {"open_turns": len(app.drain.live), "draining": app.draining.is_set()},
+            }
+        )
+
+    # ----------------------------------------------------------------- models
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        data = [_model_json(m, app.created) for m in service.models()]
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> Response:
+        for info in service.models():
+            if info.id == model_id:
+                return json_response(_model_json(info, app.created))
+        raise ModelNotFound(
+            f"the model {model_id!r} does not exist (see GET /v1/models)", param="model"
+        )
+
+    # ----------------------------------------------------------------- turns
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens() -> Response:
+        body = await _read_json()
+        # count_tokens takes a Messages body without max_tokens / stream
+        body.setdefault("max_tokens", 1)
+        body.pop("stream", None)
+        req = codec_for("anthropic_messages").decode_request(body)
+        return json_response(
+            {"input_tokens": estimate_tokens(req)},
+            headers={
+                "X-Clibridge-Token-Count": f"estimate: ~{CHARS_PER_TOKEN} characters per token"
+            },
+        )
+
+    async def run_turn(dialect: Dialect) -> Response:
+        body = await _read_json()
+        codec = codec_for(dialect)
+        req = codec.decode_request(body)
+        _check_limits(req, config)
+        if app.draining.is_set():
+            raise UnavailableError(
+                "clibridge is shutting down; retry on another instance", retry_after=1
+            )
+        exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+        run = TurnRun(
+            service,
+            req,
+            exchange=exchange,
+            drain=app.drain,
+            send_timeout=config.send_timeout,
+            request_id=request_id(),
+        )
+        response_id = codec.new_response_id()
+        created = int(time.time())
+        handed_off = False
+        try:
+            try:
+                await exchange.nursery.start(run.run)
+            except BaseException as exc:
+                bridge = as_bridge_error(exc, request_id())
+                if bridge is None or isinstance(bridge, InternalError):
+                    raise
+                raise bridge from None
+            if not req.stream:
+                events = await run.collect()
+                try:
+                    completion = collect_events(req.model, events)
+                except ValueError:
+                    raise ProtocolError(
+                        "the turn ended without finishing; the CLI may have crashed"
+                    ) from None
+                return json_response(
+                    codec.encode_completion(
+                        completion, req, response_id=response_id, created=created
+                    )
+                )
+            first = await run.first_items(config.keepalive_interval)
+            # nothing written yet: an error that comes before any content gets its status
+            lead = next((i for i in first if not isinstance(i, TurnStarted)), _NOTHING)
+            if isinstance(lead, BridgeError):
+                raise lead
+            if lead is None:
+                raise ProtocolError("the turn ended without finishing; the CLI may have crashed")
+            include_usage = _include_usage(body)
+            encoder = codec.StreamEncoder(
+                req, response_id=response_id, created=created, include_usage=include_usage
+            )
+            body_iter = sse_body(
+                run,
+                encoder,
+                first,
+                keepalive_interval=config.keepalive_interval,
+                keepalive=KEEPALIVE,
+            )
+            response = Response(
+                body_iter,
+                status=200,
+                content_type="text/event-stream; charset=utf-8",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+            response.timeout = None  # Quart would end the stream after RESPONSE_TIMEOUT
+            handed_off = True
+            return response
+        finally:
+            if not handed_off:
+                run.abandon()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await run_turn("openai_chat")
+
+    @app.post("/v1/responses")
+    async def responses() -> Response:
+        return await run_turn("openai_responses")
+
+    @app.post("/v1/messages")
+    async def messages() -> Response:
+        return await run_turn("anthropic_messages")
+
+    return app
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True

@@ -1,0 +1,116 @@
+"""Serving the app on Hypercorn (trio worker), and the startup banner."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Awaitable, Callable
+from functools import partial
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from .._config import Config, ServerConfig
+from .._service import TurnService
+
+log = logging.getLogger("clibridge.http")
+
+
+def hypercorn_config(config: ServerConfig) -> HyperConfig:
+    """Hypercorn settings for ``config``: one bind, quiet, graceful for ``drain_timeout``."""
+    hyper = HyperConfig()
+    host = config.host
+    hyper.bind = [f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"]
+    hyper.graceful_timeout = config.drain_timeout
+    hyper.accesslog = None  # access logging costs per request; opt in with log_level=debug
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    # keep-alive connections idle longer than this are closed (clients reconnect)
+    hyper.keep_alive_timeout = 75.0
+    hyper.include_server_header = False
+    return hyper
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    parts = urlsplit(bind)
+    if parts.hostname is None or parts.port is None:  # pragma: no cover - hypercorn's format
+        raise RuntimeError(f"unexpected bind from hypercorn: {bind!r}")
+    return parts.hostname, parts.port
+
+
+async def serve_http(
+    app: QuartTrio,
+    config: ServerConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns, then drain gracefully.
+
+    Reports the bound ``(host, port)`` through ``task_status`` once listening (port 0 in
+    the config picks a free port). When the trigger fires, the listener closes at once,
+    the app's ``draining`` event is set so open streams end with a final event, and
+    Hypercorn gives in-flight requests ``drain_timeout`` before cancelling them.
+    """
+    hyper = hypercorn_config(config)
+    if log.isEnabledFor(logging.DEBUG):
+        hyper.accesslog = logging.getLogger("hypercorn.access")
+
+    async def trigger() -> None:
+        await shutdown_trigger()
+        draining = getattr(app, "draining", None)
+        if isinstance(draining, trio.Event):
+            draining.set()
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(serve, app, hyper, shutdown_trigger=trigger))
+        host, port = _parse_bind(binds[0])
+        log.info("listening on http://%s:%d", host, port)
+        task_status.started((host, port))
+
+
+def banner(config: Config, host: str, port: int, service: TurnService) -> str:
+    """The startup banner: URL, backends, a loud fake-CLI notice, pool state, a curl to try."""
+    readiness = service.readiness()
+    url_host = f"[{host}]" if ":" in host else host
+    base = f"http://{url_host}:{port}"
+    models = list(service.models())
+    backends = sorted({m.backend for m in models}) or ["(none)"]
+    model = next((m.id for m in models if not m.fake), None) or (
+        models[0].id if models else "default"
+    )
+    lines = [
+        "",
+        f"clibridge is listening on {base}",
+        f"  OpenAI base URL:     {base}/v1",
+        f"  Anthropic base URL:  {base}",
+        f"  backends:            {', '.join(backends)} ({config.backend})",
+        f"  pool:                {readiness.reason}",
+        f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
+    ]
+    if readiness.fake:
+        bar = "!" * 72
+        lines += [
+            "",
+            bar,
+            "!!  FAKE CLI: no logged-in claude / codex was found, so clibridge answers",
+            "!!  with the bundled FAKE CLI. Replies are canned test data, not a model.",
+            "!!  Log in (`claude setup-token`, then set CLAUDE_CODE_OAUTH_TOKEN) and restart,",
+            "!!  or choose explicitly with --backend claude|codex.",
+            bar,
+        ]
+    body = (
+        '{"model": "' + model + '", "stream": true, '
+        '"messages": [{"role": "user", "content": "Say hello"}]}'
+    )
+    curl = ["curl", "-N", f"{base}/v1/chat/completions", "-H", "Content-Type: application/json"]
+    if config.server.auth_token:
+        curl += ["-H", "Authorization: Bearer $CLIBRIDGE_API_KEY"]
+    curl += ["-d", body]
+    command = " ".join(
+        f'"{arg}"' if arg.startswith("Authorization") else shlex.quote(arg) for arg in curl
+    )
+    lines += ["", "Try it:", f"  {command}", ""]
+    return "\n".join(lines)
