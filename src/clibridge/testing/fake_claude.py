@@ -127,6 +127,12 @@ VALUE_FLAGS = frozenset(
         "--effort",
     ]
 )
+#: switches of the real CLI the fake accepts without acting on them
+KNOWN_SWITCHES = frozenset(
+    "--no-session-persistence --strict-mcp-config --dangerously-skip-permissions "
+    "--allow-dangerously-skip-permissions --continue -c --replay-user-messages --bare "
+    "--ide --debug -d --mcp-debug --fork-session --disable-slash-commands".split()
+)
 #: flags that take a list of values up to the next flag
 LIST_FLAGS = frozenset(
     [
@@ -194,6 +200,7 @@ class Args:
         self.partial = False
         self.values: dict[str, list[str]] = {}
         self.unknown: list[str] = []
+        self.switches: list[str] = []
         self.positional: list[str] = []
         i = 0
         while i < len(argv):
@@ -223,6 +230,8 @@ class Args:
                 while name in LIST_FLAGS and i < len(argv) and not argv[i].startswith("-"):
                     vals.append(argv[i])
                     i += 1
+            elif name in KNOWN_SWITCHES:
+                self.switches.append(name)
             else:
                 # Unknown switches are accepted (and recorded), never fatal: newer drivers
                 # may pass flags this fake does not know.
@@ -766,6 +775,8 @@ class Turn:
         return self.sc.usage_for(self.prompt, self.sc.reply_text(self.prompt))
 
     def status(self) -> None:
+        if self.fake.args.get("--input-format") != "stream-json":
+            return  # the one-shot form prints no status lines (samples/claude_print_oneshot)
         self.fake.emit(
             {
                 "type": "system",
@@ -1352,7 +1363,12 @@ def main(argv: list[str] | None = None) -> int:
                 "Error: --input-format=stream-json requires output-format=stream-json.\n"
             )
             return 1
-        return fake.run()
+        code = fake.run()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Why os._exit: the stdin reader thread may sit in a blocking read holding the
+        # buffer's lock, and interpreter shutdown then aborts (SIGABRT) instead of exiting.
+        os._exit(code)
     if not args.print_mode:
         sys.stderr.write(
             "fake claude: only the -p (print) forms are faked; the interactive TUI is not\n"
