@@ -314,8 +314,9 @@ async def sse_body(
     producer task, which ``finally`` abandons whatever ended the stream.
     """
     try:
+        head = encoder.start()  # before any feed(): encoders number their events
         frames, done = _encode(encoder, first)
-        yield b"".join(encoder.start() + frames)
+        yield b"".join(head + frames)
         while not done:
             with trio.move_on_after(keepalive_interval) as idle:
                 item = await run.receive()
