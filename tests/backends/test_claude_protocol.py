@@ -75,7 +75,7 @@ def out_records(name: str, chunk: int = 7) -> list[Record]:
     for i in range(0, len(data), chunk):
         parser.receive_data(data[i : i + chunk])
         while (rec := parser.next_event()) is not NEED_DATA:
-            assert not isinstance(rec, claude._NeedData)
+            assert not isinstance(rec, claude.NeedData)
             records.append(rec)
     assert parser.buffered == 0
     return records

@@ -330,13 +330,15 @@ Record: TypeAlias = (
 )
 
 
-class _NeedData:
+class NeedData:
+    """The type of :data:`NEED_DATA`."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
 #: :meth:`ClaudeParser.next_event` returns this when it needs more bytes
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -425,7 +427,7 @@ class ClaudeParser:
         """Bytes of an incomplete line waiting for its newline."""
         return len(self._buffer)
 
-    def next_event(self) -> Record | _NeedData:
+    def next_event(self) -> Record | NeedData:
         """The next record, or :data:`NEED_DATA`. Empty lines are skipped."""
         while True:
             idx = self._buffer.find(b"\n", self._scanned)

@@ -1,0 +1,195 @@
+"""Spawn homes: the HOME, working directory and environment a claude worker runs with.
+
+Theory of operation
+-------------------
+A worker must behave like a plain model, the same on every machine: no onboarding
+screens, no hooks or plugins from the operator's ``~/.claude``, no CLAUDE.md or
+auto-memory leaking into the prompt, no auto-updater, no telemetry. So claude runs with
+``HOME`` set to a directory clibridge owns (under its state dir, default
+``platformdirs.user_state_dir("clibridge")``)::
+
+    <state>/claude/home/.claude.json            onboarding done, the work dir trusted
+    <state>/claude/home/.claude/settings.json   hooks, auto-memory, auto-updates off
+    <state>/claude/work/                        the neutral, empty working directory
+
+The settings file is rewritten on every start (an operator edit there is not honoured:
+the settings are part of what clibridge guarantees). ``.claude.json`` is merged, because
+the CLI itself writes into it (caches, counters).
+
+The child environment is built from an allow-list (:data:`ALLOWED_ENV`, ``LC_*`` and the
+configured ``pass_env``), never from the inbound environment wholesale: clibridge's own
+``CLIBRIDGE_*`` settings (which hold its API keys) never reach the CLI, and neither do
+``ANTHROPIC_API_KEY`` (it would switch the login to API billing), ``ANTHROPIC_BASE_URL``
+or ``CLAUDECODE`` unless the operator lists them in ``pass_env`` on purpose.
+``CLAUDE_CODE_OAUTH_TOKEN`` (from ``claude setup-token``) is passed when set: it is how a
+subscription login reaches a spawn home without copying a refreshable credentials file
+(which this module never does).
+
+``use_real_home`` runs the CLI with the operator's real HOME (and its login, settings and
+CLAUDE.md files); it is explicit in the config and logged as a warning. The neutral work
+dir is used either way.
+
+What the switches do was checked against claude 2.1.197: ``CLAUDE_CODE_DISABLE_CLAUDE_MDS``
+stops CLAUDE.md discovery (the work dir's parents include the operator's home),
+``CLAUDE_CODE_DISABLE_AUTO_MEMORY`` and ``autoMemoryEnabled: false`` the memory files,
+``disableAllHooks`` every hook, ``DISABLE_AUTOUPDATER`` / ``autoUpdates: false`` the
+updater, ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC`` telemetry and the hidden
+title-generation request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import platformdirs
+
+from ._config import ClaudeConfig
+from ._process import ChildSpec
+
+log = logging.getLogger(__name__)
+
+#: variables copied from the server's environment when set
+ALLOWED_ENV: Final = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    # the subscription login for spawn homes (``claude setup-token``)
+    "CLAUDE_CODE_OAUTH_TOKEN",
+)
+#: never passed unless named in ``pass_env`` (and CLIBRIDGE_* never at all)
+DENIED_ENV: Final = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDECODE",
+)
+#: set for every claude child
+FORCED_ENV: Final = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_DISABLE_CLAUDE_MDS": "1",
+    "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+}
+
+SETTINGS: Final[Mapping[str, Any]] = {
+    "disableAllHooks": True,
+    "autoMemoryEnabled": False,
+    "autoUpdates": False,
+    "enableAllProjectMcpServers": False,
+    "enabledPlugins": {},
+    "includeCoAuthoredBy": False,
+    "spinnerTipsEnabled": False,
+    "cleanupPeriodDays": 1,
+}
+
+
+def default_state_dir() -> Path:
+    return Path(platformdirs.user_state_dir("clibridge"))
+
+
+@attrs.frozen
+class SpawnHome:
+    """Where and with what environment claude workers run."""
+
+    #: the HOME given to the CLI (the real one when ``use_real_home``)
+    home: Path
+    #: the neutral working directory
+    workdir: Path
+    #: the complete child environment
+    env: Mapping[str, str]
+
+    def child_spec(self, argv: list[str] | tuple[str, ...]) -> ChildSpec:
+        return ChildSpec(argv=tuple(argv), env=dict(self.env), cwd=self.workdir)
+
+
+def child_env(
+    config: ClaudeConfig, home: Path, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The allow-listed environment of a claude child (see module doc)."""
+    source = os.environ if environ is None else environ
+    env: dict[str, str] = {}
+    for name, value in source.items():
+        if name.startswith("CLIBRIDGE_"):
+            continue
+        if name in ALLOWED_ENV or name.startswith("LC_") or name in config.pass_env:
+            env[name] = value
+    env["HOME"] = str(home)
+    env.setdefault("PATH", os.defpath)
+    env.update(FORCED_ENV)
+    for name in DENIED_ENV:
+        if name in env and name not in config.pass_env:
+            del env[name]
+    return env
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def prepare_claude_home(
+    config: ClaudeConfig,
+    state_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SpawnHome:
+    """Create (or refresh) the claude spawn home and return it. Blocking file IO: call it
+    once at startup, or through ``trio.to_thread.run_sync``."""
+    base = (state_dir or default_state_dir()) / "claude"
+    workdir = base / "work"
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if config.use_real_home:
+        home = Path(os.path.expanduser("~"))
+        log.warning(
+            "claude runs with the real HOME %s (use_real_home): its settings, hooks, "
+            "plugins and login apply to every request",
+            home,
+        )
+        return SpawnHome(home, workdir, child_env(config, home, environ))
+    home = base / "home"
+    (home / ".claude").mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_file = home / ".claude.json"
+    try:
+        state: dict[str, Any] = json.loads(state_file.read_text())
+        if not isinstance(state, dict):
+            state = {}
+    except (OSError, ValueError):
+        state = {}
+    state["hasCompletedOnboarding"] = True
+    state["autoUpdates"] = False
+    projects = state.setdefault("projects", {})
+    project = projects.setdefault(str(workdir), {})
+    project.update(hasTrustDialogAccepted=True, hasCompletedProjectOnboarding=True, allowedTools=[])
+    _write_json(state_file, state)
+    _write_json(home / ".claude" / "settings.json", SETTINGS)
+    env = child_env(config, home, environ)
+    if "CLAUDE_CODE_OAUTH_TOKEN" not in env and "ANTHROPIC_API_KEY" not in env:
+        log.warning(
+            "no CLAUDE_CODE_OAUTH_TOKEN in the environment: claude in the spawn home %s "
+            "has no login (run `claude setup-token` and set it, or use use_real_home)",
+            home,
+        )
+    return SpawnHome(home, workdir, env)

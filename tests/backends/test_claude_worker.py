@@ -1,0 +1,419 @@
+"""ClaudeWorker against the fake claude (real subprocesses), plus the spawn home.
+
+Every test that runs a worker checks afterwards that no process of its group is left.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from clibridge._backends.claude_worker import ClaudeWorker
+from clibridge._config import ClaudeConfig, PoolConfig
+from clibridge._errors import (
+    BootError,
+    CliCrashed,
+    LoginExpired,
+    ProtocolError,
+    TurnTimeout,
+    UnsupportedFeature,
+    UpstreamRateLimited,
+)
+from clibridge._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Message,
+    Request,
+    TextDelta,
+    TextPart,
+    ToolSpec,
+    TurnStarted,
+    collect,
+)
+from clibridge._process import live_group_members
+from clibridge._spawn_home import SETTINGS, SpawnHome, child_env, prepare_claude_home
+from clibridge._worker import Binding, WorkerUnusable
+from clibridge.testing.scenario import directive
+
+FAKE = (sys.executable, "-m", "clibridge.testing.fake_claude")
+MODEL = "claude-sonnet-4-5"
+
+
+def fast_pool(**overrides: Any) -> PoolConfig:
+    values: dict[str, Any] = {
+        "ready_timeout": 20.0,
+        "turn_timeout": 30.0,
+        "stream_idle_timeout": 20.0,
+        "interrupt_grace": 3.0,
+        "kill_grace": 1.0,
+    }
+    values.update(overrides)
+    return PoolConfig(**values)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.record = tmp_path / "record.ndjson"
+        self.config = ClaudeConfig(command=FAKE, login_hint="claude setup-token")
+        self.home = prepare_claude_home(
+            self.config, tmp_path / "state", environ={"PATH": "/usr/bin:/bin"}
+        )
+
+    def worker(
+        self,
+        *,
+        scenario: dict[str, Any] | None = None,
+        pool: PoolConfig | None = None,
+        model: str | None = MODEL,
+    ) -> ClaudeWorker:
+        env = dict(self.home.env)
+        # the fake's own knobs: CLIBRIDGE_* never passes the allow-list, so add them here
+        env["CLIBRIDGE_FAKE_RECORD"] = str(self.record)
+        if scenario is not None:
+            path = self.tmp_path / "scenario.json"
+            path.write_text(json.dumps({"default": scenario}))
+            env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
+        home = SpawnHome(self.home.home, self.home.workdir, env)
+        return ClaudeWorker(1, self.config, pool or fast_pool(), home, model=model)
+
+    def stdin_lines(self) -> list[Any]:
+        if not self.record.exists():
+            return []
+        facts = [json.loads(line) for line in self.record.read_text().splitlines()]
+        return [f["stdin"] for f in facts if "stdin" in f]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+@asynccontextmanager
+async def running(worker: ClaudeWorker) -> AsyncIterator[ClaudeWorker]:
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            try:
+                yield worker
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if worker.pid is not None:
+            assert live_group_members(worker.pid) == []
+
+
+async def boot_error(worker: ClaudeWorker) -> BootError:
+    """What nursery.start(worker.run) raises (as the pool sees it)."""
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(BootError) as info:
+            await nursery.start(worker.run)
+    if worker.pid is not None:
+        assert live_group_members(worker.pid) == []
+    return info.value
+
+
+def request(text: str, model: str = MODEL, **kw: Any) -> Request:
+    return Request(model=model, messages=(Message("user", (TextPart(text),)),), **kw)
+
+
+async def run_turn(worker: ClaudeWorker, req: Request) -> list[Event]:
+    events: list[Event] = []
+    async with aclosing(worker.turn(req)) as stream:
+        async for event in stream:
+            events.append(event)
+    return events
+
+
+BIND = Binding(system="You are terse.", tools_key=(), model=MODEL)
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+async def test_boot_bind_turn(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            assert worker.pid is not None
+            await worker.bind(BIND)
+            line = directive(reply="Hi there.", chunk_chars=3, input_tokens=11, output_tokens=4)
+            events = await run_turn(worker, request(f"{line}\nsay hi"))
+            assert events[0] == TurnStarted(MODEL)
+            assert all(isinstance(e, TextDelta) for e in events[1:-1])
+            done = collect(MODEL, events)
+            assert done.text == "Hi there."
+            assert done.finish.reason is FinishReason.END_TURN
+            assert done.finish.usage.input_tokens == 11
+            assert done.finish.usage.output_tokens == 4
+            assert worker.turns == 1 and worker.healthy
+    lines = harness.stdin_lines()
+    subtypes = [m["request"]["subtype"] for m in lines if m.get("type") == "control_request"]
+    assert subtypes[:2] == ["mcp_status", "initialize"]
+    init = next(m for m in lines if m.get("request", {}).get("subtype") == "initialize")
+    assert init["request"]["systemPrompt"] == "You are terse."
+    assert [m["message"]["content"] for m in lines if m.get("type") == "user"] == [
+        f"{line}\nsay hi"
+    ]
+
+
+async def test_reuse_clears_and_switches_model_and_refuses_other_setups(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            await run_turn(worker, request("one"))
+            await worker.bind(Binding(BIND.system, (), "claude-haiku-4-5"))
+            events = await run_turn(
+                worker, request(directive(echo=True) + "\ntwo", "claude-haiku-4-5")
+            )
+            assert events[0] == TurnStarted("claude-haiku-4-5")
+            assert collect("x", events).text == "echo: two"
+            with pytest.raises(WorkerUnusable):
+                await worker.bind(Binding("another prompt", (), MODEL))
+            assert worker.healthy
+    lines = harness.stdin_lines()
+    users = [m["message"]["content"] for m in lines if m.get("type") == "user"]
+    assert users == ["one", "/clear", directive(echo=True) + "\ntwo"]
+    subtypes = [m["request"]["subtype"] for m in lines if m.get("type") == "control_request"]
+    assert subtypes == ["mcp_status", "initialize", "set_model"]
+
+
+async def test_large_output_line(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            events = await run_turn(worker, request(directive(reply="", large_output=300_000)))
+            assert len(collect("x", events).text) == 300_000
+
+
+async def test_client_tools_are_refused_for_now(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            with pytest.raises(UnsupportedFeature):
+                await run_turn(worker, request("x", tools=(ToolSpec("f"),)))
+            assert worker.healthy
+
+
+# --------------------------------------------------------------------------- boot failures
+
+
+async def test_crash_at_boot_is_a_boot_error_with_stderr(harness: Harness) -> None:
+    worker = harness.worker(scenario={"crash_at_boot": True})
+    with trio.fail_after(60):
+        error = await boot_error(worker)
+    assert "crashed at boot" in (error.detail or "")
+    assert not worker.healthy
+
+
+async def test_hang_at_boot_times_out(harness: Harness) -> None:
+    worker = harness.worker(scenario={"hang_at_boot": True}, pool=fast_pool(ready_timeout=1.0))
+    with trio.fail_after(60):
+        error = await boot_error(worker)
+    assert "did not get ready" in error.message
+
+
+async def test_missing_binary_is_a_boot_error(harness: Harness) -> None:
+    home = SpawnHome(harness.home.home, harness.home.workdir, harness.home.env)
+    config = ClaudeConfig(command=("/nonexistent/claude",))
+    worker = ClaudeWorker(1, config, fast_pool(), home)
+    with trio.fail_after(60):
+        error = await boot_error(worker)
+    assert "cannot start" in error.message
+
+
+# --------------------------------------------------------------------------- turn failures
+
+
+async def test_crash_mid_turn(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            with pytest.raises(CliCrashed) as info:
+                await run_turn(worker, request(directive(crash_mid_turn=True, chunk_chars=2)))
+            assert "crashed mid-turn" in (info.value.detail or "")
+            assert not worker.healthy
+
+
+async def test_hang_mid_turn_hits_the_idle_timeout(harness: Harness) -> None:
+    pool = fast_pool(stream_idle_timeout=0.5)
+    with trio.fail_after(60):
+        async with running(harness.worker(pool=pool)) as worker:
+            await worker.bind(BIND)
+            with pytest.raises(TurnTimeout, match="stream_idle_timeout"):
+                await run_turn(worker, request(directive(hang_mid_turn=True, chunk_chars=2)))
+            assert not worker.healthy
+
+
+async def test_turn_timeout(harness: Harness) -> None:
+    pool = fast_pool(turn_timeout=0.5)
+    with trio.fail_after(60):
+        async with running(harness.worker(pool=pool)) as worker:
+            await worker.bind(BIND)
+            slow = directive(reply="abcdefghij" * 10, chunk_chars=1, chunk_delay=0.05)
+            with pytest.raises(TurnTimeout, match="turn_timeout"):
+                await run_turn(worker, request(slow))
+            assert not worker.healthy
+
+
+async def test_garbage_line_in_a_turn(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            with pytest.raises(ProtocolError):
+                await run_turn(worker, request(directive(garbage_line=True)))
+            assert not worker.healthy
+
+
+async def test_401_fails_fast_and_the_worker_stays_usable(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            t0 = trio.current_time()
+            trouble = directive(
+                api_error=401, api_retries=10, retry_delay_ms=2000, api_error_then="hang"
+            )
+            with pytest.raises(LoginExpired, match="claude setup-token"):
+                await run_turn(worker, request(trouble))
+            assert trio.current_time() - t0 < 5
+            assert worker.healthy  # the interrupt was acknowledged
+            await worker.bind(BIND)
+            assert collect("x", await run_turn(worker, request("again"))).text
+
+
+async def test_429_after_retry_attempts_carries_the_delay(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            trouble = directive(
+                api_error=429, api_retries=10, retry_delay_ms=100, api_error_then="hang"
+            )
+            with pytest.raises(UpstreamRateLimited) as info:
+                await run_turn(worker, request(trouble))
+            assert info.value.retry_after is not None and info.value.retry_after > 0
+            assert worker.healthy
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_cancel_mid_turn_interrupts_and_keeps_the_worker(harness: Harness) -> None:
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(BIND)
+            slow = directive(reply="x" * 200, chunk_chars=1, chunk_delay=0.05)
+            got: list[Event] = []
+            with trio.move_on_after(0.5) as scope:
+                async with aclosing(worker.turn(request(slow))) as stream:
+                    async for event in stream:
+                        got.append(event)
+            assert scope.cancelled_caught
+            assert any(isinstance(e, TextDelta) for e in got)
+            assert not any(isinstance(e, Finished) for e in got)
+            assert worker.healthy
+            await worker.bind(BIND)
+            assert collect("x", await run_turn(worker, request("next"))).text
+    interrupts = [
+        m for m in harness.stdin_lines() if m.get("request", {}).get("subtype") == "interrupt"
+    ]
+    assert len(interrupts) == 1
+
+
+async def test_ignored_interrupt_marks_unhealthy(harness: Harness) -> None:
+    pool = fast_pool(interrupt_grace=0.3)
+    with trio.fail_after(60):
+        async with running(harness.worker(pool=pool)) as worker:
+            await worker.bind(BIND)
+            slow = directive(
+                reply="x" * 200, chunk_chars=1, chunk_delay=0.05, ignore_interrupt=True
+            )
+            async with aclosing(worker.turn(request(slow))) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        break
+            assert not worker.healthy
+
+
+async def test_sigterm_ignoring_cli_with_grandchild_leaves_nothing(harness: Harness) -> None:
+    worker = harness.worker(
+        scenario={"ignore_sigterm": True, "spawn_grandchild": True}, pool=fast_pool(kill_grace=0.3)
+    )
+    with trio.fail_after(60):
+        async with running(worker):
+            await worker.bind(BIND)
+            assert worker.pid is not None
+            assert len(live_group_members(worker.pid)) >= 2
+
+
+# --------------------------------------------------------------------------- spawn home
+
+
+def test_spawn_home_files(tmp_path: Path) -> None:
+    home = prepare_claude_home(ClaudeConfig(), tmp_path, environ={"PATH": "/bin"})
+    assert home.home == tmp_path / "claude" / "home"
+    assert home.workdir.is_dir() and not any(home.workdir.iterdir())
+    seeds = json.loads((home.home / ".claude.json").read_text())
+    assert seeds["hasCompletedOnboarding"] is True
+    assert seeds["projects"][str(home.workdir)]["hasTrustDialogAccepted"] is True
+    settings = json.loads((home.home / ".claude" / "settings.json").read_text())
+    assert settings == dict(SETTINGS)
+    assert settings["disableAllHooks"] is True and settings["autoMemoryEnabled"] is False
+    assert not (home.home / ".claude" / ".credentials.json").exists()
+    # the CLI's own additions to .claude.json survive a restart
+    seeds["numStartups"] = 7
+    (home.home / ".claude.json").write_text(json.dumps(seeds))
+    again = prepare_claude_home(ClaudeConfig(), tmp_path, environ={"PATH": "/bin"})
+    assert json.loads((again.home / ".claude.json").read_text())["numStartups"] == 7
+
+
+def test_child_env_allow_list() -> None:
+    inbound = {
+        "PATH": "/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/home/operator",
+        "CLIBRIDGE_AUTH_TOKEN": "secret",
+        "ANTHROPIC_API_KEY": "sk-ant",
+        "ANTHROPIC_BASE_URL": "http://x",
+        "CLAUDECODE": "1",
+        "AWS_SECRET_ACCESS_KEY": "nope",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth",
+        "MY_PROXY_SETTING": "p",
+    }
+    env = child_env(ClaudeConfig(pass_env=("MY_PROXY_SETTING",)), Path("/spawn"), inbound)
+    assert env["HOME"] == "/spawn"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == "oauth"
+    assert env["MY_PROXY_SETTING"] == "p"
+    assert env["LC_ALL"] == "C.UTF-8"
+    for name in (
+        "CLIBRIDGE_AUTH_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "CLAUDECODE",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        assert name not in env
+    on_purpose = child_env(
+        ClaudeConfig(pass_env=("ANTHROPIC_API_KEY", "CLIBRIDGE_AUTH_TOKEN")),
+        Path("/spawn"),
+        inbound,
+    )
+    assert on_purpose["ANTHROPIC_API_KEY"] == "sk-ant"
+    assert "CLIBRIDGE_AUTH_TOKEN" not in on_purpose
+
+
+def test_use_real_home_is_explicit_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = prepare_claude_home(ClaudeConfig(use_real_home=True), tmp_path, environ={"PATH": "/bin"})
+    assert home.home == Path.home()
+    assert "real HOME" in caplog.text
+    assert not (tmp_path / "claude" / "home").exists()
