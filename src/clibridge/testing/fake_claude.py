@@ -129,9 +129,22 @@ VALUE_FLAGS = frozenset(
 )
 #: switches of the real CLI the fake accepts without acting on them
 KNOWN_SWITCHES = frozenset(
-    "--no-session-persistence --strict-mcp-config --dangerously-skip-permissions "
-    "--allow-dangerously-skip-permissions --continue -c --replay-user-messages --bare "
-    "--ide --debug -d --mcp-debug --fork-session --disable-slash-commands".split()
+    [
+        "--no-session-persistence",
+        "--strict-mcp-config",
+        "--dangerously-skip-permissions",
+        "--allow-dangerously-skip-permissions",
+        "--continue",
+        "-c",
+        "--replay-user-messages",
+        "--bare",
+        "--ide",
+        "--debug",
+        "-d",
+        "--mcp-debug",
+        "--fork-session",
+        "--disable-slash-commands",
+    ]
 )
 #: flags that take a list of values up to the next flag
 LIST_FLAGS = frozenset(
