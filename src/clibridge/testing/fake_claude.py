@@ -442,7 +442,9 @@ class FakeClaude:
         else:
             # The real CLI dies on a non-JSON stdin line; a fake that survives it would
             # hide a driver bug.
-            sys.stderr.write(f"Error parsing streaming input line: {str(msg)[:200]}: SyntaxError: JSON Parse error\n")
+            sys.stderr.write(
+                f"Error parsing streaming input line: {str(msg)[:200]}: SyntaxError: JSON Parse error\n"
+            )
             sys.stderr.flush()
             raise Exit(1)
         return True
