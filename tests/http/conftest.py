@@ -12,7 +12,7 @@ own trio loop, for the synchronous SDK clients and Hypothesis.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -73,6 +73,7 @@ class ScriptedService:
         self.scripts: dict[str, Script] = {}
         self.default = Script()
         self.records: list[TurnRecord] = []
+        self._change = trio.Event()
         self.ready = Readiness(True, "scripted service: ready", fake=False)
         self.model_list: list[ModelInfo] = [
             ModelInfo(MODEL, "claude", MODEL, fake=True),
@@ -83,6 +84,7 @@ class ScriptedService:
     async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
         record = TurnRecord(request)
         self.records.append(record)
+        self._changed()
         script = self.scripts.get(request.model, self.default)
         events = self._play(script.steps, record)
         try:
@@ -91,6 +93,7 @@ class ScriptedService:
             if script.enter_error is not None:
                 raise script.enter_error
             record.entered = True
+            self._changed()
             yield events
         except BaseException as exc:
             record.exit_exc = exc
@@ -100,6 +103,7 @@ class ScriptedService:
                 await events.aclose()
             record.exited = True
             record.exited_at = trio.current_time()
+            self._changed()
 
     async def _play(self, steps: Iterable[Step], record: TurnRecord) -> AsyncIterator[Event]:
         for step in steps:
@@ -109,6 +113,7 @@ class ScriptedService:
                 raise step
             else:
                 record.sent += 1
+                self._changed()
                 yield step
                 await trio.lowlevel.checkpoint()
 
@@ -124,10 +129,14 @@ class ScriptedService:
     def last(self) -> TurnRecord:
         return self.records[-1]
 
-    async def wait_exited(self, record: TurnRecord, timeout: float = 5.0) -> None:
-        with trio.fail_after(timeout):
-            while not record.exited:
-                await trio.sleep(0.01)
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait (bound it with trio.fail_after) until ``predicate()`` holds after a change."""
+        while not predicate():
+            await self._change.wait()
 
 
 @attrs.define

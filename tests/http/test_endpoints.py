@@ -66,9 +66,10 @@ async def test_count_tokens_is_an_estimate_of_the_rendered_prompt(server: Runnin
 
 
 async def test_auth_both_headers_and_exempt_probes() -> None:
-    async with open_server(auth_token="s3cret") as server, httpx.AsyncClient(
-        base_url=server.base_url
-    ) as client:
+    async with (
+        open_server(auth_token="s3cret") as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
         for dialect in DIALECTS:
             r = await client.post(PATHS[dialect], json=body_for(dialect))
             assert r.status_code == 401
@@ -101,7 +102,11 @@ async def test_auth_both_headers_and_exempt_probes() -> None:
 )
 async def test_request_id_echoed_when_sane(server: RunningServer, given: str, kept: bool) -> None:
     async with httpx.AsyncClient(base_url=server.base_url) as client:
-        for method, path in (("GET", "/healthz"), ("GET", "/v1/nope"), ("POST", PATHS["openai_chat"])):
+        for method, path in (
+            ("GET", "/healthz"),
+            ("GET", "/v1/nope"),
+            ("POST", PATHS["openai_chat"]),
+        ):
             r = await client.request(
                 method, path, json=body_for("openai_chat"), headers={"X-Request-Id": given}
             )

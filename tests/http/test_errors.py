@@ -48,7 +48,9 @@ async def test_admission_errors_in_each_dialect(server: RunningServer) -> None:
                     assert r.status_code == error_status(dialect, error), label
                     assert r.json() == error_body(dialect, error), label
                     if r.status_code in (429, 503, 529):
-                        expected = "3" if error.retry_after == 2.5 else "30" if error.retry_after else "1"
+                        expected = (
+                            "3" if error.retry_after == 2.5 else "30" if error.retry_after else "1"
+                        )
                         assert r.headers["Retry-After"] == expected, label
                     else:
                         assert "Retry-After" not in r.headers, label
@@ -92,26 +94,42 @@ async def test_turn_without_finish_is_an_error_not_a_hang(server: RunningServer)
     async with httpx.AsyncClient(base_url=server.base_url) as client:
         r = await client.post(PATHS["openai_chat"], json=body_for("openai_chat"))
         assert r.status_code == 502
-        r = await client.post(PATHS["anthropic_messages"], json=body_for("anthropic_messages", stream=True))
+        r = await client.post(
+            PATHS["anthropic_messages"], json=body_for("anthropic_messages", stream=True)
+        )
         assert parse_sse(r.content)[-1][0] == "error"
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"   ", b"{", b"[]", b'"text"', b"null", b"\xff\xfe", b'{"model": 1e999999', b"[" * 100_000],
+    [
+        b"",
+        b"   ",
+        b"{",
+        b"[]",
+        b'"text"',
+        b"null",
+        b"\xff\xfe",
+        b'{"model": 1e999999',
+        b"[" * 100_000,
+    ],
 )
 async def test_invalid_json_is_400_in_each_dialect(server: RunningServer, raw: bytes) -> None:
     async with httpx.AsyncClient(base_url=server.base_url) as client:
-        for path, dialect in [*((p, d) for d, p in PATHS.items()), ("/v1/messages/count_tokens", "anthropic_messages")]:
+        for path, dialect in [
+            *((p, d) for d, p in PATHS.items()),
+            ("/v1/messages/count_tokens", "anthropic_messages"),
+        ]:
             r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, (path, raw[:20], r.text)
             assert_error_shape(dialect, r.json())  # type: ignore[arg-type]
 
 
 async def test_body_too_large_closes_the_connection_and_the_next_request_works() -> None:
-    async with open_server(max_body_bytes=2000) as server, httpx.AsyncClient(
-        base_url=server.base_url, timeout=5
-    ) as client:
+    async with (
+        open_server(max_body_bytes=2000) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=5) as client,
+    ):
         for dialect in DIALECTS:
             body = body_for(dialect, text="x" * 5000)
             r = await client.post(PATHS[dialect], json=body)
@@ -136,15 +154,18 @@ async def test_body_too_large_closes_the_connection_and_the_next_request_works()
 
 
 async def test_prompt_and_message_limits() -> None:
-    async with open_server(max_messages=3, max_prompt_chars=1000) as server, httpx.AsyncClient(
-        base_url=server.base_url
-    ) as client:
+    async with (
+        open_server(max_messages=3, max_prompt_chars=1000) as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
         many = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(5)]
         r = await client.post(PATHS["openai_chat"], json={"model": MODEL, "messages": many})
         assert r.status_code == 413
         error = assert_error_shape("openai_chat", r.json())
         assert "5 messages" in error["message"] and error["param"] == "$.messages"
-        r = await client.post(PATHS["anthropic_messages"], json=body_for("anthropic_messages", text="y" * 1001))
+        r = await client.post(
+            PATHS["anthropic_messages"], json=body_for("anthropic_messages", text="y" * 1001)
+        )
         assert r.status_code == 413
         assert "max_prompt_chars" in r.json()["error"]["message"]
     assert server.service.records == []
@@ -169,7 +190,10 @@ async def test_unexpected_exception_is_a_logged_500_in_the_envelope(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = _BrokenService(ScriptedService())
-    async with open_server(service) as broken, httpx.AsyncClient(base_url=broken.base_url) as client:
+    async with (
+        open_server(service) as broken,
+        httpx.AsyncClient(base_url=broken.base_url) as client,
+    ):
         with caplog.at_level(logging.ERROR, logger="clibridge.http"):
             r = await client.post(PATHS["anthropic_messages"], json=body_for("anthropic_messages"))
         assert r.status_code == 500
