@@ -30,6 +30,12 @@ frames, each an encoded SSE event with the delay to wait before it; the server o
 writes. Every request is recorded (:class:`RecordedRequest`) *before* it is answered, so a
 test can assert what the model saw and how many upstream calls a bridged request cost.
 
+Tests inspect ``stub.requests`` / ``stub.calls_to(path)`` / ``stub.model_calls()``, read
+``stub.statistics()`` (requests, in flight, max in flight: overlap tests), and wait on real
+signals with ``wait_for_requests(n)``, ``wait_for_in_flight(n)`` and ``wait_for_idle()``.
+Errors carry ``retry-after`` and, if asked, ``x-should-retry`` (the claude CLI obeys
+``x-should-retry: false``: it gives up at once instead of retrying for minutes).
+
 Run it inside a nursery (``port = await nursery.start(stub.run)``), with
 ``async with serve_model_stub() as stub:``, or standalone for benchmarks::
 
