@@ -503,6 +503,14 @@ def _check(setting: Setting, value: Any, raw: _Raw) -> None:
         raise ConfigError(f"{where}: the auth token must not be empty (unset it instead)")
     if setting.key == "log_level" and value not in LOG_LEVELS:
         raise ConfigError(f"{where}: expected one of {', '.join(LOG_LEVELS)}")
+    if setting.key == "models":
+        from ._models import parse_target
+
+        for alias, target in value.items():
+            try:
+                parse_target(alias, target)
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (from {raw.source})") from None
     if setting.key.endswith(".command") and not value:
         raise ConfigError(f"{where}: the command must not be empty")
 
@@ -544,8 +552,15 @@ def load_config(
     values: dict[str, Any] = {}
     for key, raw in merged.items():
         setting = known[key]
+        if key in SECRET_KEYS and isinstance(raw.value, str) and not raw.value.strip():
+            # an empty secret is a mistake, never a way to say "no auth"
+            raise ConfigError(
+                f"{key} (from {raw.source}): the auth token must not be empty (unset it instead)"
+            )
         try:
-            value = _coerce(raw.value, setting.type, from_text=raw.from_text)
+            value = _coerce(
+                raw.value, setting.type, from_text=raw.from_text and key not in SECRET_KEYS
+            )
         except ValueError:
             raise ConfigError(
                 f"{key} = {raw.value!r} (from {raw.source}): expected {_describe(setting.type)}"
