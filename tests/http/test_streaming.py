@@ -289,3 +289,46 @@ async def test_drain_ends_open_streams_with_a_final_event() -> None:
     assert parse_sse(results["openai_responses"])[-1][0] == "response.failed"
     assert b"shutting down" in results["openai_chat"]
     assert all(rec.exited for rec in server.service.records)
+
+
+async def test_client_disconnect_during_a_non_streaming_turn(server: RunningServer) -> None:
+    server.service.default = Script(steps=[TurnStarted(MODEL), TextDelta("first"), Sleep(60)])
+    stream, _ = await open_raw_stream(
+        server.base_url, PATHS["openai_chat"], body_for("openai_chat"), read_head=False
+    )
+    with trio.fail_after(5):
+        await server.service.wait_until(
+            lambda: bool(server.service.records) and server.service.last().sent == 2
+        )
+    record = server.service.last()
+    await stream.aclose()
+    with trio.fail_after(2):
+        await server.service.wait_until(lambda: record.exited)
+    assert isinstance(record.exit_exc, trio.Cancelled)
+
+
+async def test_many_concurrent_streams(server: RunningServer) -> None:
+    server.service.default = Script(
+        steps=[
+            TurnStarted(MODEL),
+            TextDelta("a"),
+            Sleep(0.05),
+            TextDelta("b"),
+            Finished(FinishReason.END_TURN, USAGE),
+        ]
+    )
+    texts: list[str] = []
+    limits = httpx.Limits(max_connections=40)
+    async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=20) as client:
+
+        async def one(i: int) -> None:
+            dialect = DIALECTS[i % 3]
+            r = await client.post(PATHS[dialect], json=body_for(dialect, stream=True))
+            texts.append(streamed_text(dialect, parse_sse(r.content)))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for i in range(30):
+                    nursery.start_soon(one, i)
+    assert texts == ["ab"] * 30
+    assert all(rec.exited for rec in server.service.records)
