@@ -366,7 +366,6 @@ def _response(
         "parallel_tool_calls": request.parallel_tool_calls,
         "previous_response_id": None,
         "reasoning": {"effort": effort, "summary": None},
-        "store": False,
         "text": {"format": {"type": "text"}},
         "tool_choice": _encode_tool_choice(request.tool_choice),
         "tools": [
