@@ -41,6 +41,9 @@ from clibridge._events import (
 from clibridge._process import live_group_members
 from clibridge._spawn_home import SETTINGS, SpawnHome, child_env, prepare_claude_home
 from clibridge._worker import Binding, WorkerUnusable
+from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
+from clibridge.testing.pytest_plugin import require_real_cli
+from clibridge.testing.realcli import RealClis
 from clibridge.testing.scenario import directive
 
 FAKE = (sys.executable, "-m", "clibridge.testing.fake_claude")
@@ -417,3 +420,80 @@ def test_use_real_home_is_explicit_and_logged(
     assert home.home == Path.home()
     assert "real HOME" in caplog.text
     assert not (tmp_path / "claude" / "home").exists()
+
+
+# --------------------------------------------------------------------------- real claude
+
+
+@pytest.mark.realcli
+async def test_real_claude_warm_reuse_clear_isolation_and_fail_fast(
+    real_clis: RealClis, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    """The pinned claude in a clibridge spawn home against the loopback stub."""
+    require_real_cli(real_clis, "claude")
+    assert real_clis.claude is not None
+    config = ClaudeConfig(
+        command=(str(real_clis.claude),),
+        pass_env=("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+        login_hint="claude setup-token",
+    )
+    environ = {
+        "PATH": "/usr/bin:/bin",
+        "ANTHROPIC_API_KEY": STUB_API_KEY,
+        "ANTHROPIC_BASE_URL": model_stub.base_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "CLIBRIDGE_AUTH_TOKEN": "must-not-leak",
+    }
+    home = prepare_claude_home(config, tmp_path / "state", environ=environ)
+    # a CLAUDE.md in the work dir (and above it) must not reach the model
+    (home.workdir / "CLAUDE.md").write_text("MARKER-CLAUDE-MD\n")
+    (tmp_path / "state" / "CLAUDE.md").write_text("MARKER-CLAUDE-MD\n")
+    worker = ClaudeWorker(1, config, fast_pool(), home, model=MODEL)
+    with trio.fail_after(90):
+        async with running(worker):
+            await worker.bind(BIND)
+            first = await run_turn(worker, request("first-question"))
+            assert first[0] == TurnStarted(MODEL)
+            done = collect(MODEL, first)
+            assert done.text == "Hello from the model stub."
+            assert done.finish.usage.input_tokens > 0
+            (call,) = model_stub.model_calls()
+            assert call.system_text.endswith("You are terse.")
+            assert "MARKER-CLAUDE-MD" not in call.raw_body.decode()
+            assert call.body["model"] == MODEL
+
+            # warm reuse: /clear + set_model, and nothing of the first turn goes upstream
+            await worker.bind(Binding(BIND.system, (), "claude-haiku-4-5"))
+            second = await run_turn(worker, request("second-question", "claude-haiku-4-5"))
+            assert second[0] == TurnStarted("claude-haiku-4-5")
+            calls = model_stub.model_calls()
+            assert len(calls) == 2  # exactly one upstream call per turn, none for /clear
+            assert "first-question" not in calls[1].raw_body.decode()
+            assert calls[1].body["model"] == "claude-haiku-4-5"
+            assert calls[1].system_text.endswith("You are terse.")
+
+            # a different system prompt cannot be set on a bound worker
+            with pytest.raises(WorkerUnusable):
+                await worker.bind(Binding("other", (), MODEL))
+
+            # upstream 401: fail fast, interrupt the CLI's retries, worker stays usable
+            await worker.bind(BIND)
+            t0 = trio.current_time()
+            with pytest.raises(LoginExpired, match="claude setup-token"):
+                await run_turn(worker, request("@stub:401"))
+            assert trio.current_time() - t0 < 10
+            assert worker.healthy
+            # leaving a streaming turn early interrupts it; the CLI acknowledges
+            await worker.bind(BIND)
+            slow = '@stub {"text": "' + "y" * 60 + '", "chunk_chars": 1, "chunk_delay": 0.05}'
+            async with aclosing(worker.turn(request(slow))) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        break
+            assert worker.healthy
+            await worker.bind(BIND)
+            assert collect(MODEL, await run_turn(worker, request("after-401"))).text
+    assert not any(
+        "must-not-leak" in (c.raw_body.decode() + json.dumps(dict(c.headers)))
+        for c in model_stub.model_calls()
+    )

@@ -37,6 +37,7 @@ early runs the interrupt path at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -236,11 +237,12 @@ class ClaudeWorker:
             waiter.done.set()
         elif isinstance(record, ControlRequest):
             log.warning("worker %d: refusing the CLI's %r control request", self.id, record.subtype)
-            await self._send(
-                claude.control_error_line(
-                    record.request_id, f"clibridge does not handle {record.subtype!r} yet"
+            with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
+                await self._send(
+                    claude.control_error_line(
+                        record.request_id, f"clibridge does not handle {record.subtype!r} yet"
+                    )
                 )
-            )
         elif self._exchange is not None:
             self._exchange.send_nowait(record)
         elif isinstance(record, GarbageLine):
