@@ -30,6 +30,7 @@ from clibridge._events import (
     Event,
     Finished,
     FinishReason,
+    ImagePart,
     Message,
     Request,
     TextDelta,
@@ -493,6 +494,24 @@ async def test_real_claude_warm_reuse_clear_isolation_and_fail_fast(
             assert worker.healthy
             await worker.bind(BIND)
             assert collect(MODEL, await run_turn(worker, request("after-401"))).text
+            # a cold multi-turn conversation arrives as one rendered user message
+            await worker.bind(BIND)
+            png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+            history = Request(
+                model=MODEL,
+                messages=(
+                    Message("user", (TextPart("hi-one"), ImagePart("image/png", data=png))),
+                    Message("assistant", (TextPart("answer-one"),)),
+                    Message("user", (TextPart("question-two"),)),
+                ),
+            )
+            await run_turn(worker, history)
+            content = model_stub.model_calls()[-1].body["messages"][-1]["content"]
+            kinds = [block["type"] for block in content]
+            assert "image" in kinds
+            text = "".join(block.get("text", "") for block in content)
+            assert '<turn role="assistant">\nanswer-one\n</turn>' in text
+            assert text.rstrip().endswith("Latest user message:\nquestion-two")
     assert not any(
         "must-not-leak" in (c.raw_body.decode() + json.dumps(dict(c.headers)))
         for c in model_stub.model_calls()
