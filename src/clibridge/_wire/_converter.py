@@ -223,7 +223,9 @@ def _union_factory(tp: Any, conv: cattrs.BaseConverter) -> Callable[[object, Any
             if optional:
                 untagged_default = cls
     expected = " or ".join(
-        dict.fromkeys("an integer" if m is int else _expected(_kind_of_type(m)) for m in get_args(tp))
+        dict.fromkeys(
+            "an integer" if m is int else _expected(_kind_of_type(m)) for m in get_args(tp)
+        )
     )
 
     def structure_union(value: object, _: Any) -> object:
