@@ -67,6 +67,10 @@ class SlotState(enum.Enum):
 class _Slot:
     worker: Worker
     state: SlotState = SlotState.BOOTING
+    #: leases on this worker (more than one only for multiplexing workers such as codex)
+    active: int = 0
+    #: worn out (max_turns / max_age): no new leases, retire when the last one ends
+    closing: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     last_used: float = 0.0
     booted_at: float | None = None
@@ -143,17 +147,28 @@ class Lease:
 class WorkerPool:
     """See the module docstring. Start it with ``await nursery.start(pool.run)``."""
 
-    def __init__(self, name: str, config: PoolConfig, factory: WorkerFactory) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        factory: WorkerFactory,
+        *,
+        threads_per_worker: int = 1,
+    ) -> None:
         self.name = name
         self.config = config
         self._factory = factory
+        #: concurrent leases one worker serves (codex app-server threads); 1 for claude
+        self.capacity = threads_per_worker
+        self._permits_total = config.workers * threads_per_worker
         self._slots: dict[int, _Slot] = {}
         self._next_id = 1
-        self._free_permits = config.workers
+        self._free_permits = self._permits_total
         self._queue: deque[_Waiter] = deque()
         # permit holders that found no usable worker and wait for one
         self._wanting = 0
         self._changed = trio.Event()  # fired (and replaced) on every state change
+        self._maintainer_wake = trio.Event()  # set on changes and when someone wants a worker
         self._nursery: trio.Nursery | None = None
         self._draining = False
         self._last_error = ""
@@ -189,7 +204,7 @@ class WorkerPool:
 
     async def wait_idle(self) -> None:
         """Wait until no lease is in flight (for a graceful drain)."""
-        while self.config.workers - self._free_permits > 0:
+        while self._permits_total - self._free_permits > 0:
             await self._wait_change()
 
     # ------------------------------------------------------------------ checkout
@@ -227,7 +242,7 @@ class WorkerPool:
         if len(self._queue) >= self.config.max_queue:
             self._rejected += 1
             raise QueueFull(
-                f"all {self.config.workers} {self.name} workers are busy and the wait queue "
+                f"all {self._permits_total} {self.name} slots are busy and the wait queue "
                 f"({self.config.max_queue}) is full; retry later",
                 retry_after=self._retry_after(len(self._queue)),
             )
@@ -267,16 +282,17 @@ class WorkerPool:
                 slot = self._pick(binding)
                 if slot is not None:
                     slot.state = SlotState.BUSY
+                    slot.active += 1
                     try:
                         await slot.worker.bind(binding)
                     except WorkerUnusable:
-                        self._retire(slot)
+                        self._release(slot, retire=True)
                         continue
                     except BaseException:
-                        self._retire(slot)
+                        self._release(slot, retire=True)
                         raise
                     if not slot.worker.healthy:
-                        self._retire(slot)
+                        self._release(slot, retire=True)
                         continue
                     return slot
                 if self._crash_looping():
@@ -284,7 +300,7 @@ class WorkerPool:
                         f"the {self.name} CLI keeps failing: {self._last_error}", retry_after=30
                     )
                 self._wanting += 1
-                self._notify()
+                self._kick_maintainer()  # not _notify(): waiters must not wake each other
                 try:
                     await self._wait_change()
                 finally:
@@ -299,11 +315,12 @@ class WorkerPool:
         same: _Slot | None = None
         spare: _Slot | None = None
         for slot in self._slots.values():
-            if slot.state is not SlotState.IDLE or not slot.worker.healthy:
+            if not self._has_room(slot):
                 continue
             bound = slot.worker.binding
             if bound is None:
-                if spare is None:
+                # spread multiplexed leases: the least loaded worker first
+                if spare is None or slot.active < spare.active:
                     spare = slot
             elif bound.same_conversation_setup(binding) and (
                 same is None or slot.last_used > same.last_used
@@ -311,18 +328,30 @@ class WorkerPool:
                 same = slot
         return same or spare
 
+    def _has_room(self, slot: _Slot) -> bool:
+        return (
+            slot.state in (SlotState.IDLE, SlotState.BUSY)
+            and not slot.closing
+            and slot.active < self.capacity
+            and slot.worker.healthy
+        )
+
     def _release(self, slot: _Slot, *, retire: bool) -> None:
         worker = slot.worker
         now = trio.current_time()
         slot.last_used = now
-        too_old = (now - worker.started_at) >= self.config.max_age
-        worn = worker.turns >= self.config.max_turns
-        if retire or not worker.healthy or too_old or worn or slot.state is not SlotState.BUSY:
-            self._retire(slot)
+        slot.active -= 1
+        if (now - worker.started_at) >= self.config.max_age or worker.turns >= self.config.max_turns:
+            slot.closing = True
+        if retire or not worker.healthy or slot.state is not SlotState.BUSY:
+            self._retire(slot)  # a broken process: its other leases fail with it
         else:
-            slot.state = SlotState.IDLE
             self._served += 1
             self._crashes_in_a_row = 0
+            if slot.active == 0:
+                slot.state = SlotState.IDLE
+                if slot.closing:
+                    self._retire(slot)
         self._notify()
 
     def _retire(self, slot: _Slot) -> None:
@@ -349,7 +378,8 @@ class WorkerPool:
             if self._spawn_not_before > now:
                 deadline = min(deadline, self._spawn_not_before)
             with trio.move_on_at(deadline):
-                await self._wait_change()
+                await self._maintainer_wake.wait()
+            self._maintainer_wake = trio.Event()
 
     def _spawn_as_needed(self, now: float) -> None:
         counts = self._counts()
@@ -447,16 +477,21 @@ class WorkerPool:
         )
         for slot in self._slots.values():
             counts[slot.state.value] += 1
-            if slot.state is SlotState.IDLE and slot.worker.binding is None:
+            if slot.worker.binding is None and self._has_room(slot):
+                # a booted worker with room for one more unrelated lease
                 counts["idle_unbound"] += 1
         return counts
 
     def _retry_after(self, position: int) -> float:
-        return float(max(1, math.ceil((position + 1) * self._turn_seconds / self.config.workers)))
+        return float(max(1, math.ceil((position + 1) * self._turn_seconds / self._permits_total)))
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._maintainer_wake.set()
+
+    def _kick_maintainer(self) -> None:
+        self._maintainer_wake.set()
 
     async def _wait_change(self) -> None:
         await self._changed.wait()
@@ -493,8 +528,8 @@ class WorkerPool:
                 )
                 for s in self._slots.values()
             ),
-            permits_total=self.config.workers,
-            in_flight=self.config.workers - self._free_permits,
+            permits_total=self._permits_total,
+            in_flight=self._permits_total - self._free_permits,
             parked=counts["parked"],
             queued=len(self._queue),
             booting=counts["booting"],

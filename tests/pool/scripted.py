@@ -24,6 +24,8 @@ class Plan:
     crash_in_turn: bool = False
     #: ends a turn only this long after an interrupt (None: never acknowledges)
     interrupt_ack: float | None = 0.01
+    #: like codex app-server: per-request threads, so a worker never becomes bound
+    multiplexed: bool = False
 
 
 class ScriptedWorker:
@@ -64,7 +66,8 @@ class ScriptedWorker:
     async def bind(self, binding: Binding) -> None:
         await trio.lowlevel.checkpoint()
         self.binds.append(binding)
-        self.binding = binding
+        if not self._plan.multiplexed:
+            self.binding = binding
 
     async def turn(self, request: Request) -> AsyncIterator[Event]:
         self._note("turn")

@@ -288,3 +288,25 @@ async def test_statistics_account_for_every_worker(
     stats = h.pool.statistics()
     assert stats.in_flight == 0 and stats.served == 3
     assert len(stats.workers) <= 5
+
+
+async def test_multiplexed_workers_serve_several_leases_each(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = Harness(PoolConfig(workers=2, spares=1, max_queue=0), Plan(multiplexed=True, turn_delay=5))
+    h.pool = WorkerPool("fake", h.pool.config, h._make, threads_per_worker=3)
+    await start(nursery, h)
+    await trio.sleep(1.1)
+    used: list[object] = []
+    async with trio.open_nursery() as inner:
+        for _ in range(6):
+            inner.start_soon(h.turn, A, used)
+        await trio.sleep(0.1)
+        assert h.pool.statistics().in_flight == 6
+        with pytest.raises(QueueFull):  # 2 workers x 3 threads, no queue
+            await h.turn()
+    per_worker: dict[int, int] = {}
+    for _, wid in used:  # type: ignore[misc]
+        per_worker[wid] = per_worker.get(wid, 0) + 1
+    assert sorted(per_worker.values()) == [3, 3]
+    assert len(h.workers) <= 3  # workers + spares processes at most
