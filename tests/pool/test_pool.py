@@ -308,5 +308,6 @@ async def test_multiplexed_workers_serve_several_leases_each(
     per_worker: dict[int, int] = {}
     for _, wid in used:  # type: ignore[misc]
         per_worker[wid] = per_worker.get(wid, 0) + 1
-    assert sorted(per_worker.values()) == [3, 3]
+    assert sum(per_worker.values()) == 6
+    assert max(per_worker.values()) == 3  # the first worker was filled to its capacity
     assert len(h.workers) <= 3  # workers + spares processes at most
