@@ -33,10 +33,9 @@ import attrs
 import trio
 
 from ._config import Config
-from ._errors import UnavailableError
 from ._events import Event, Request
 from ._models import ModelTable
-from ._pool import WorkerPool
+from ._pool import WorkerFactory, WorkerPool
 from ._service import ModelInfo, Readiness
 from ._worker import Binding
 
@@ -185,7 +184,13 @@ def run(config: Config, environ: Mapping[str, str] | None = None) -> int:
     """Serve until SIGTERM / SIGINT; return the exit code (0 after a graceful drain)."""
     env = dict(os.environ if environ is None else environ)
     choice = choose_backends(config, env)
-    return trio.run(partial(serve, config, choice, env))
+    try:
+        return trio.run(partial(serve, config, choice, env))
+    except* OSError as group:
+        # the usual one: the port is taken. Say so plainly, no traceback.
+        for exc in group.exceptions:
+            print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
 
 
 async def serve(
@@ -207,7 +212,9 @@ async def serve(
     with Janitor.start() as janitor:
         pools: dict[str, WorkerPool] = {}
         if choice.claude is not None:
-            factory = _claude_factory(config, choice.claude, home, janitor, environ)
+            factory = _claude_factory(
+                config, choice.claude, home, janitor, environ, fake=choice.fake
+            )
             pools["claude"] = WorkerPool("claude", config.claude.pool, factory)
         table = ModelTable(
             pools,
@@ -265,5 +272,21 @@ def _claude_factory(
     home: Path,
     janitor: Any,
     environ: Mapping[str, str],
-) -> Any:
-    raise UnavailableError("claude worker factory not wired yet")
+    *,
+    fake: bool,
+) -> WorkerFactory:
+    from ._backends.claude_worker import ClaudeWorker
+    from ._spawn_home import prepare_claude_home
+
+    claude = attrs.evolve(config.claude, command=command)
+    spawn_home = prepare_claude_home(claude, home, environ)
+    if fake:
+        # the fake's own knobs are the one CLIBRIDGE_* exception: users script it with them
+        extra = {k: v for k, v in environ.items() if k.startswith("CLIBRIDGE_FAKE_")}
+        spawn_home = attrs.evolve(spawn_home, env={**spawn_home.env, **extra})
+    log.info("claude spawn home: %s (work dir %s)", spawn_home.home, spawn_home.workdir)
+
+    def factory(worker_id: int) -> ClaudeWorker:
+        return ClaudeWorker(worker_id, claude, claude.pool, spawn_home, janitor)
+
+    return factory
