@@ -186,11 +186,21 @@ def run(config: Config, environ: Mapping[str, str] | None = None) -> int:
     choice = choose_backends(config, env)
     try:
         return trio.run(partial(serve, config, choice, env))
-    except* OSError as group:
+    except BaseExceptionGroup as group:
         # the usual one: the port is taken. Say so plainly, no traceback.
-        for exc in group.exceptions:
+        matched, rest = group.split(OSError)
+        if matched is None or rest is not None:
+            raise
+        for exc in _leaves(matched):
             print(f"clibridge: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def serve(
