@@ -39,7 +39,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -115,6 +115,9 @@ class PoolStatistics:
     crashes: int
     timeouts: int
     draining: bool
+    resume_hits: int = 0  # requests that found their parked conversation
+    resume_misses: int = 0
+    reclaimed: int = 0  # parked leases ended by park_ttl, pressure or drain
 
 
 class _ReadySignal:
@@ -132,16 +135,38 @@ class _ReadySignal:
 
 
 class Lease:
-    """A checked-out worker. Obtained from :meth:`WorkerPool.lease`."""
+    """A checked-out worker. Obtained from :meth:`WorkerPool.lease` or :meth:`WorkerPool.resume`."""
 
     def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
         self._pool = pool
         self._slot = slot
         self.retire_on_release = False
+        self.park_key: Hashable | None = None
+        self.park_reusable = False
 
     @property
     def worker(self) -> Worker:
         return self._slot.worker
+
+    def park(self, key: Hashable, *, reusable: bool) -> None:
+        """Keep the worker checked out under ``key`` when this lease ends.
+
+        The parked lease keeps its permit (it counts toward capacity) until
+        :meth:`WorkerPool.resume` takes it up, ``park_ttl`` passes, or a queued request
+        needs the permit (oldest parked first). ``reusable``: the worker is at a turn
+        boundary and may serve others after a reclaim; otherwise (a turn waiting for a
+        client's tool result) a reclaim retires it.
+        """
+        self.park_key = key
+        self.park_reusable = reusable
+
+
+@attrs.define(eq=False)
+class _Parked:
+    slot: _Slot
+    key: Hashable
+    reusable: bool
+    since: float
 
 
 class WorkerPool:
@@ -168,6 +193,10 @@ class WorkerPool:
         # permit holders that found no usable worker and wait for one
         self._wanting = 0
         self._changed = trio.Event()  # fired (and replaced) on every state change
+        self._parked: dict[Hashable, _Parked] = {}
+        self._resume_hits = 0
+        self._resume_misses = 0
+        self._reclaimed = 0
         self._maintainer_wake = trio.Event()  # set on changes and when someone wants a worker
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -196,6 +225,8 @@ class WorkerPool:
     def begin_drain(self) -> None:
         """Stop admitting: new and queued requests get 503; leases in flight go on."""
         self._draining = True
+        while self._reclaim_oldest():
+            pass
         while self._queue:
             waiter = self._queue.popleft()
             waiter.error = UnavailableError("clibridge is shutting down", retry_after=5)
@@ -213,25 +244,82 @@ class WorkerPool:
     async def lease(self, binding: Binding) -> AsyncIterator[Lease]:
         """Admit, check out a worker bound to ``binding``, and give it back on every path."""
         await self._acquire_permit()
-        slot: _Slot | None = None
         started = trio.current_time()
         try:
             slot = await self._checkout(binding)
-            lease = Lease(self, slot)
-            try:
-                yield lease
-            except TurnTimeout:
-                self._timeouts += 1
-                raise
-            finally:
-                self._release(slot, retire=lease.retire_on_release)
-                slot = None
-        finally:
-            if slot is not None:  # checkout itself failed or was cancelled after picking
-                self._release(slot, retire=True)
+        except BaseException:
             self._release_permit()
+            raise
+        lease = Lease(self, slot)
+        try:
+            yield lease
+        except TurnTimeout:
+            self._timeouts += 1
+            raise
+        finally:
+            self._end_lease(lease)
             elapsed = trio.current_time() - started
             self._turn_seconds = 0.8 * self._turn_seconds + 0.2 * elapsed
+
+    @asynccontextmanager
+    async def resume(self, key: Hashable) -> AsyncIterator[Lease | None]:
+        """Take up the lease parked under ``key``; yields None when there is none (any more)."""
+        parked = self._parked.pop(key, None)
+        if parked is None or parked.slot.state is SlotState.RETIRING:
+            self._resume_misses += 1
+            if parked is not None:  # its worker died while parked
+                self._release_permit()
+            yield None
+            return
+        self._resume_hits += 1
+        slot = parked.slot
+        slot.state = SlotState.BUSY
+        lease = Lease(self, slot)
+        try:
+            yield lease
+        except TurnTimeout:
+            self._timeouts += 1
+            raise
+        finally:
+            self._end_lease(lease)
+
+    def _end_lease(self, lease: Lease) -> None:
+        """Every path out of a lease: park it, or give back the worker and the permit."""
+        slot = lease._slot
+        key = lease.park_key
+        if (
+            key is not None
+            and not lease.retire_on_release
+            and slot.worker.healthy
+            and slot.state is SlotState.BUSY
+            and not self._draining
+        ):
+            old = self._parked.pop(key, None)
+            if old is not None:  # the same key parked twice: the older one loses
+                self._reclaim(old)
+            self._parked[key] = _Parked(slot, key, lease.park_reusable, trio.current_time())
+            if self.capacity == 1:
+                slot.state = SlotState.PARKED
+            self._notify()
+            return
+        self._release(slot, retire=lease.retire_on_release)
+        self._release_permit()
+
+    def _reclaim(self, parked: _Parked) -> None:
+        """End a parked lease (ttl, pressure, drain): free its permit; retire if mid-turn."""
+        slot = parked.slot
+        self._reclaimed += 1
+        if slot.state is SlotState.PARKED:
+            slot.state = SlotState.BUSY
+        self._release(slot, retire=not parked.reusable)
+        self._release_permit()
+
+    def _reclaim_oldest(self) -> bool:
+        if not self._parked:
+            return False
+        key = next(iter(self._parked))  # dicts keep insertion order: the oldest first
+        self._reclaim(self._parked.pop(key))
+        return True
 
     async def _acquire_permit(self) -> None:
         if self._draining:
@@ -248,6 +336,9 @@ class WorkerPool:
             )
         waiter = _Waiter()
         self._queue.append(waiter)
+        if self._parked:
+            # a request waits while conversations sit parked: the oldest gives way
+            self._reclaim_oldest()
         try:
             with trio.move_on_after(self.config.queue_timeout):
                 await waiter.event.wait()
@@ -367,6 +458,11 @@ class WorkerPool:
         """Keep spares booted and boot for permit holders that wait; retire old idle workers."""
         while True:
             now = trio.current_time()
+            while self._parked:
+                oldest = next(iter(self._parked.values()))
+                if now - oldest.since < self.config.park_ttl:
+                    break
+                self._reclaim(self._parked.pop(oldest.key))
             for slot in list(self._slots.values()):
                 if slot.state is SlotState.IDLE and (
                     now - slot.worker.started_at >= self.config.max_age
@@ -375,6 +471,9 @@ class WorkerPool:
             if not self._draining:
                 self._spawn_as_needed(now)
             deadline = now + min(self.config.max_age, 60.0)
+            if self._parked:
+                oldest_since = next(iter(self._parked.values())).since
+                deadline = min(deadline, oldest_since + self.config.park_ttl)
             if self._spawn_not_before > now:
                 deadline = min(deadline, self._spawn_not_before)
             with trio.move_on_at(deadline):
@@ -439,6 +538,10 @@ class WorkerPool:
             log.exception("%s worker %d failed", self.name, worker.id)
         finally:
             self._slots.pop(worker.id, None)
+            for key, parked in list(self._parked.items()):
+                if parked.slot is slot:  # died while parked: its permit goes back now
+                    del self._parked[key]
+                    self._release_permit()
             if failure is not None:
                 self._last_error = failure
                 if ready.booted:
@@ -530,7 +633,7 @@ class WorkerPool:
             ),
             permits_total=self._permits_total,
             in_flight=self._permits_total - self._free_permits,
-            parked=counts["parked"],
+            parked=len(self._parked),
             queued=len(self._queue),
             booting=counts["booting"],
             idle=counts["idle"],
@@ -541,6 +644,9 @@ class WorkerPool:
             crashes=self._crashes,
             timeouts=self._timeouts,
             draining=self._draining,
+            resume_hits=self._resume_hits,
+            resume_misses=self._resume_misses,
+            reclaimed=self._reclaimed,
         )
 
     def statistics_dict(self) -> dict[str, Any]:

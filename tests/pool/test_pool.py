@@ -311,3 +311,65 @@ async def test_multiplexed_workers_serve_several_leases_each(
     assert sum(per_worker.values()) == 6
     assert max(per_worker.values()) == 3  # the first worker was filled to its capacity
     assert len(h.workers) <= 3  # workers + spares processes at most
+
+
+async def test_parked_lease_resumes_on_the_same_worker_without_a_permit_wait(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0, park_ttl=10)))
+    async with h.pool.lease(A) as lease:
+        first = lease.worker.id
+        lease.park("conv-1", reusable=True)
+    stats = h.pool.statistics()
+    assert stats.parked == 1
+    assert stats.in_flight == 1  # a parked conversation holds its permit
+    async with h.pool.resume("conv-1") as again:
+        assert again is not None
+        assert again.worker.id == first
+    async with h.pool.resume("conv-1") as gone:
+        assert gone is None
+    stats = h.pool.statistics()
+    assert (stats.resume_hits, stats.resume_misses, stats.in_flight) == (1, 1, 0)
+
+
+async def test_park_ttl_reclaims_reusable_to_idle_and_mid_turn_by_retiring(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=0, park_ttl=10)))
+    async with h.pool.lease(A) as lease:
+        lease.park("done", reusable=True)
+    async with h.pool.lease(B) as lease:
+        lease.park("waiting-for-tool", reusable=False)
+    await trio.sleep(9.9)
+    assert h.pool.statistics().parked == 2
+    await trio.sleep(0.2)
+    assert h.pool.statistics().parked == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.workers[1].alive  # reusable: back to idle
+    assert not h.workers[2].alive  # mid-turn: retired
+    stats = h.pool.statistics()
+    assert (stats.reclaimed, stats.in_flight) == (2, 0)
+
+
+async def test_a_queued_request_reclaims_the_oldest_parked_lease_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0, park_ttl=300)))
+    async with h.pool.lease(A) as lease:
+        lease.park("idle-conversation", reusable=True)
+    t0 = trio.current_time()
+    await h.turn(A)
+    assert trio.current_time() - t0 == pytest.approx(0.5)  # no wait for park_ttl
+    async with h.pool.resume("idle-conversation") as gone:
+        assert gone is None
+
+
+async def test_drain_reclaims_parked_leases(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0)))
+    async with h.pool.lease(A) as lease:
+        lease.park("x", reusable=False)
+    h.pool.begin_drain()
+    with trio.fail_after(1):
+        await h.pool.wait_idle()
