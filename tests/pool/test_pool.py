@@ -340,9 +340,13 @@ async def test_park_ttl_reclaims_reusable_to_idle_and_mid_turn_by_retiring(
         lease.park("done", reusable=True)
     async with h.pool.lease(B) as lease:
         lease.park("waiting-for-tool", reusable=False)
-    await trio.sleep(9.9)
+    # parked at t=1 and t=2 (each after a 1 s boot): reclaimed at t=11 and t=12
+    assert trio.current_time() == pytest.approx(2)
+    await trio.sleep(8.9)
     assert h.pool.statistics().parked == 2
     await trio.sleep(0.2)
+    assert h.pool.statistics().parked == 1
+    await trio.sleep(1.0)
     assert h.pool.statistics().parked == 0
     await trio.testing.wait_all_tasks_blocked()
     assert h.workers[1].alive  # reusable: back to idle
