@@ -1,0 +1,327 @@
+"""End-to-end fixtures: the whole clibridge server, in-process, with real child processes.
+
+:func:`open_e2e_server` runs :func:`clibridge._supervisor.serve` -- janitor, pool of real
+CLI worker processes, Quart-Trio app on Hypercorn -- inside the test's trio loop on
+127.0.0.1:0, either on the bundled fake claude (scripted by a scenario file and ``@fake``
+lines in the prompts) or on the pinned real claude pointed at the loopback model stub.
+
+Every fake claude records itself (``CLIBRIDGE_FAKE_RECORD``): its pid, any grandchild it
+spawned, and every stdin line. :meth:`E2EServer.assert_clean` uses that to prove the
+process table is clean: each worker the pool reports is alive, every other CLI process
+ever started is gone, and nothing but the live workers and the janitor is a child of the
+server (this test process). Leaving the context drains the server and then checks that
+*no* process survived, the janitor included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from clibridge._config import ClaudeConfig, Config, PoolConfig, ServerConfig
+from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
+from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
+
+MODEL = "claude-sonnet-4-5"
+#: the model the fake reports for turns (it echoes the requested model)
+FAST_POOL = PoolConfig(
+    workers=2,
+    spares=1,
+    max_queue=4,
+    queue_timeout=10.0,
+    turn_timeout=30.0,
+    stream_idle_timeout=30.0,
+    ready_timeout=20.0,
+    interrupt_grace=1.0,
+    kill_grace=0.5,
+    restart_backoff_initial=0.05,
+    restart_backoff_max=0.5,
+)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name, or None when the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def children_of(ppid: int) -> list[int]:
+    """Living direct children of ``ppid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and int(fields[1]) == ppid and fields[0] not in (b"Z", b"X"):
+                out.append(int(entry))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+    """Wait until none of ``pids`` is alive; fail naming the survivors."""
+    with trio.move_on_after(timeout):
+        while any(alive(p) for p in pids):
+            await trio.sleep(0.02)
+    survivors = {p: cmdline(p) for p in pids if alive(p)}
+    assert not survivors, f"processes survived: {survivors}"
+
+
+def read_record(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class ShutdownEvent:
+    """A trio.Event that is truthy.
+
+    Works around ``serve()`` evaluating ``shutdown or trio.Event()`` (_supervisor.py), which
+    raises NotImplementedError for a real trio.Event (see test_serve_accepts_trio_event).
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@attrs.define
+class E2EServer:
+    base_url: str
+    shutdown: ShutdownEvent
+    record: Path
+    #: pids of fake CLI processes seen so far (refreshed by :meth:`cli_pids`)
+    fake: bool = True
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.AsyncClient(base_url=self.base_url, **kwargs)
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.client() as client:
+            response = await client.get("/v1/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()["service"]["claude"]
+        return stats
+
+    def cli_pids(self) -> set[int]:
+        """Every fake CLI process (and grandchild) ever started by this server."""
+        pids: set[int] = set()
+        for fact in read_record(self.record):
+            if "pid" in fact and "argv" in fact:
+                pids.add(int(fact["pid"]))
+            if "grandchild_pid" in fact:
+                pids.add(int(fact["grandchild_pid"]))
+        return pids
+
+    def grandchild_pids(self) -> set[int]:
+        return {int(f["grandchild_pid"]) for f in read_record(self.record) if "grandchild_pid" in f}
+
+    def stdin_lines(self) -> list[Any]:
+        return [f["stdin"] for f in read_record(self.record) if "stdin" in f]
+
+    async def wait_stats(self, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """Poll /v1/stats until ``predicate(stats)``; fail with the last stats."""
+        stats: dict[str, Any] = {}
+        with trio.move_on_after(timeout):
+            while True:
+                stats = await self.stats()
+                if predicate(stats):
+                    return stats
+                await trio.sleep(0.05)
+        raise AssertionError(f"stats never matched: {stats}")
+
+    async def assert_clean(self, *, settle: float = 15.0) -> dict[str, Any]:
+        """Full capacity back and no CLI process beyond the pool's live workers."""
+
+        def settled(s: dict[str, Any]) -> bool:
+            return (
+                s["in_flight"] == 0
+                and s["queued"] == 0
+                and s["booting"] == 0
+                and all(w["state"] in ("idle", "busy") for w in s["workers"])
+                and len(s["workers"]) >= 1
+                and not any(alive(p) for p in self.cli_pids() - _worker_pids(s))
+            )
+
+        stats = await self.wait_stats(settled, settle)
+        workers = _worker_pids(stats)
+        for pid in workers:
+            assert alive(pid), f"worker {pid} reported by statistics() is not alive"
+        if self.fake:
+            leaked = {p: cmdline(p) for p in self.cli_pids() - workers if alive(p)}
+            assert not leaked, f"CLI processes outside the pool: {leaked}"
+        others = {p: cmdline(p) for p in children_of(os.getpid()) if p not in workers}
+        others = {p: c for p, c in others.items() if "clibridge._janitor" not in c}
+        assert not others, f"unexpected children of the server: {others}"
+        return stats
+
+    async def assert_serves(self, text: str = "follow-up") -> None:
+        """A follow-up request succeeds (the pool is usable again)."""
+        async with self.client() as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": text}]},
+            )
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] == "stop"
+
+
+def _worker_pids(stats: Mapping[str, Any]) -> set[int]:
+    return {int(w["pid"]) for w in stats["workers"] if w["pid"] is not None}
+
+
+def make_config(
+    tmp: Path,
+    *,
+    pool: PoolConfig = FAST_POOL,
+    claude: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
+) -> Config:
+    server_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 5.0}
+    server_kwargs.update(server or {})
+    return Config(
+        server=ServerConfig(**server_kwargs),
+        claude=ClaudeConfig(pool=pool, **(claude or {})),
+        backend="fake",
+        state_dir=tmp / "state",
+    )
+
+
+@asynccontextmanager
+async def open_e2e_server(
+    tmp: Path,
+    *,
+    scenario: Mapping[str, Any] | None = None,
+    pool: PoolConfig = FAST_POOL,
+    claude: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
+    command: tuple[str, ...] = FAKE_CLAUDE_COMMAND,
+    environ: Mapping[str, str] | None = None,
+    fake: bool = True,
+) -> AsyncIterator[E2EServer]:
+    """The real server in this trio loop; on exit: drain, then no process may survive."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    record = tmp / "fake-record.jsonl"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost"}
+    if fake:
+        env["CLIBRIDGE_FAKE_RECORD"] = str(record)
+        if scenario is not None:
+            path = tmp / "scenario.json"
+            path.write_text(json.dumps(scenario))
+            env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
+    env.update(environ or {})
+    config = make_config(tmp, pool=pool, claude=claude, server=server)
+    choice = BackendChoice(claude=command, codex=None, fake=fake, notes=())
+    shutdown = ShutdownEvent()
+    before = set(children_of(os.getpid()))
+    all_children: set[int] = set()
+    serve_done = trio.Event()
+
+    async def run_server(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        try:
+            await serve(config, choice, env, shutdown=shutdown, task_status=task_status)
+        finally:
+            serve_done.set()
+
+    async def watch_children() -> None:
+        # the real claude does not record itself: remember every child we ever saw
+        while not serve_done.is_set():
+            all_children.update(set(children_of(os.getpid())) - before)
+            with trio.move_on_after(0.05):
+                await serve_done.wait()
+
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(60):
+            host, port = await nursery.start(run_server)
+        running = E2EServer(f"http://{host}:{port}", shutdown, record, fake=fake)
+        nursery.start_soon(watch_children)
+        try:
+            yield running
+        finally:
+            shutdown.set()
+            # a drain longer than this is a bug of its own
+            nursery.cancel_scope.deadline = trio.current_time() + 30
+    assert serve_done.is_set()
+    all_children.update(set(children_of(os.getpid())) - before)
+    await wait_gone(running.cli_pids() | all_children)
+
+
+@pytest.fixture
+async def fake_server(tmp_path: Path) -> AsyncIterator[E2EServer]:
+    """The server on the fake claude with the default scenario and :data:`FAST_POOL`."""
+    async with open_e2e_server(tmp_path) as running:
+        yield running
+
+
+def real_claude_env(stub: ModelStub) -> dict[str, str]:
+    """What the real claude needs to reach the stub (passed on purpose via ``pass_env``)."""
+    return {"ANTHROPIC_API_KEY": STUB_API_KEY, "ANTHROPIC_BASE_URL": stub.base_url}
+
+
+REAL_PASS_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+
+
+@asynccontextmanager
+async def open_real_server(
+    tmp: Path, claude_binary: Path, stub: ModelStub, *, pool: PoolConfig = FAST_POOL
+) -> AsyncIterator[E2EServer]:
+    """The server on the pinned real claude, pointed at ``stub``."""
+    async with open_e2e_server(
+        tmp,
+        pool=pool,
+        claude={"pass_env": REAL_PASS_ENV, "login_hint": "claude setup-token"},
+        command=(str(claude_binary),),
+        environ=real_claude_env(stub),
+        fake=False,
+    ) as running:
+        yield running
