@@ -19,7 +19,6 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +86,11 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-async def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+async def wait_gone(pids: set[int], within: float = 10.0) -> None:
     """Wait until none of ``pids`` is alive; fail naming the survivors."""
-    with trio.move_on_after(timeout):
-        while any(alive(p) for p in pids):
+    with trio.move_on_after(within):
+        # Why polling: the exit of a process we are not the parent of signals nothing.
+        while any(alive(p) for p in pids):  # noqa: ASYNC110
             await trio.sleep(0.02)
     survivors = {p: cmdline(p) for p in pids if alive(p)}
     assert not survivors, f"processes survived: {survivors}"
@@ -169,10 +169,10 @@ class E2EServer:
     def stdin_lines(self) -> list[Any]:
         return [f["stdin"] for f in read_record(self.record) if "stdin" in f]
 
-    async def wait_stats(self, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
+    async def wait_stats(self, predicate: Any, within: float = 15.0) -> dict[str, Any]:
         """Poll /v1/stats until ``predicate(stats)``; fail with the last stats."""
         stats: dict[str, Any] = {}
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(within):
             while True:
                 stats = await self.stats()
                 if predicate(stats):
@@ -250,7 +250,7 @@ async def open_e2e_server(
     fake: bool = True,
 ) -> AsyncIterator[E2EServer]:
     """The real server in this trio loop; on exit: drain, then no process may survive."""
-    tmp.mkdir(parents=True, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
     record = tmp / "fake-record.jsonl"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost"}
     if fake:
