@@ -7,6 +7,7 @@ ignored by git.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -269,3 +270,260 @@ class RawFakeClaude:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, 9)
             self.process.wait()
+
+
+# ---------------------------------------------------------------------- a minimal HTTP/1.1 client
+
+#: one request body per dialect: a short streaming prompt (``{text}`` is replaced)
+DIALECTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "{text}"}]},
+    ),
+    "responses": ("/v1/responses", {"model": MODEL, "stream": True, "input": "{text}"}),
+    "messages": (
+        "/v1/messages",
+        {
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": "{text}"}],
+        },
+    ),
+}
+
+
+def request_bytes(port: int, dialect: str = "chat", text: str = "hi") -> bytes:
+    """A keep-alive HTTP/1.1 POST of ``dialect``'s streaming request."""
+    path, body = DIALECTS[dialect]
+    payload = json.dumps(body).replace("{text}", json.dumps(text)[1:-1]).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+class ResponseParser:
+    """Incremental parser for one HTTP/1.1 response (Content-Length or chunked body).
+
+    Feed it what the socket gives; ``done`` turns True when the response is complete.
+    Clients built on it add almost nothing to what they time (no httpx, no h11).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.done = False
+        self._chunked = False
+        self._length: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if self.status is None:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end].decode("latin-1").split("\r\n")
+            self._buffer = self._buffer[end + 4 :]
+            self.status = int(head[0].split()[1])
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+            self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+            if not self._chunked:
+                self._length = int(self.headers.get("content-length", "0"))
+        if self._chunked:
+            while True:
+                end = self._buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(self._buffer[:end].split(b";")[0], 16)
+                if len(self._buffer) < end + 2 + size + 2:
+                    return
+                self.body += self._buffer[end + 2 : end + 2 + size]
+                self._buffer = self._buffer[end + 2 + size + 2 :]
+                if size == 0:
+                    self.done = True
+                    return
+        else:
+            assert self._length is not None
+            self.body += self._buffer
+            self._buffer = b""
+            self.done = len(self.body) >= self._length
+
+
+class SyncClient:
+    """One keep-alive connection with blocking IO: the lowest-overhead client for c=1."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def stream(self, data: bytes) -> tuple[ResponseParser, dict[str, float]]:
+        """Send one request; seconds to the first response byte, first body byte, end."""
+        parser = ResponseParser()
+        t0 = time.perf_counter()
+        self.sock.sendall(data)
+        first_byte = first_body = None
+        while not parser.done:
+            chunk = self.sock.recv(65536)
+            now = time.perf_counter()
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            if first_byte is None:
+                first_byte = now - t0
+            parser.feed(chunk)
+            if first_body is None and parser.body:
+                first_body = now - t0
+        end = time.perf_counter() - t0
+        assert first_byte is not None
+        return parser, {
+            "first_byte": first_byte,
+            "first_body": first_body if first_body is not None else end,
+            "end": end,
+        }
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------- the server, as a child
+
+
+def rss_kb(pid: int) -> int | None:
+    """Resident set size of one process, in KiB (Linux /proc), None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+class ServerProcess:
+    """``clibridge serve --backend fake`` as a child process, on an ephemeral port.
+
+    The server runs in its own session (process group); ``stop()`` sends SIGTERM (graceful
+    drain), waits, and kills the group as a last resort, so nothing outlives the benchmark.
+    """
+
+    def __init__(self, state_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.log_path = state_dir / "server.log"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "clibridge",
+            "serve",
+            "--backend",
+            "fake",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir / "state"),
+            "--log-level",
+            "warning",
+            *args,
+        ]
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        self.port = 0
+
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        import re
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(
+                rb"listening on http://127\.0\.0\.1:(\d+)", self.log_path.read_bytes()
+            )
+            if found:
+                self.port = int(found.group(1))
+                return self.port
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the server did not start; its log:\n{self.log_path.read_text()}")
+
+    def wait_ready(self, workers: int, timeout: float = 30.0) -> None:
+        """Wait until ``/readyz`` says ready and the pool has ``workers`` booted processes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            client = SyncClient(self.port)
+            try:
+                client.sock.sendall(
+                    f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode()
+                )
+                parser = ResponseParser()
+                while not parser.done:
+                    parser.feed(client.sock.recv(65536))
+            finally:
+                client.close()
+            if parser.status == 200 and len(self.worker_pids()) >= workers:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the server's pool did not get ready in {timeout:g} s")
+
+    def worker_pids(self) -> list[int]:
+        """The fake CLI processes (children other than the janitor)."""
+        pids = []
+        for pid in children_of(self.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"fake_claude" in cmdline:
+                pids.append(pid)
+        return pids
+
+    def rss_kb(self) -> int | None:
+        return rss_kb(self.pid)
+
+    def workers_rss_kb(self) -> int:
+        return sum(rss_kb(pid) or 0 for pid in self.worker_pids())
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        code = self.process.wait()
+        self._log.close()
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

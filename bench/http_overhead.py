@@ -1,0 +1,164 @@
+"""HTTP bridge overhead: time to first byte through clibridge minus the fake's own latency.
+
+Method
+------
+1. The fake claude driven directly (:class:`bench._common.RawFakeClaude`: blocking pipes, no
+   clibridge code): booted and initialized, then N turns (each after a ``/clear``, as the
+   pool does it), timing from writing the user line to the first ``text_delta`` line on
+   its stdout. Run before and after the HTTP phase; both runs are pooled.
+2. ``clibridge serve --backend fake`` as a child process (its own CPU accounting, as in
+   production; pool defaults), on an ephemeral 127.0.0.1 port. One keep-alive connection
+   with blocking sockets and a hand-rolled HTTP/1.1 reader (no httpx: the client should add
+   as little as possible), concurrency 1: N streaming ``POST /v1/chat/completions``, timing
+   from ``sendall`` to the first response byte (TTFB), the first body byte and the end of the
+   chunked body. The other two dialects (``/v1/responses``, ``/v1/messages``) get N/2 each.
+
+Hypercorn sends the response head only once the handler has the first content event (the
+status must reflect an error that comes before any content), so the first byte implies the
+fake's first text delta went through pool, worker, HTTP layer and encoder.
+
+Overhead = TTFB - raw first text delta, computed per percentile (p50 - p50, p99 - p99).
+That still includes the client's own socket calls and the ``/clear`` the pool sends
+before reusing the worker.
+
+Targets (issue 4): overhead p50 <= 3 ms, p99 <= 15 ms.
+
+Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (
+    STAT_HEADERS,
+    RawFakeClaude,
+    ServerProcess,
+    SyncClient,
+    ms,
+    request_bytes,
+    stat_rows,
+    summary,
+    table,
+    verdict,
+    write_results,
+)
+
+TARGET_P50_MS = 3.0
+TARGET_P99_MS = 15.0
+
+
+def measure_raw(count: int, warmup: int) -> list[float]:
+    fake = RawFakeClaude()
+    out: list[float] = []
+    try:
+        fake.boot()
+        for i in range(warmup + count):
+            fake.clear()
+            first_text = fake.turn("hi")["first_text"]
+            if i >= warmup:
+                out.append(ms(first_text))
+    finally:
+        fake.close()
+    return out
+
+
+def measure_http(
+    port: int, dialect: str, count: int, warmup: int, stop_at: float
+) -> dict[str, list[float]]:
+    client = SyncClient(port)
+    data = request_bytes(port, dialect)
+    out: dict[str, list[float]] = {"ttfb": [], "first body": [], "end": []}
+    try:
+        for i in range(warmup + count):
+            if time.perf_counter() > stop_at:
+                print(f"time budget reached after {i} {dialect} requests", file=sys.stderr)
+                break
+            parser, times = client.stream(data)
+            if parser.status != 200 or not parser.body.rstrip().endswith(
+                b"[DONE]" if dialect == "chat" else b"}"
+            ):
+                raise RuntimeError(f"bad response {parser.status}: {parser.body[-300:]!r}")
+            if i >= warmup:
+                out["ttfb"].append(ms(times["first_byte"]))
+                out["first body"].append(ms(times["first_body"]))
+                out["end"].append(ms(times["end"]))
+    finally:
+        client.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run for CI (< 20 s)")
+    parser.add_argument(
+        "-n", type=int, default=None, help="chat requests (default 2000, quick 200)"
+    )
+    args = parser.parse_args(argv)
+    count = args.n or (200 if args.quick else 2000)
+    warmup = 20 if args.quick else 50
+    budget = 8.0 if args.quick else 180.0
+
+    raw = measure_raw(count // 2, warmup)
+    http: dict[str, dict[str, list[float]]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp,
+        ServerProcess(Path(tmp)) as server,
+    ):
+        port = server.wait_listening()
+        server.wait_ready(workers=1)
+        stop_at = time.perf_counter() + budget
+        http["chat"] = measure_http(port, "chat", count, warmup, stop_at)
+        for dialect in ("responses", "messages"):
+            http[dialect] = measure_http(port, dialect, count // 2, warmup, stop_at)
+    raw += measure_raw(count // 2, warmup)
+
+    rows = {"raw fake: first text delta": raw}
+    for dialect, values in http.items():
+        for key, samples in values.items():
+            rows[f"{dialect}: {key}"] = samples
+    print("HTTP bridge overhead, fake claude with zero delay, concurrency 1 (ms)")
+    print(table(STAT_HEADERS, stat_rows(rows)))
+
+    raw_s = summary(raw)
+    results: dict[str, dict[str, float]] = {}
+    print()
+    for dialect, values in http.items():
+        s = summary(values["ttfb"])
+        over = {"p50": s["p50"] - raw_s["p50"], "p99": s["p99"] - raw_s["p99"]}
+        results[dialect] = over
+        print(f"overhead {dialect:9}  p50 {over['p50']:.3f} ms   p99 {over['p99']:.3f} ms")
+    head = results["chat"]
+    ok = head["p50"] <= TARGET_P50_MS and head["p99"] <= TARGET_P99_MS
+    print(
+        f"\ntarget (chat): overhead p50 <= {TARGET_P50_MS:g} ms and p99 <= {TARGET_P99_MS:g} ms: "
+        f"{head['p50']:.3f} / {head['p99']:.3f} ms  {verdict(ok)}"
+    )
+    path = write_results(
+        "http_overhead",
+        {
+            "quick": args.quick,
+            "unit": "ms",
+            "raw_fake_first_text": raw_s,
+            "http": {d: {k: summary(v) for k, v in vals.items()} for d, vals in http.items()},
+            "overhead": results,
+            "target": {
+                "p50_ms": TARGET_P50_MS,
+                "p99_ms": TARGET_P99_MS,
+                "met": ok,
+                "value": head,
+            },
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
