@@ -1,0 +1,241 @@
+"""The official OpenAI and Anthropic SDKs -- sync, async, streaming helpers -- against the
+whole server: once on the fake claude, once on the real claude behind the model stub.
+
+Each request carries a directive (``@fake`` for the fake CLI, ``@stub`` for the stub the real
+CLI talks to) fixing the reply text and the token counts the CLI reports, so the test can
+assert that the usage every dialect shows is exactly what the CLI reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import attrs
+import openai
+import pytest
+import trio
+
+from clibridge.testing.model_stub import ModelStub
+
+from .conftest import MODEL, E2EServer, open_e2e_server, open_real_server
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # Why: openai's AsyncStream breaks out of its own SSE generators at ``[DONE]`` without
+    # closing them (openai._streaming, httpx2, httpcore2); trio reports that at GC time.
+    pytest.mark.filterwarnings("ignore:Async generator:ResourceWarning"),
+]
+
+TEXT = "Hi there, SDK user!"
+INPUT_TOKENS = 17
+OUTPUT_TOKENS = 9
+
+
+@attrs.frozen
+class Flavor:
+    """The prompt that makes the CLI answer :data:`TEXT` with known usage."""
+
+    prompt: str
+
+    @classmethod
+    def fake(cls) -> Flavor:
+        fields = {
+            "reply": TEXT,
+            "chunk_chars": 3,
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+        }
+        return cls(f"@fake {json.dumps(fields)}\nsay hi")
+
+    @classmethod
+    def stub(cls) -> Flavor:
+        fields = {
+            "text": TEXT,
+            "chunk_chars": 3,
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+        }
+        return cls(f"@stub {json.dumps(fields)}\nsay hi")
+
+    @property
+    def messages(self) -> list[Any]:
+        return [{"role": "user", "content": self.prompt}]
+
+
+def check_chat_usage(usage: Any) -> None:
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    assert usage.total_tokens == INPUT_TOKENS + OUTPUT_TOKENS
+
+
+def check_io_usage(usage: Any) -> None:
+    """Responses and Anthropic Messages both say input_tokens / output_tokens."""
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (INPUT_TOKENS, OUTPUT_TOKENS)
+
+
+def run_sync_clients(base_url: str, flavor: Flavor) -> int:
+    """Every sync SDK path once; returns how many requests it made."""
+    with openai.OpenAI(
+        api_key="unused", base_url=f"{base_url}/v1", max_retries=0, timeout=30
+    ) as oai:
+        completion = oai.chat.completions.create(model=MODEL, messages=flavor.messages)
+        assert completion.choices[0].message.content == TEXT
+        assert completion.choices[0].finish_reason == "stop"
+        check_chat_usage(completion.usage)
+
+        chunks = list(
+            oai.chat.completions.create(
+                model=MODEL,
+                messages=flavor.messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        check_chat_usage(chunks[-1].usage)
+
+        with oai.chat.completions.stream(
+            model=MODEL, messages=flavor.messages, stream_options={"include_usage": True}
+        ) as chat_stream:
+            deltas = [e.delta for e in chat_stream if e.type == "content.delta"]
+            final = chat_stream.get_final_completion()
+        assert "".join(deltas) == TEXT
+        assert final.choices[0].message.content == TEXT
+        assert final.choices[0].finish_reason == "stop"
+        check_chat_usage(final.usage)
+
+        response = oai.responses.create(model=MODEL, input=flavor.prompt)
+        assert response.output_text == TEXT
+        assert response.status == "completed"
+        check_io_usage(response.usage)
+
+        events = list(oai.responses.create(model=MODEL, input=flavor.prompt, stream=True))
+        assert events[0].type == "response.created"
+        assert events[-1].type == "response.completed"
+        streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert streamed == TEXT
+        check_io_usage(events[-1].response.usage)
+
+        with oai.responses.stream(model=MODEL, input=flavor.prompt) as resp_stream:
+            for _event in resp_stream:
+                pass
+            final_response = resp_stream.get_final_response()
+        assert final_response.output_text == TEXT
+        check_io_usage(final_response.usage)
+
+    with anthropic.Anthropic(api_key="unused", base_url=base_url, max_retries=0, timeout=30) as ant:
+        message = ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages)
+        assert [b.text for b in message.content if b.type == "text"] == [TEXT]
+        assert message.stop_reason == "end_turn"
+        check_io_usage(message.usage)
+
+        raw_events = list(
+            ant.messages.create(
+                model=MODEL, max_tokens=100, messages=flavor.messages, stream=True
+            )
+        )
+        assert raw_events[0].type == "message_start"
+        assert raw_events[-1].type == "message_stop"
+        (delta,) = [e for e in raw_events if e.type == "message_delta"]
+        assert delta.delta.stop_reason == "end_turn"
+        assert delta.usage.output_tokens == OUTPUT_TOKENS
+
+        with ant.messages.stream(
+            model=MODEL, max_tokens=100, messages=flavor.messages
+        ) as msg_stream:
+            text = "".join(msg_stream.text_stream)
+            final_message = msg_stream.get_final_message()
+        assert text == TEXT
+        assert final_message.stop_reason == "end_turn"
+        check_io_usage(final_message.usage)
+    return 9
+
+
+async def run_async_clients(base_url: str, flavor: Flavor) -> int:
+    """Every async SDK path once; returns how many requests it made."""
+    async with openai.AsyncOpenAI(
+        api_key="unused", base_url=f"{base_url}/v1", max_retries=0, timeout=30
+    ) as oai:
+        completion = await oai.chat.completions.create(model=MODEL, messages=flavor.messages)
+        assert completion.choices[0].message.content == TEXT
+        assert completion.choices[0].finish_reason == "stop"
+        check_chat_usage(completion.usage)
+
+        stream = await oai.chat.completions.create(
+            model=MODEL,
+            messages=flavor.messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        check_chat_usage(chunks[-1].usage)
+
+        async with oai.chat.completions.stream(
+            model=MODEL, messages=flavor.messages, stream_options={"include_usage": True}
+        ) as chat_stream:
+            async for _event in chat_stream:
+                pass
+            final = await chat_stream.get_final_completion()
+        assert final.choices[0].message.content == TEXT
+        check_chat_usage(final.usage)
+
+        response = await oai.responses.create(model=MODEL, input=flavor.prompt)
+        assert response.output_text == TEXT
+        check_io_usage(response.usage)
+
+        async with oai.responses.stream(model=MODEL, input=flavor.prompt) as resp_stream:
+            async for _event in resp_stream:
+                pass
+            final_response = await resp_stream.get_final_response()
+        assert final_response.output_text == TEXT
+        assert final_response.status == "completed"
+        check_io_usage(final_response.usage)
+
+    async with anthropic.AsyncAnthropic(
+        api_key="unused", base_url=base_url, max_retries=0, timeout=30
+    ) as ant:
+        message = await ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages)
+        assert [b.text for b in message.content if b.type == "text"] == [TEXT]
+        assert message.stop_reason == "end_turn"
+        check_io_usage(message.usage)
+
+        async with ant.messages.stream(
+            model=MODEL, max_tokens=100, messages=flavor.messages
+        ) as msg_stream:
+            text = "".join([t async for t in msg_stream.text_stream])
+            final_message = await msg_stream.get_final_message()
+        assert text == TEXT
+        assert final_message.stop_reason == "end_turn"
+        check_io_usage(final_message.usage)
+    return 7
+
+
+async def run_all(server: E2EServer, flavor: Flavor) -> int:
+    with trio.fail_after(90):
+        count = await trio.to_thread.run_sync(run_sync_clients, server.base_url, flavor)
+        count += await run_async_clients(server.base_url, flavor)
+    stats = await server.assert_clean()
+    assert stats["served"] == count
+    return count
+
+
+async def test_sdks_on_fake_claude(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path) as server:
+        await run_all(server, Flavor.fake())
+
+
+@pytest.mark.realcli
+async def test_sdks_on_real_claude(
+    claude_binary: Path, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    async with open_real_server(tmp_path, claude_binary, model_stub) as server:
+        count = await run_all(server, Flavor.stub())
+        # exactly one upstream call per request
+        assert len(model_stub.model_calls()) == count
