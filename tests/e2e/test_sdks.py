@@ -135,9 +135,7 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
         check_io_usage(message.usage)
 
         raw_events = list(
-            ant.messages.create(
-                model=MODEL, max_tokens=100, messages=flavor.messages, stream=True
-            )
+            ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages, stream=True)
         )
         assert raw_events[0].type == "message_start"
         assert raw_events[-1].type == "message_stop"
