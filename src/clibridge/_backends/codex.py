@@ -239,7 +239,11 @@ def _history_item(message: Message) -> list[dict[str, Any]]:
         elif isinstance(part, ToolResultPart):
             flush()
             items.append(
-                {"type": "function_call_output", "call_id": part.tool_call_id, "output": part.content}
+                {
+                    "type": "function_call_output",
+                    "call_id": part.tool_call_id,
+                    "output": part.content,
+                }
             )
         elif isinstance(part, ThinkingPart):
             continue  # replayed reasoning text cannot be given back as reasoning

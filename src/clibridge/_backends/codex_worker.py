@@ -1,0 +1,510 @@
+"""CodexWorker: one ``codex app-server`` process serving several requests at once.
+
+Theory of operation
+-------------------
+A *multiplexed* worker (see ``_worker.py``): the pool gives it up to ``threads_per_worker``
+leases at a time, so ``binding`` stays None and :meth:`CodexWorker.bind` only checks that the
+process is alive. Each :meth:`~CodexWorker.turn` opens an ephemeral thread (``thread/start``
+with the system prompt as ``baseInstructions`` and the model), appends the earlier
+conversation (``thread/inject_items``; an app-server that refuses it gets a quoted
+transcript instead), then ``turn/start`` with the reasoning effort.
+
+:meth:`run` owns the process and the *pump*, the only reader of stdout. The pump feeds an
+:class:`~clibridge._backends.codex.AppServerParser` and routes each message:
+
+* a response -> the waiter of its id;
+* a server request -> answered at once: approvals are declined, anything else gets a
+  JSON-RPC error (a turn must never stall waiting for us);
+* a notification -> the channel of its thread (unbounded: a slow HTTP client never stalls
+  the pump), dropped for threads nobody waits for (abandoned or unknown).
+
+Failures: the process exiting ends the pump, which closes every channel and wakes every
+waiter -> all in-flight turns raise :class:`~clibridge._errors.CliCrashed` with the stderr
+tail, ``healthy`` turns False and the pool replaces the worker. A turn left early (client
+gone, timeout, fail-fast upstream error) sends ``turn/interrupt`` and waits up to
+``interrupt_grace`` (shielded) for ``turn/completed``. A thread that does not end in that
+time is abandoned; if it still runs one more ``interrupt_grace`` later it keeps the worker
+busy for nothing: ``healthy`` turns False (no new leases; the pool retires the worker when a
+lease ends), and an idle worker ends its own process so the pool replaces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from .. import __version__
+from .._config import CodexConfig, Config, PoolConfig
+from .._errors import (
+    BootError,
+    BridgeError,
+    CliCrashed,
+    ModelNotFound,
+    ProtocolError,
+    RequestError,
+    TurnTimeout,
+    UnsupportedFeature,
+)
+from .._events import Event, Request
+from .._janitor import Janitor
+from .._process import ChildProcess, ChildSpec, LineTooLong, open_child
+from .._worker import Binding, WorkerUnusable
+from . import codex
+from .codex import (
+    AppServerParser,
+    GarbageLine,
+    NeedData,
+    Notification,
+    Response,
+    ServerRequest,
+    TurnTranslator,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES: Final = 64 * 1024 * 1024
+_STDERR_SETTLE: Final = 0.5
+
+
+class _Waiter:
+    __slots__ = ("done", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+
+
+class CodexWorker:
+    """A ``codex app-server`` worker implementing :class:`clibridge._worker.Worker`."""
+
+    def __init__(
+        self,
+        id: int,
+        config: CodexConfig,
+        pool: PoolConfig,
+        spec: ChildSpec,
+        janitor: Janitor | None = None,
+    ) -> None:
+        self.id = id
+        self.binding: Binding | None = None  # multiplexed: never bound
+        self.turns = 0
+        self.started_at = 0.0
+        self.healthy = True
+        self.pid: int | None = None
+        self._config = config
+        self._pool = pool
+        self._spec = spec
+        self._janitor = janitor
+        self._child: ChildProcess | None = None
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._threads: dict[str, trio.MemorySendChannel[Notification]] = {}
+        #: thread id -> when it was abandoned
+        self._abandoned: dict[str, float] = {}
+        self._exited = trio.Event()
+        self._pump_error: BridgeError | None = None
+        self._nursery: trio.Nursery | None = None
+        self._inject_supported = True
+        self.active = 0
+        #: counters for tests and statistics
+        self.declined_approvals = 0
+        self.refused_requests = 0
+
+    def __repr__(self) -> str:
+        return f"<CodexWorker {self.id} pid={self.pid} active={self.active} healthy={self.healthy}>"
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn, ``initialize`` + ``initialized``, serve until cancelled or the process exits."""
+        self.started_at = trio.current_time()
+        boot_error: BootError | None = None
+        spawned = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    async with open_child(
+                        self._spec,
+                        nursery=nursery,
+                        kill_grace=self._pool.kill_grace,
+                        janitor=self._janitor,
+                        max_line=MAX_LINE_BYTES,
+                    ) as child:
+                        spawned = True
+                        self._child = child
+                        self.pid = child.pid
+                        nursery.start_soon(self._pump, child)
+                        try:
+                            await self._handshake()
+                        except BootError as exc:
+                            boot_error = exc
+                        else:
+                            task_status.started()
+                            await self._exited.wait()
+                            log.info(
+                                "codex worker %d (pid %d) exited: %s",
+                                self.id,
+                                child.pid,
+                                child.returncode,
+                            )
+                except OSError as exc:
+                    if spawned:
+                        raise
+                    boot_error = BootError(
+                        f"cannot start the codex CLI {self._spec.argv[0]!r}: {exc}"
+                    )
+                nursery.cancel_scope.cancel()
+        finally:
+            self.healthy = False
+            self._wake_all()
+        if boot_error is not None:
+            raise boot_error
+
+    async def _handshake(self) -> None:
+        try:
+            response = await self._call(
+                "initialize", codex.initialize_params(__version__), "initialize"
+            )
+            if response.error is not None:
+                raise BootError(f"codex refused initialize: {response.error_message}")
+            await self._send(codex.notification_line("initialized"))
+        except (CliCrashed, TurnTimeout) as exc:
+            raise BootError(
+                f"codex worker {self.id} did not get ready: {exc.message}",
+                detail=await self._stderr_tail(),
+            ) from exc
+
+    # ------------------------------------------------------------------ pump
+
+    async def _pump(self, child: ChildProcess) -> None:
+        parser = AppServerParser()
+        try:
+            while True:
+                data = await child.receive_some()
+                if not data:
+                    break
+                parser.receive_data(data)
+                while not isinstance(msg := parser.next_event(), NeedData):
+                    await self._route(msg)
+                if parser.buffered > MAX_LINE_BYTES:
+                    raise LineTooLong(f"a stdout line over {MAX_LINE_BYTES} bytes")
+        except LineTooLong as exc:
+            self._pump_error = ProtocolError(f"the codex CLI misbehaved: {exc}")
+            self.healthy = False
+        finally:
+            self._exited.set()
+            self._wake_all()
+
+    async def _route(self, msg: Response | ServerRequest | Notification | GarbageLine) -> None:
+        if isinstance(msg, Response):
+            waiter = self._waiters.pop(msg.id, None) if isinstance(msg.id, int) else None
+            if waiter is None:
+                log.debug("codex worker %d: unexpected response %r", self.id, msg.id)
+                return
+            waiter.response = msg
+            waiter.done.set()
+        elif isinstance(msg, ServerRequest):
+            await self._answer(msg)
+        elif isinstance(msg, Notification):
+            thread_id = msg.thread_id
+            channel = self._threads.get(thread_id) if thread_id else None
+            if channel is not None:
+                channel.send_nowait(msg)
+            elif thread_id in self._abandoned and msg.method == "turn/completed":
+                del self._abandoned[thread_id]
+                log.info("codex worker %d: abandoned thread %s ended", self.id, thread_id)
+        else:
+            log.warning("codex worker %d: skipping a non-JSON line: %.200s", self.id, msg.text)
+
+    async def _answer(self, request: ServerRequest) -> None:
+        decline = codex.APPROVAL_DECLINES.get(request.method)
+        if decline is not None:
+            self.declined_approvals += 1
+            log.info("codex worker %d: declining %s", self.id, request.method)
+            line = codex.result_line(request.id, decline)
+        else:
+            self.refused_requests += 1
+            log.warning("codex worker %d: refusing server request %r", self.id, request.method)
+            line = codex.error_line(
+                request.id, f"clibridge does not handle {request.method!r}", codex.METHOD_NOT_FOUND
+            )
+        with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
+            await self._send(line)
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.done.set()
+        self._waiters.clear()
+        for channel in self._threads.values():
+            channel.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _stderr_tail(self) -> str:
+        child = self._child
+        if child is None:
+            return ""
+        with trio.move_on_after(_STDERR_SETTLE):
+            await child.stderr_closed.wait()
+        return child.stderr_tail()
+
+    async def _crashed(self, what: str) -> BridgeError:
+        self.healthy = False
+        if self._pump_error is not None:
+            return self._pump_error
+        child = self._child
+        code = None
+        if child is not None:
+            with trio.move_on_after(_STDERR_SETTLE):
+                code = await child.wait()
+        tail = await self._stderr_tail()
+        last = tail.strip().splitlines()[-1][:300] if tail.strip() else ""
+        return CliCrashed(
+            f"the codex CLI exited (code {code}) during {what}" + (f": {last}" if last else ""),
+            detail=tail,
+        )
+
+    async def _send(self, line: bytes) -> None:
+        child = self._child
+        if child is None or self._exited.is_set():
+            raise await self._crashed("a write")
+        async with self._send_lock:
+            try:
+                await child.send_line(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise await self._crashed("a write") from None
+
+    async def _call(self, method: str, params: Mapping[str, Any], what: str) -> Response:
+        """Send a request and wait (up to ready_timeout) for its response."""
+        timeout = self._pool.ready_timeout
+        req_id = next(self._ids)
+        waiter = self._waiters[req_id] = _Waiter()
+        try:
+            await self._send(codex.request_line(req_id, method, params))
+            with trio.move_on_after(timeout):
+                await waiter.done.wait()
+        finally:
+            self._waiters.pop(req_id, None)
+        if waiter.response is not None:
+            return waiter.response
+        if self._exited.is_set():
+            raise await self._crashed(what)
+        self.healthy = False
+        raise TurnTimeout(f"the codex CLI did not answer {what} within {timeout:g} s")
+
+    # ------------------------------------------------------------------ bind
+
+    async def bind(self, binding: Binding) -> None:
+        """Multiplexed: nothing to set up per binding; only check the process is usable."""
+        if not self.healthy or self._child is None or self._exited.is_set():
+            raise WorkerUnusable(f"codex worker {self.id} is not usable")
+
+    # ------------------------------------------------------------------ turn
+
+    async def _open_thread(
+        self, request: Request
+    ) -> tuple[str, trio.MemoryReceiveChannel[Notification]]:
+        params = codex.thread_start_params(
+            system=request.system,
+            model=request.model or None,
+            cwd=str(self._spec.cwd or os.getcwd()),
+            enable_cli_tools=self._config.enable_cli_tools,
+        )
+        response = await self._call("thread/start", params, "thread/start")
+        result = response.result if isinstance(response.result, Mapping) else {}
+        thread = result.get("thread") if isinstance(result, Mapping) else None
+        if response.error is not None or not isinstance(thread, Mapping):
+            message = response.error_message or f"no thread in {response.result!r}"[:300]
+            if "model" in message.lower():
+                raise ModelNotFound(f"codex refused model {request.model!r}: {message}")
+            raise RequestError(f"codex refused thread/start: {message}")
+        thread_id = str(thread["id"])
+        send, receive = trio.open_memory_channel[Notification](math.inf)
+        self._threads[thread_id] = send
+        return thread_id, receive
+
+    async def _input_for(self, thread_id: str, request: Request) -> tuple[dict[str, Any], ...]:
+        rendered = codex.render_input(request)
+        if not rendered.history:
+            return rendered.input
+        if self._inject_supported:
+            response = await self._call(
+                "thread/inject_items",
+                {"threadId": thread_id, "items": list(rendered.history)},
+                "thread/inject_items",
+            )
+            if response.error is None:
+                return rendered.input
+            log.warning(
+                "codex worker %d: thread/inject_items refused (%s); sending the history as a "
+                "quoted transcript",
+                self.id,
+                response.error_message,
+            )
+            self._inject_supported = False
+        return codex.render_transcript(request)
+
+    async def turn(self, request: Request) -> AsyncIterator[Event]:
+        """One request on its own ephemeral thread; see the module doc."""
+        if request.tools:
+            raise UnsupportedFeature(
+                "client tools are not supported by the codex backend yet", param="$.tools"
+            )
+        codex.render_input(request)  # refuse a bad conversation before touching the CLI
+        if not self.healthy or self._exited.is_set():
+            raise WorkerUnusable(f"codex worker {self.id} is not usable")
+        self.active += 1
+        self.turns += 1
+        pool = self._pool
+        deadline = trio.current_time() + pool.turn_timeout
+        translator = TurnTranslator(request.model, self._config.login_hint)
+        thread_id: str | None = None
+        receive: trio.MemoryReceiveChannel[Notification] | None = None
+        try:
+            thread_id, receive = await self._open_thread(request)
+            items = await self._input_for(thread_id, request)
+            response = await self._call(
+                "turn/start",
+                codex.turn_start_params(thread_id, items, request.reasoning_effort),
+                "turn/start",
+            )
+            if response.error is not None:
+                raise RequestError(f"codex refused turn/start: {response.error_message}")
+            turn = response.result.get("turn") if isinstance(response.result, Mapping) else None
+            if isinstance(turn, Mapping) and isinstance(turn.get("id"), str):
+                translator.set_turn_id(str(turn["id"]))
+            while not translator.done:
+                idle_deadline = trio.current_time() + pool.stream_idle_timeout
+                note: Notification | None = None
+                with trio.move_on_at(min(deadline, idle_deadline)):
+                    try:
+                        note = await receive.receive()
+                    except trio.EndOfChannel:
+                        raise await self._crashed("a turn") from None
+                if note is None:
+                    if trio.current_time() >= deadline:
+                        raise TurnTimeout(
+                            f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)"
+                        )
+                    raise TurnTimeout(
+                        f"the codex CLI said nothing for {pool.stream_idle_timeout:g} s "
+                        "(stream_idle_timeout)"
+                    )
+                for event in translator.feed(note):
+                    yield event
+        finally:
+            try:
+                if (
+                    thread_id is not None
+                    and receive is not None
+                    and not translator.done
+                    and not self._exited.is_set()
+                ):
+                    await self._interrupt(thread_id, translator, receive)
+            finally:
+                if thread_id is not None:
+                    channel = self._threads.pop(thread_id, None)
+                    if channel is not None:
+                        channel.close()
+                self.active -= 1
+                self._maybe_retire_self()
+
+    async def _interrupt(
+        self,
+        thread_id: str,
+        translator: TurnTranslator,
+        receive: trio.MemoryReceiveChannel[Notification],
+    ) -> None:
+        """Stop the thread's turn; abandon the thread if it does not end in interrupt_grace."""
+        with trio.CancelScope(shield=True):
+            ended = False
+            with trio.move_on_after(self._pool.interrupt_grace):
+                try:
+                    while translator.turn_id is None:
+                        # the turn/start reply or turn/started has not come yet
+                        note = await receive.receive()
+                        if note.method == "turn/completed":
+                            ended = True
+                            break
+                        if note.method == "turn/started":
+                            turn = note.params.get("turn") or {}
+                            if isinstance(turn, Mapping) and isinstance(turn.get("id"), str):
+                                translator.set_turn_id(str(turn["id"]))
+                    if not ended and translator.turn_id is not None:
+                        await self._send(
+                            codex.request_line(
+                                next(self._ids),
+                                "turn/interrupt",
+                                codex.interrupt_params(thread_id, translator.turn_id),
+                            )
+                        )
+                        async for note in receive:
+                            if note.method == "turn/completed":
+                                ended = True
+                                break
+                except (BridgeError, trio.EndOfChannel):
+                    pass
+            if not ended and not self._exited.is_set():
+                log.warning(
+                    "codex worker %d: thread %s did not end within interrupt_grace; abandoned",
+                    self.id,
+                    thread_id,
+                )
+                self._abandoned[thread_id] = trio.current_time()
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._watch_abandoned, thread_id)
+
+    async def _watch_abandoned(self, thread_id: str) -> None:
+        await trio.sleep(self._pool.interrupt_grace)
+        if thread_id in self._abandoned and not self._exited.is_set():
+            log.warning(
+                "codex worker %d: abandoned thread %s still runs; retiring the worker",
+                self.id,
+                thread_id,
+            )
+            self.healthy = False
+            self._maybe_retire_self()
+
+    def _maybe_retire_self(self) -> None:
+        """An unhealthy worker with no lease left ends its process (the pool replaces it)."""
+        if not self.healthy and self.active == 0 and not self._exited.is_set():
+            self._exited.set()  # run() leaves its wait; teardown kills the group
+
+
+def make_codex_factory(
+    config: Config,
+    command: tuple[str, ...],
+    state_dir: Path,
+    janitor: Janitor | None,
+    environ: Mapping[str, str],
+    *,
+    fake: bool,
+) -> Callable[[int], CodexWorker]:
+    """A pool factory for codex workers in clibridge's codex spawn home (blocking setup)."""
+    from .._codex_home import prepare_codex_home
+
+    home = prepare_codex_home(config.codex, state_dir, environ)
+    if not fake and not home.real and not home.logged_in():
+        log.warning(
+            "no codex login in %s: run `clibridge login codex` (or use_real_home)",
+            home.codex_home,
+        )
+    argv = codex.build_argv(
+        command, enable_cli_tools=config.codex.enable_cli_tools, overrides=config.codex.overrides
+    )
+    spec = home.child_spec(argv)
+
+    def factory(worker_id: int) -> CodexWorker:
+        return CodexWorker(worker_id, config.codex, config.codex.pool, spec, janitor)
+
+    return factory

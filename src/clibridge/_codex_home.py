@@ -1,0 +1,117 @@
+"""The codex spawn home: the CODEX_HOME, working directory and environment of codex workers.
+
+Theory of operation
+-------------------
+codex keeps its login (``auth.json``, which it refreshes itself), config and session files in
+``CODEX_HOME``. clibridge gives its workers a CODEX_HOME of its own under the state dir::
+
+    <state>/codex/home/     CODEX_HOME: the login made by ``clibridge login codex``
+    <state>/codex/user/     HOME of the child (no dotfiles of the operator leak in)
+    <state>/codex/work/     the neutral, empty working directory
+
+The login lives there because ``clibridge login codex`` runs the CLI's own ``codex login``
+with that CODEX_HOME: the CLI writes and refreshes its token file in place, and clibridge
+never copies one (a copied refresh token goes stale the moment either copy refreshes).
+
+``use_real_home`` uses the operator's own CODEX_HOME (``$CODEX_HOME`` or ``~/.codex``) with
+its login, config and AGENTS.md; explicit in the config and logged as a warning.
+
+The environment is an allow-list like the claude one (:data:`clibridge._spawn_home.ALLOWED_ENV`
+minus the claude token): ``OPENAI_API_KEY`` / ``CODEX_API_KEY`` / ``OPENAI_BASE_URL`` (they
+would switch billing or the upstream) and ``CLIBRIDGE_*`` never pass unless named in
+``pass_env``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from ._config import CodexConfig
+from ._process import ChildSpec
+from ._spawn_home import ALLOWED_ENV, default_state_dir
+
+log = logging.getLogger(__name__)
+
+DENIED_ENV: Final = ("OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "CODEX_HOME")
+_ALLOWED: Final = tuple(n for n in ALLOWED_ENV if n != "CLAUDE_CODE_OAUTH_TOKEN")
+
+
+@attrs.frozen
+class CodexHome:
+    """Where and with what environment codex workers run."""
+
+    #: the CODEX_HOME given to the CLI
+    codex_home: Path
+    workdir: Path
+    env: Mapping[str, str]
+    real: bool = False
+
+    def child_spec(self, argv: Sequence[str]) -> ChildSpec:
+        return ChildSpec(argv=tuple(argv), env=dict(self.env), cwd=self.workdir)
+
+    def logged_in(self) -> bool:
+        """True when the CLI has a login file here (never read, never copied)."""
+        return (self.codex_home / "auth.json").is_file()
+
+
+def child_env(
+    config: CodexConfig, codex_home: Path, user_home: Path, environ: Mapping[str, str]
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, value in environ.items():
+        if name.startswith("CLIBRIDGE_"):
+            continue
+        if name in _ALLOWED or name.startswith("LC_") or name in config.pass_env:
+            env[name] = value
+    for name in DENIED_ENV:
+        if name in env and name not in config.pass_env:
+            del env[name]
+    env["HOME"] = str(user_home)
+    env["CODEX_HOME"] = str(codex_home)
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def real_codex_home(environ: Mapping[str, str]) -> Path:
+    if environ.get("CODEX_HOME"):
+        return Path(environ["CODEX_HOME"]).expanduser()
+    return Path(environ.get("HOME") or os.path.expanduser("~")) / ".codex"
+
+
+def prepare_codex_home(
+    config: CodexConfig,
+    state_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CodexHome:
+    """Create the codex spawn home and return it (blocking file IO: call once at startup)."""
+    source = os.environ if environ is None else environ
+    base = (state_dir or default_state_dir()) / "codex"
+    workdir = base / "work"
+    user_home = base / "user"
+    for path in (workdir, user_home):
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if config.use_real_home:
+        codex_home = real_codex_home(source)
+        log.warning(
+            "codex runs with the operator's CODEX_HOME %s (use_real_home): its login, "
+            "config and AGENTS.md apply to every request",
+            codex_home,
+        )
+        return CodexHome(
+            codex_home, workdir, child_env(config, codex_home, user_home, source), True
+        )
+    codex_home = base / "home"
+    codex_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = CodexHome(codex_home, workdir, child_env(config, codex_home, user_home, source))
+    return home
+
+
+def login_argv(config: CodexConfig, *extra: str) -> tuple[str, ...]:
+    """The CLI's own login command (``codex login``), to run with the spawn home's env."""
+    return (*config.command, "login", *extra)
