@@ -81,7 +81,7 @@ def test_parser_kinds_and_garbage() -> None:
 
 
 def test_reasoning_sample_gives_thinking_text_and_real_usage() -> None:
-    events, tr = _translate("codex_reasoning")
+    events, _tr = _translate("codex_reasoning")
     done = collect("gpt-stub", events)
     assert done.text == "Thought done."
     # summary and raw reasoning of the same item: the summary only, once

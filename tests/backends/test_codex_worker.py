@@ -1,0 +1,286 @@
+"""CodexWorker on the fake codex app-server: every failure path, no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from clibridge._backends import codex
+from clibridge._backends.codex_worker import CodexWorker, make_codex_factory
+from clibridge._config import CodexConfig, Config, PoolConfig
+from clibridge._errors import (
+    CliCrashed,
+    LoginExpired,
+    TurnTimeout,
+    UnsupportedFeature,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+)
+from clibridge._events import (
+    Event,
+    FinishReason,
+    Message,
+    Request,
+    TextDelta,
+    TextPart,
+    ToolSpec,
+    TurnStarted,
+    collect,
+)
+from clibridge._pool import WorkerPool
+from clibridge._process import ChildSpec, live_group_members
+from clibridge._worker import Binding
+from clibridge.testing.codex_schema import WireChecker
+
+FAKE = (sys.executable, "-m", "clibridge.testing.fake_codex")
+POOL = PoolConfig(
+    workers=1, spares=0, ready_timeout=20, turn_timeout=20, interrupt_grace=1.0, kill_grace=1.0
+)
+
+
+def _request(text: str, *history: Message, **kw: Any) -> Request:
+    return Request(model="gpt-5.5", messages=(*history, Message("user", (TextPart(text),))), **kw)
+
+
+def _fake(directive: dict[str, Any], text: str = "hi") -> str:
+    return f"@fake {json.dumps(directive)}\n{text}"
+
+
+def _spec(tmp_path: Path, scenario: dict[str, Any] | None = None) -> ChildSpec:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CLIBRIDGE_FAKE_RECORD": str(tmp_path / "rec.ndjson"),
+    }
+    if scenario is not None:
+        path = tmp_path / "scenario.json"
+        path.write_text(json.dumps({"default": scenario}))
+        env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
+    return ChildSpec(codex.build_argv(FAKE), env, tmp_path)
+
+
+def _recorded_stdin(tmp_path: Path) -> list[Any]:
+    lines = (tmp_path / "rec.ndjson").read_text().splitlines()
+    return [json.loads(x)["stdin"] for x in lines if "stdin" in json.loads(x)]
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, pool: PoolConfig = POOL, scenario: dict[str, Any] | None = None
+) -> AsyncIterator[CodexWorker]:
+    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path, scenario))
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(30):
+            await nursery.start(worker.run)
+        yield worker
+        nursery.cancel_scope.cancel()
+    assert worker.pid is not None and live_group_members(worker.pid) == []
+
+
+async def _turn(worker: CodexWorker, request: Request) -> list[Event]:
+    with trio.fail_after(30):
+        async with aclosing(worker.turn(request)) as events:  # type: ignore[type-var]
+            return [e async for e in events]
+
+
+async def test_turn_streams_text_with_usage_and_schema_valid_client(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        events = await _turn(worker, _request(_fake({"reply": "hello there", "chunk_chars": 3})))
+        assert isinstance(events[0], TurnStarted)
+        done = collect("gpt-5.5", events)
+        assert done.text == "hello there"
+        assert done.finish.reason is FinishReason.END_TURN
+        assert done.finish.usage.output_tokens > 0
+        assert worker.healthy and worker.active == 0 and worker.binding is None
+    checker = WireChecker()
+    sent = _recorded_stdin(tmp_path)
+    for msg in sent:
+        checker.client_sent(msg)
+    methods = [m.get("method") for m in sent]
+    assert methods[:4] == ["initialize", "initialized", "thread/start", "turn/start"]
+    start = sent[2]["params"]
+    assert start["ephemeral"] is True and start["sandbox"] == "read-only"
+
+
+async def test_system_prompt_model_and_effort_reach_codex(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        req = _request("hi", system="Be terse.", reasoning_effort="high")
+        await _turn(worker, req)
+    sent = _recorded_stdin(tmp_path)
+    start = next(m for m in sent if m.get("method") == "thread/start")["params"]
+    turn = next(m for m in sent if m.get("method") == "turn/start")["params"]
+    assert start["baseInstructions"] == "Be terse." and start["model"] == "gpt-5.5"
+    assert turn["effort"] == "high"
+
+
+async def test_history_falls_back_to_a_transcript_when_inject_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        req = _request(
+            _fake({"echo": True}, "q2"),
+            Message("user", (TextPart("q1"),)),
+            Message("assistant", (TextPart("a1"),)),
+        )
+        done = collect("m", await _turn(worker, req))
+        assert "[user]\nq1" in done.text and "[assistant]\na1" in done.text and "q2" in done.text
+        assert worker.healthy
+
+
+async def test_tools_are_refused_clearly(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        with pytest.raises(UnsupportedFeature, match="codex backend"):
+            await _turn(worker, _request("hi", tools=(ToolSpec("f"),)))
+        assert worker.active == 0
+
+
+async def test_approval_request_is_declined_and_the_turn_goes_on(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        done = collect("m", await _turn(worker, _request(_fake({"approval_request": True}))))
+        assert done.finish.reason is FinishReason.END_TURN
+        assert worker.declined_approvals == 1
+    replies = [m for m in _recorded_stdin(tmp_path) if "result" in m]
+    assert replies == [{"jsonrpc": "2.0", "id": 0, "result": {"decision": "decline"}}]
+
+
+async def test_unknown_server_request_gets_an_error_at_once(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        done = collect("m", await _turn(worker, _request(_fake({"unknown_server_request": True}))))
+        assert done.finish.reason is FinishReason.END_TURN
+        assert worker.refused_requests == 1
+    errors = [m for m in _recorded_stdin(tmp_path) if "error" in m]
+    assert len(errors) == 1 and errors[0]["error"]["code"] == codex.METHOD_NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("directive", "kind"),
+    [
+        (
+            {"error_notification": "usageLimitExceeded: You've hit your usage limit"},
+            UpstreamRateLimited,
+        ),
+        ({"error_notification": "serverOverloaded: busy"}, UpstreamOverloaded),
+        ({"api_error": 429}, UpstreamRateLimited),
+        ({"api_error": 401}, LoginExpired),
+    ],
+)
+async def test_error_notifications_are_mapped(
+    tmp_path: Path, directive: dict[str, Any], kind: type[Exception]
+) -> None:
+    async with running(tmp_path) as worker:
+        with pytest.raises(kind):
+            await _turn(worker, _request(_fake(directive)))
+        assert worker.healthy and worker.active == 0
+        # the worker serves the next request
+        assert collect("m", await _turn(worker, _request("again"))).text
+
+
+async def test_401_fails_fast_without_waiting_for_the_retries(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        start = trio.current_time()
+        with pytest.raises(LoginExpired, match="clibridge login codex"):
+            await _turn(
+                worker,
+                _request(_fake({"api_error": 401, "api_retries": 5, "retry_delay_ms": 2000})),
+            )
+        assert trio.current_time() - start < 2.0  # the retries would take 10 s
+
+
+async def test_cancel_interrupts_the_thread(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        req = _request(_fake({"reply": "x" * 200, "chunk_chars": 2, "chunk_delay": 0.05}))
+        with trio.fail_after(20):
+            async with aclosing(worker.turn(req)) as events:  # type: ignore[type-var]
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        break
+        assert worker.healthy and worker.active == 0
+        assert collect("m", await _turn(worker, _request("next"))).text
+    methods = [m.get("method") for m in _recorded_stdin(tmp_path)]
+    assert "turn/interrupt" in methods
+
+
+async def test_hang_times_out_and_the_worker_survives(tmp_path: Path) -> None:
+    pool = attrs.evolve(POOL, turn_timeout=1.0)
+    async with running(tmp_path, pool) as worker:
+        with pytest.raises(TurnTimeout):
+            await _turn(worker, _request(_fake({"hang_mid_turn": True})))
+        # the fake honours the interrupt: the thread ended, the worker is fine
+        assert worker.healthy
+        assert collect("m", await _turn(worker, _request("after"))).text
+
+
+async def test_thread_that_ignores_interrupt_is_abandoned_then_worker_retires(
+    tmp_path: Path,
+) -> None:
+    pool = attrs.evolve(POOL, turn_timeout=0.5, interrupt_grace=0.5)
+    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path))
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(30):
+            await nursery.start(worker.run)
+            with pytest.raises(TurnTimeout):
+                await _turn(
+                    worker, _request(_fake({"hang_mid_turn": True, "ignore_interrupt": True}))
+                )
+            assert worker.healthy  # abandoned, not yet judged
+        # then it retires itself: run() returns, the process group is gone
+    assert not worker.healthy
+    assert worker.pid is not None and live_group_members(worker.pid) == []
+
+
+async def test_crash_fails_every_thread_in_flight_and_the_pool_replaces_the_worker(
+    tmp_path: Path,
+) -> None:
+    config = Config(
+        codex=CodexConfig(command=FAKE, pool=attrs.evolve(POOL, restart_backoff_initial=0.1))
+    )
+    factory = make_codex_factory(config, FAKE, tmp_path / "state", None, os.environ, fake=True)
+    pool = WorkerPool("codex", config.codex.pool, factory, threads_per_worker=3)
+    binding = Binding("", (), "gpt-5.5")
+    started = 0
+    changed = trio.Event()
+    errors: list[BaseException] = []
+    pids: list[int] = []
+
+    async def one(text: str) -> None:
+        nonlocal started, changed
+        async with pool.lease(binding) as lease:
+            assert isinstance(lease.worker, CodexWorker)
+            pids.append(lease.worker.pid or 0)
+            try:
+                async with aclosing(lease.worker.turn(_request(text))) as events:  # type: ignore[type-var]
+                    async for event in events:
+                        if isinstance(event, TurnStarted):
+                            started += 1
+                            changed.set()
+            except CliCrashed as exc:
+                errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as turns:
+                for _ in range(2):
+                    turns.start_soon(one, _fake({"first_delay": 30}))
+                while started < 2:
+                    await changed.wait()
+                    changed = trio.Event()
+                turns.start_soon(one, _fake({"crash_mid_turn": True, "stderr": "boom on stderr"}))
+            assert len(errors) == 3
+            assert all("exited" in str(e) for e in errors)
+            assert any("boom on stderr" in (e.detail or "") for e in errors)  # type: ignore[attr-defined]
+            # replaced: the next request is served by a new process
+            async with pool.lease(binding) as lease:
+                done = collect("m", await _turn(lease.worker, _request("after the crash")))  # type: ignore[arg-type]
+                assert done.text and lease.worker.pid not in pids
+            stats = pool.statistics()
+            assert stats.crashes == 1 and stats.in_flight == 0
+        nursery.cancel_scope.cancel()
+    for pid in set(pids):
+        assert live_group_members(pid) == []
