@@ -67,6 +67,11 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in (b"Z", b"X")
 
 
+def pgid_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[2])
+
+
 def children_of(ppid: int) -> list[int]:
     """Living direct children of ``ppid``."""
     out = []
@@ -190,7 +195,10 @@ class E2EServer:
                 and s["booting"] == 0
                 and all(w["state"] in ("idle", "busy") for w in s["workers"])
                 and len(s["workers"]) >= 1
-                and not any(alive(p) for p in self.cli_pids() - _worker_pids(s))
+                and not any(
+                    alive(p) and pgid_of(p) not in _worker_pids(s)
+                    for p in self.cli_pids() - _worker_pids(s)
+                )
             )
 
         stats = await self.wait_stats(settled, settle)
@@ -198,7 +206,12 @@ class E2EServer:
         for pid in workers:
             assert alive(pid), f"worker {pid} reported by statistics() is not alive"
         if self.fake:
-            leaked = {p: cmdline(p) for p in self.cli_pids() - workers if alive(p)}
+            # a grandchild may live as long as the worker whose group it is in
+            leaked = {
+                p: cmdline(p)
+                for p in self.cli_pids() - workers
+                if alive(p) and pgid_of(p) not in workers
+            }
             assert not leaked, f"CLI processes outside the pool: {leaked}"
         others = {p: cmdline(p) for p in children_of(os.getpid()) if p not in workers}
         others = {p: c for p, c in others.items() if "clibridge._janitor" not in c}
