@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-n", type=int, default=None, help="chat requests (default 2000, quick 200)"
     )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for clibridge serve (repeat), e.g. --serve-arg=--max-turns=100000",
+    )
     args = parser.parse_args(argv)
     count = args.n or (200 if args.quick else 2000)
     warmup = 20 if args.quick else 50
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     http: dict[str, dict[str, list[float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp,
-        ServerProcess(Path(tmp)) as server,
+        ServerProcess(Path(tmp), *args.serve_arg) as server,
     ):
         port = server.wait_listening()
         server.wait_ready(workers=1)
@@ -144,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "http_overhead",
         {
             "quick": args.quick,
+            "serve_args": args.serve_arg,
             "unit": "ms",
             "raw_fake_first_text": raw_s,
             "http": {d: {k: summary(v) for k, v in vals.items()} for d, vals in http.items()},
