@@ -1,4 +1,4 @@
-"""The command line: ``clibridge serve | config | version``.
+"""The command line: ``clibridge serve | config | login | version``.
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -127,7 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
             )
         _add_setting_flags(p)
     sub.add_parser("version", help="print the version")
+    login = sub.add_parser(
+        "login",
+        help="log a CLI in for clibridge (codex: runs `codex login` in clibridge's CODEX_HOME)",
+    )
+    login.add_argument("backend", choices=("codex",))
+    login.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
+    login.add_argument(
+        "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
+    )
     return parser
+
+
+def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run the CLI's own login with the spawn home clibridge's workers use."""
+    import subprocess
+
+    from ._codex_home import login_argv, prepare_codex_home
+    from ._supervisor import state_dir
+
+    config = load_config({}, environ, args.config)
+    home = prepare_codex_home(config.codex, state_dir(config), environ)
+    argv = login_argv(config.codex, *args.cli_args)
+    print(f"clibridge: running {' '.join(argv)} with CODEX_HOME={home.codex_home}", file=sys.stderr)
+    try:
+        return subprocess.call(list(argv), env=dict(home.env), cwd=home.workdir)
+    except OSError as exc:
+        print(f"clibridge: error: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
+        return 2
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,6 +191,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
+    if args.command == "login":
+        try:
+            return _login(args, env)
+        except ConfigError as exc:
+            print(f"clibridge: error: {exc}", file=sys.stderr)
+            return 2
     if getattr(args, "tui", False):
         print(
             "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "

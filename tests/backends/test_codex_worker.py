@@ -284,3 +284,22 @@ async def test_crash_fails_every_thread_in_flight_and_the_pool_replaces_the_work
         nursery.cancel_scope.cancel()
     for pid in set(pids):
         assert live_group_members(pid) == []
+
+
+def test_login_codex_runs_the_cli_login_in_clibridges_home(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from clibridge._cli import main
+
+    script = tmp_path / "codex"
+    script.write_text('#!/bin/sh\necho "ARGS $* HOME=$CODEX_HOME KEY=$OPENAI_API_KEY"\n')
+    script.chmod(0o755)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OPENAI_API_KEY": "must-not-leak",
+        "CLIBRIDGE_CODEX_COMMAND": str(script),
+        "CLIBRIDGE_STATE_DIR": str(tmp_path / "state"),
+    }
+    assert main(["login", "codex", "--device-auth"], env) == 0
+    out = capfd.readouterr().out
+    assert f"ARGS login --device-auth HOME={tmp_path / 'state' / 'codex' / 'home'} KEY=\n" == out
