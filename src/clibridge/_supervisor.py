@@ -23,8 +23,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,19 @@ import attrs
 import trio
 
 from ._config import Config
-from ._events import Event, Request
+from ._conversations import (
+    Conversation,
+    ConversationTable,
+    ToolResume,
+    assistant_message,
+    fingerprints,
+    new_call_id,
+    normalize_id,
+    plan,
+)
+from ._events import Event, Finished, FinishReason, Request, ToolCallStart, collect
 from ._models import ModelTable
-from ._pool import WorkerFactory, WorkerPool
+from ._pool import Lease, WorkerFactory, WorkerPool
 from ._service import ModelInfo, Readiness
 from ._worker import Binding
 
@@ -48,9 +58,7 @@ FAKE_CODEX_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_codex")
 def tools_key(request: Request) -> tuple[str, ...]:
     """A canonical, hashable form of the request's tool set (for worker reuse)."""
     return tuple(
-        json.dumps(
-            [t.name, t.description, t.input_schema], sort_keys=True, separators=(",", ":")
-        )
+        json.dumps([t.name, t.description, t.input_schema], sort_keys=True, separators=(",", ":"))
         for t in sorted(request.tools, key=lambda t: t.name)
     )
 
@@ -59,14 +67,36 @@ class Supervisor:
     """Routes neutral requests to the pools. Implements ``TurnService``."""
 
     def __init__(
-        self, pools: Mapping[str, WorkerPool], table: ModelTable, *, fake: bool = False
+        self,
+        pools: Mapping[str, WorkerPool],
+        table: ModelTable,
+        *,
+        fake: bool = False,
+        continuation: bool = True,
     ) -> None:
         self.pools = dict(pools)
         self.table = table
         self.fake = fake
+        #: park workers between requests (tool round trips, follow-up turns); see turn()
+        self.continuation = continuation
+        self._conversations = {
+            name: ConversationTable(pool.config.park_ttl)
+            for name, pool in self.pools.items()
+            if name in CONTINUABLE_BACKENDS
+        }
 
     @asynccontextmanager
     async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
+        """Route ``request``: resume the parked worker it continues, else lease a fresh one.
+
+        A turn that ends parks its worker under the fingerprint of the conversation it now
+        holds (:mod:`clibridge._conversations`): mid-turn after tool calls (``reusable``
+        False: a reclaim retires it), at a turn boundary otherwise. A request whose
+        messages extend a parked fingerprint resumes that worker with only the new
+        messages / tool results; when the worker is gone (park_ttl, pressure, restart) or
+        the new messages cannot be given to it faithfully, a fresh worker gets the whole
+        history.
+        """
         route = self.table.resolve(request.model)
         pool = self.pools[route.backend]
         request = attrs.evolve(
@@ -74,16 +104,57 @@ class Supervisor:
             model=route.cli_model,
             reasoning_effort=request.reasoning_effort or route.reasoning_effort,  # type: ignore[arg-type]
         )
-        binding = Binding(system=request.system, tools_key=tools_key(request), model=route.cli_model)
+        if route.backend == "claude":
+            from ._backends.claude import check_tools
+
+            request = check_tools(request)
+        elif request.tool_choice.mode == "none":
+            request = attrs.evolve(request, tools=())
+        binding = Binding(
+            system=request.system, tools_key=tools_key(request), model=route.cli_model
+        )
+        table = self._conversations.get(route.backend) if self.continuation else None
+        if table is None:
+            async with pool.lease(binding) as lease:
+                events = lease.worker.turn(request)
+                try:
+                    yield events
+                finally:
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        # the worker's own cleanup (interrupt, grace) is shielded and bounded
+                        await aclose()
+            return
+        table.prune(trio.current_time())
+        tracker = _Tracker(binding, request)
+        found = table.take_longest(tracker.prints)
+        if found is not None:
+            index, parked = found
+            step = plan(parked, request.messages[index:])
+            async with pool.resume(parked.key) as lease:
+                if lease is not None and step is not None:
+                    worker: Any = lease.worker
+                    if isinstance(step, ToolResume):
+                        source = worker.turn(request, tool_results=step.results)
+                    else:
+                        source = worker.turn(request, messages=step.messages)
+                    events = tracker.events(source)
+                    try:
+                        yield events
+                    finally:
+                        await events.aclose()
+                        tracker.park(lease, table)
+                    return
+                if lease is not None:
+                    log.info("parked conversation does not continue this way: fresh worker")
+                    lease.retire_on_release = parked.mid_turn
         async with pool.lease(binding) as lease:
-            events = lease.worker.turn(request)
+            events = tracker.events(lease.worker.turn(request))
             try:
                 yield events
             finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    # the worker's own cleanup (interrupt, grace) is shielded and bounded
-                    await aclose()
+                await events.aclose()
+                tracker.park(lease, table)
 
     def models(self) -> Sequence[ModelInfo]:
         return self.table.listing()
@@ -106,6 +177,58 @@ class Supervisor:
     async def wait_idle(self) -> None:
         for pool in self.pools.values():
             await pool.wait_idle()
+
+
+#: backends whose workers keep a conversation between requests (``turn(messages=...,
+#: tool_results=...)``, ``paused``)
+CONTINUABLE_BACKENDS = frozenset({"claude"})
+
+
+class _Tracker:
+    """Watches one response's events: gives tool calls client ids, and parks at the end."""
+
+    def __init__(self, binding: Binding, request: Request) -> None:
+        self._binding = binding
+        self._request = request
+        self.prints = fingerprints(binding, request.messages)
+        self._parked: Conversation | None = None
+
+    async def events(self, source: AsyncIterator[Event]) -> AsyncGenerator[Event, None]:
+        seen: list[Event] = []
+        cli_ids: dict[int, str] = {}
+        async with aclosing(source):  # type: ignore[type-var]
+            async for event in source:
+                if isinstance(event, ToolCallStart):
+                    cli_ids[event.index] = event.id
+                    event = attrs.evolve(event, id=new_call_id())
+                seen.append(event)
+                if isinstance(event, Finished):
+                    self._on_finished(seen, cli_ids)
+                yield event
+
+    def _on_finished(self, seen: list[Event], cli_ids: Mapping[int, str]) -> None:
+        completion = collect(self._request.model, seen)
+        if completion.finish.reason is FinishReason.CANCELLED:
+            return
+        held = (*self._request.messages, assistant_message(completion))
+        key = fingerprints(self._binding, held)[-1]
+        pending: tuple[tuple[str, str], ...] = ()
+        if completion.finish.reason is FinishReason.TOOL_USE:
+            pending = tuple(
+                (normalize_id(call.id), cli_ids[i]) for i, call in enumerate(completion.tool_calls)
+            )
+        self._parked = Conversation(key, pending, trio.current_time())
+
+    def park(self, lease: Lease, table: ConversationTable) -> None:
+        """Park the lease's worker if the turn ended where a next request can take it up."""
+        parked = self._parked
+        worker = lease.worker
+        if parked is None or not worker.healthy:
+            return
+        if bool(getattr(worker, "paused", False)) != parked.mid_turn:
+            return  # e.g. a tool_use stop the worker did not pause on: nothing to resume
+        lease.park(parked.key, reusable=not parked.mid_turn)
+        table.add(parked)
 
 
 # ---------------------------------------------------------------------- backend choice
@@ -253,7 +376,10 @@ async def serve(
                 log.info("%s", note)
             task_status.started((host, port))
             await shutdown.wait()
-            log.info("shutting down: draining in-flight requests (up to %g s)", config.server.drain_timeout)
+            log.info(
+                "shutting down: draining in-flight requests (up to %g s)",
+                config.server.drain_timeout,
+            )
             service.begin_drain()
             draining = getattr(app, "draining", None)
             if isinstance(draining, trio.Event):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from clibridge._backends.claude import tools_key
 from clibridge._backends.claude_worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._errors import (
@@ -23,7 +24,6 @@ from clibridge._errors import (
     LoginExpired,
     ProtocolError,
     TurnTimeout,
-    UnsupportedFeature,
     UpstreamRateLimited,
 )
 from clibridge._events import (
@@ -35,6 +35,8 @@ from clibridge._events import (
     Request,
     TextDelta,
     TextPart,
+    ToolCallEnd,
+    ToolResultPart,
     ToolSpec,
     TurnStarted,
     collect,
@@ -130,8 +132,12 @@ def request(text: str, model: str = MODEL, **kw: Any) -> Request:
 
 
 async def run_turn(worker: ClaudeWorker, req: Request) -> list[Event]:
+    return await run_turn_with(worker, req)
+
+
+async def run_turn_with(worker: ClaudeWorker, req: Request, **kw: Any) -> list[Event]:
     events: list[Event] = []
-    async with aclosing(worker.turn(req)) as stream:
+    async with aclosing(worker.turn(req, **kw)) as stream:
         async for event in stream:
             events.append(event)
     return events
@@ -197,13 +203,95 @@ async def test_large_output_line(harness: Harness) -> None:
             assert len(collect("x", events).text) == 300_000
 
 
-async def test_client_tools_are_refused_for_now(harness: Harness) -> None:
+WEATHER = ToolSpec(
+    "get_weather",
+    "Get weather",
+    {"type": "object", "properties": {"city": {"type": "string"}}},
+)
+TOOLS_BIND = Binding(system="S", tools_key=tools_key((WEATHER,)), model=MODEL)
+
+
+async def test_client_tools_pause_the_turn_and_results_resume_it(harness: Harness) -> None:
+    """Two parallel calls: the stream ends with them; the results continue the same turn."""
+    calls = [
+        {"name": "get_weather", "arguments": {"city": "Tokyo"}},
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+    ]
+    line = directive(tool_calls=calls, echo_tool_results=True, reply="Done.")
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(TOOLS_BIND)
+            req = request(f"{line}\nweather", tools=(WEATHER,))
+            events = await run_turn(worker, req)
+            done = collect(MODEL, events)
+            assert done.finish.reason is FinishReason.TOOL_USE
+            assert [(c.name, json.loads(c.arguments)) for c in done.tool_calls] == [
+                ("get_weather", {"city": "Tokyo"}),
+                ("get_weather", {"city": "Paris"}),
+            ]
+            assert worker.paused and worker.healthy
+            with pytest.raises(WorkerUnusable):
+                await worker.bind(TOOLS_BIND)  # a paused worker serves nobody else
+            results = {
+                c.id: ToolResultPart(c.id, f"sunny in {json.loads(c.arguments)['city']}")
+                for c in done.tool_calls
+            }
+            events = await run_turn_with(worker, req, tool_results=results)
+            assert isinstance(events[0], TurnStarted)
+            after = collect(MODEL, events)
+            assert after.finish.reason is FinishReason.END_TURN
+            assert after.tool_calls == ()
+            ids = [c.id for c in done.tool_calls]
+            assert after.text == f"Done.\n[{ids[0]}] sunny in Tokyo\n[{ids[1]}] sunny in Paris"
+            assert not worker.paused
+            # the same worker goes on (same setup: /clear) after the tool round trip
+            await worker.bind(TOOLS_BIND)
+            assert collect(MODEL, await run_turn(worker, request("plain"))).text
+    lines = harness.stdin_lines()
+    mcp = [m for m in lines if m.get("type") == "control_response"]
+    listed = [
+        m["response"]["response"]["mcp_response"]["result"]["tools"]
+        for m in mcp
+        if "tools" in m["response"]["response"]["mcp_response"].get("result", {})
+    ]
+    assert listed and all(
+        t
+        == [
+            {
+                "name": "get_weather",
+                "description": "Get weather",
+                "inputSchema": WEATHER.input_schema,
+            }
+        ]
+        for t in listed
+    )
+    init = next(m for m in lines if m.get("request", {}).get("subtype") == "initialize")
+    assert init["request"]["sdkMcpServers"] == ["client"]
+
+
+async def test_cancel_while_a_tool_call_is_pending_interrupts_cleanly(harness: Harness) -> None:
+    """Leaving the stream before Finished (client gone) interrupts; the CLI's
+    notifications/cancelled is answered and the worker stays usable."""
+    line = directive(tool_calls=[{"name": "get_weather", "arguments": {"city": "X"}}])
+    with trio.fail_after(60):
+        async with running(harness.worker()) as worker:
+            await worker.bind(TOOLS_BIND)
+            async with aclosing(worker.turn(request(f"{line}\nw", tools=(WEATHER,)))) as stream:
+                async for event in stream:
+                    if isinstance(event, ToolCallEnd):
+                        break
+            assert worker.healthy and not worker.paused
+            await worker.bind(TOOLS_BIND)
+            assert collect(MODEL, await run_turn(worker, request("again"))).text
+
+
+async def test_a_spare_without_tools_lists_none(harness: Harness) -> None:
     with trio.fail_after(60):
         async with running(harness.worker()) as worker:
             await worker.bind(BIND)
-            with pytest.raises(UnsupportedFeature):
-                await run_turn(worker, request("x", tools=(ToolSpec("f"),)))
-            assert worker.healthy
+            line = directive(tool_calls=[{"name": "get_weather", "arguments": {}}])
+            done = collect(MODEL, await run_turn(worker, request(f"{line}\nw")))
+            assert done.tool_calls == () and done.finish.reason is FinishReason.END_TURN
 
 
 # --------------------------------------------------------------------------- boot failures

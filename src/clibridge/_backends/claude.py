@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -77,6 +78,7 @@ from .._errors import (
     BridgeError,
     LoginExpired,
     ProtocolError,
+    UnsupportedFeature,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRateLimited,
@@ -88,6 +90,7 @@ from .._events import (
     ImagePart,
     Message,
     Part,
+    Request,
     TextDelta,
     TextPart,
     ThinkingDelta,
@@ -97,6 +100,7 @@ from .._events import (
     ToolCallPart,
     ToolCallStart,
     ToolResultPart,
+    ToolSpec,
     TurnStarted,
     Usage,
 )
@@ -116,12 +120,17 @@ def build_argv(
     model: str | None = None,
     enable_cli_tools: bool = False,
     client_tools: Sequence[str] = (),
+    host_client_tools: bool = False,
 ) -> list[str]:
     """The argv of one stream-json worker.
 
-    ``client_tools`` (tool names) switches on the SDK MCP server on stdio that hosts the
-    client's tools; initialize must then list it (``sdk_mcp=True`` in
-    :func:`initialize_line`). With ``enable_cli_tools`` off the CLI's own tools are disabled.
+    ``client_tools`` (tool names) or ``host_client_tools`` switches on the SDK MCP server on
+    stdio that hosts the client's tools; initialize must then list it (``sdk_mcp=True`` in
+    :func:`initialize_line`). ``host_client_tools`` allows every tool of that server
+    (``--allowedTools mcp__client``, observed to work with 2.1.197): the tool set itself is
+    then whatever the host answers to ``tools/list``, which the CLI asks only after our
+    ``initialize`` -- so a spare spawned before any request can still serve any tool set.
+    With ``enable_cli_tools`` off the CLI's own tools are disabled.
     """
     argv = [
         *command,
@@ -138,10 +147,13 @@ def build_argv(
         argv += ["--model", model]
     if not enable_cli_tools:
         argv += ["--tools", ""]
-    if client_tools:
+    if client_tools or host_client_tools:
         mcp = {"mcpServers": {CLIENT_MCP_SERVER: {"type": "sdk", "name": CLIENT_MCP_SERVER}}}
         argv += ["--mcp-config", json.dumps(mcp, separators=(",", ":")), "--strict-mcp-config"]
-        argv += ["--allowedTools", *(CLIENT_TOOL_PREFIX + name for name in client_tools)]
+        if host_client_tools:
+            argv += ["--allowedTools", f"mcp__{CLIENT_MCP_SERVER}"]
+        else:
+            argv += ["--allowedTools", *(CLIENT_TOOL_PREFIX + name for name in client_tools)]
     return argv
 
 
@@ -218,6 +230,138 @@ def control_error_line(request_id: str, message: str) -> bytes:
             "response": {"subtype": "error", "request_id": request_id, "error": message},
         }
     )
+
+
+# --------------------------------------------------------------------------- client tools (MCP)
+
+#: the Anthropic API's tool name limit (64) minus the ``mcp__client__`` prefix
+MAX_TOOL_NAME: Final = 64 - len(CLIENT_TOOL_PREFIX)
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MCP_PROTOCOL_VERSION: Final = "2025-11-25"
+
+
+def tools_key(tools: Sequence[ToolSpec]) -> tuple[str, ...]:
+    """A canonical, hashable form of a tool set (``Binding.tools_key``); see :func:`tools_from_key`."""
+    return tuple(
+        json.dumps([t.name, t.description, t.input_schema], sort_keys=True, separators=(",", ":"))
+        for t in sorted(tools, key=lambda t: t.name)
+    )
+
+
+def tools_from_key(key: object) -> tuple[ToolSpec, ...]:
+    """The tool set a :func:`tools_key` stands for (anything else: no tools)."""
+    if not isinstance(key, tuple):
+        return ()
+    tools = []
+    for text in key:
+        try:
+            name, description, schema = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        tools.append(ToolSpec(str(name), str(description), dict(schema)))
+    return tuple(tools)
+
+
+def check_tools(request: Request) -> Request:
+    """Validate the request's tools for claude; ``tool_choice: none`` hides them.
+
+    Raises :class:`UnsupportedFeature` (400) for what claude cannot honour: a forced tool
+    choice (``required`` / a named tool; claude code has no such switch) and tool
+    definitions the CLI or its upstream would reject, naming the tool.
+    """
+    if not request.tools:
+        return request
+    choice = request.tool_choice
+    if choice.mode == "none":
+        return attrs.evolve(request, tools=())
+    if choice.mode in ("required", "tool"):
+        what = "required" if choice.mode == "required" else f"the named tool {choice.name!r}"
+        raise UnsupportedFeature(
+            f"tool_choice {what} cannot be honoured by the claude backend (the claude CLI "
+            "cannot force a tool call); send tool_choice auto or none",
+            param="$.tool_choice",
+        )
+    seen: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        param = f"$.tools[{i}]"
+        if not _TOOL_NAME.fullmatch(tool.name) or len(tool.name) > MAX_TOOL_NAME:
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: claude accepts tool names of 1 to {MAX_TOOL_NAME} "
+                "letters, digits, '_' or '-'; rename the tool",
+                param=param,
+            )
+        if tool.name in seen:
+            raise UnsupportedFeature(f"tool {tool.name!r} is defined twice", param=param)
+        seen.add(tool.name)
+        schema = tool.input_schema
+        if not isinstance(schema, Mapping) or schema.get("type") != "object":
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: its parameters schema must be a JSON Schema object with "
+                '"type": "object" (claude rejects anything else)',
+                param=param,
+            )
+        try:
+            json.dumps(schema)
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: its schema is not JSON: {exc}", param=param
+            ) from exc
+    return request
+
+
+def mcp_reply(message: Mapping[str, Any], tools: Sequence[ToolSpec]) -> dict[str, Any] | None:
+    """Our JSON-RPC reply to an MCP message the CLI sent, except ``tools/call`` (None).
+
+    Notifications get an empty result too: the CLI waits for a control_response to every
+    ``mcp_message``, notifications included (observed), or it stalls.
+    """
+    method = message.get("method")
+    result: dict[str, Any]
+    if method == "tools/call":
+        return None
+    if method == "initialize":
+        result = {
+            "protocolVersion": (message.get("params") or {}).get("protocolVersion")
+            or MCP_PROTOCOL_VERSION,
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": CLIENT_MCP_SERVER, "version": "1"},
+        }
+    elif method == "tools/list":
+        result = {
+            "tools": [
+                {"name": t.name, "description": t.description, "inputSchema": t.input_schema}
+                for t in tools
+            ]
+        }
+    elif method == "ping" or not isinstance(method, str) or method.startswith("notifications/"):
+        result = {}
+    else:
+        reply: dict[str, Any] = {
+            "jsonrpc": "2.0",
+            "error": {"code": -32601, "message": f"method {method!r} not supported"},
+        }
+        if "id" in message:
+            reply["id"] = message["id"]
+        return reply
+    reply = {"jsonrpc": "2.0", "result": result}
+    if "id" in message:
+        reply["id"] = message["id"]
+    return reply
+
+
+def mcp_tool_result(message: Mapping[str, Any], content: str, *, is_error: bool) -> dict[str, Any]:
+    """The JSON-RPC reply to a ``tools/call`` carrying the client's result."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": content}]}
+    if is_error:
+        result["isError"] = True
+    return {"jsonrpc": "2.0", "id": message.get("id"), "result": result}
+
+
+def tool_use_id(message: Mapping[str, Any]) -> str:
+    """The ``tool_use`` id a ``tools/call`` answers (``_meta["claudecode/toolUseId"]``)."""
+    params = message.get("params") or {}
+    meta = params.get("_meta") or {} if isinstance(params, Mapping) else {}
+    return str(meta.get("claudecode/toolUseId", "")) if isinstance(meta, Mapping) else ""
 
 
 # --------------------------------------------------------------------------- records
@@ -511,11 +655,26 @@ class TurnTranslator:
     Feed every record that belongs to the turn to :meth:`feed`; it returns the events to
     emit. After a ``result`` the turn is :attr:`done`. Control traffic (control responses
     and requests) is the worker's business and must not be fed here.
+
+    With ``pause_on_tool_use``, a model message that ends with ``stop_reason: tool_use``
+    (the CLI now waits for our answers to its ``tools/call``) ends the event stream with
+    ``Finished(TOOL_USE)`` carrying the usage of the messages since the last pause, and
+    the translator is :attr:`paused`; :meth:`resume` starts the next response of the same
+    CLI turn (tool call indexes from 0 again), whose ``Finished`` then carries the usage
+    of its own messages rather than the ``result``'s whole-turn total.
     """
 
-    def __init__(self, policy: RetryPolicy, model: str = "") -> None:
+    def __init__(
+        self, policy: RetryPolicy, model: str = "", *, pause_on_tool_use: bool = False
+    ) -> None:
         self._policy = policy
         self._model = model
+        self._pause_on_tool_use = pause_on_tool_use
+        self.paused = False
+        self._resumed = False
+        self._msg_usage = Usage()
+        self._usage_since = Usage()
+        self._calls_in_message = 0
         self.done = False
         self.started = False
         self._retries: dict[int | None, int] = {}
@@ -530,7 +689,7 @@ class TurnTranslator:
 
     def feed(self, record: Record) -> list[Event]:
         """The events ``record`` yields; raises a BridgeError subclass on failure."""
-        if self.done:
+        if self.done or self.paused:
             return []
         if isinstance(record, SystemInit):
             return self._start(record.model)
@@ -593,6 +752,8 @@ class TurnTranslator:
             message = event.get("message") or {}
             out += self._start(str(message.get("model", "")))
             self._in_message = True
+            self._msg_usage = usage_from(message.get("usage"))
+            self._calls_in_message = 0
             if message.get("id"):
                 self._streamed_ids.add(str(message["id"]))
         elif kind == "content_block_start":
@@ -607,9 +768,24 @@ class TurnTranslator:
             if delta.get("stop_reason"):
                 self._stop_reason = delta["stop_reason"]
                 self._stop_sequence = delta.get("stop_sequence")
+            usage = event.get("usage")
+            if isinstance(usage, Mapping) and isinstance(usage.get("output_tokens"), int):
+                self._msg_usage = attrs.evolve(
+                    self._msg_usage, output_tokens=usage["output_tokens"]
+                )
         elif kind == "message_stop":
             self._in_message = False
             self._blocks.clear()
+            self._usage_since = _add_usage(self._usage_since, self._msg_usage)
+            self._msg_usage = Usage()
+            if (
+                self._pause_on_tool_use
+                and self._stop_reason == "tool_use"
+                and self._calls_in_message > 0
+            ):
+                self.paused = True
+                out.append(Finished(FinishReason.TOOL_USE, self._usage_since))
+                self._usage_since = Usage()
         elif kind not in ("ping",):
             log.info("skipping unknown claude stream event %r", kind)
         return out
@@ -625,6 +801,7 @@ class TurnTranslator:
         if kind == "tool_use":
             call = self._tool_count
             self._tool_count += 1
+            self._calls_in_message += 1
             self._blocks[index] = ("tool", call)
             self._tool_args[call] = []
             out: list[Event] = [ToolCallStart(call, str(block.get("id", "")), _tool_name(block))]
@@ -694,8 +871,20 @@ class TurnTranslator:
         out = self._start("")
         stop = result.stop_reason or self._stop_reason
         stop_sequence = self._stop_sequence if stop == "stop_sequence" else None
-        out.append(Finished(finish_reason(stop), result.usage, stop_sequence))
+        usage = result.usage
+        if self._resumed and self._usage_since != Usage():
+            usage = self._usage_since  # the result's usage covers the whole CLI turn
+        out.append(Finished(finish_reason(stop), usage, stop_sequence))
         return out
+
+    def resume(self) -> list[Event]:
+        """Continue a paused turn in a new response (after the tool results were sent)."""
+        self.paused = False
+        self._resumed = True
+        self._tool_count = 0
+        self._stop_reason = None
+        self._stop_sequence = None
+        return [TurnStarted(self._model)]
 
     def result_error(self, result: Result) -> BridgeError:
         """The error an error ``result`` stands for."""
@@ -705,6 +894,16 @@ class TurnTranslator:
         return UpstreamError(
             f"the claude CLI ended the turn with an error ({result.subtype}): {text}"[:2000]
         )
+
+
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+    )
 
 
 def _tool_name(block: Mapping[str, Any]) -> str:

@@ -8,8 +8,9 @@ one reader task, the *pump*, which is the only reader of stdout. The pump feeds 
 
 * ``control_response`` -> the waiter of that request id (readiness ping, initialize,
   set_model, interrupt);
-* ``control_request`` from the CLI -> refused at once (no SDK MCP server is hosted yet),
-  so the CLI never waits on us;
+* ``control_request`` ``mcp_message`` from the CLI -> the SDK MCP server ``client`` that
+  hosts the request's tools (below); any other control request is refused at once, so
+  the CLI never waits on us;
 * everything else -> the channel of the exchange in progress (a turn or a ``/clear``),
   or logged and dropped between exchanges (e.g. the ``set_model`` replay line).
 
@@ -33,6 +34,28 @@ needs ``set_model``.
 
 ``turn()`` is an async generator: consume it inside ``contextlib.aclosing`` so leaving
 early runs the interrupt path at once.
+
+Client tools
+------------
+Every worker is spawned with the SDK MCP server ``client`` on its stdio and
+``--allowedTools mcp__client`` (all of that server's tools), before any request is known.
+The CLI asks ``tools/list`` only after our ``initialize`` (observed), so the tool set is
+the one of the first binding (``Binding.tools_key``); a ``tools/list`` that arrives
+before the worker is bound is answered once it is. Every ``mcp_message`` is answered
+(initialize, notifications, tools/list) -- the CLI stalls on an unanswered one -- except
+``tools/call``, which waits for the client.
+
+When a model message ends with ``stop_reason: tool_use`` the turn's event stream ends
+with the calls and ``Finished(TOOL_USE)`` while the CLI waits on its ``tools/call``: the
+worker is :attr:`paused` (mid-turn, its stdout still routed to the paused turn). The next
+``turn(request, tool_results=...)`` answers the pending calls in the order the model
+made them -- the CLI sends the next ``tools/call`` only after the previous one was
+answered -- and streams the continuation. A paused worker refuses ``bind`` (the pool then
+retires it) and plain turns.
+
+Continuation: ``turn(request, messages=...)`` writes only ``messages`` into the
+conversation the worker already holds (no ``/clear``); the supervisor decides when that is
+faithful (:mod:`clibridge._conversations`).
 """
 
 from __future__ import annotations
@@ -41,9 +64,10 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final
 
+import attrs
 import trio
 
 from .._config import ClaudeConfig, PoolConfig
@@ -54,9 +78,8 @@ from .._errors import (
     ModelNotFound,
     ProtocolError,
     TurnTimeout,
-    UnsupportedFeature,
 )
-from .._events import Event, Request
+from .._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
 from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, LineTooLong, open_child
 from .._spawn_home import SpawnHome
@@ -88,6 +111,17 @@ class _Waiter:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.response: ControlResponse | None = None
+
+
+@attrs.define(eq=False)
+class _Paused:
+    """A turn waiting for the client's tool results: what its continuation needs."""
+
+    translator: TurnTranslator
+    send: trio.MemorySendChannel[Record]
+    receive: trio.MemoryReceiveChannel[Record]
+    #: the CLI's tool_use ids of the calls the client got, in order
+    calls: tuple[str, ...]
 
 
 def _argv_model(argv: tuple[str, ...]) -> str | None:
@@ -124,7 +158,10 @@ class ClaudeWorker:
         self._janitor = janitor
         if isinstance(launch, SpawnHome):
             argv = claude.build_argv(
-                config.command, model=model, enable_cli_tools=config.enable_cli_tools
+                config.command,
+                model=model,
+                enable_cli_tools=config.enable_cli_tools,
+                host_client_tools=True,
             )
             launch = launch.child_spec(argv)
         self._spec = launch
@@ -140,6 +177,22 @@ class ClaudeWorker:
         self._ids = itertools.count(1)
         self._busy = False
         self._dirty = False  # the conversation holds a turn: /clear before reuse
+        #: the argv hosts the SDK MCP server: initialize must name it
+        self._sdk_mcp = "--mcp-config" in launch.argv
+        self._tools: tuple[ToolSpec, ...] = ()
+        self._tools_known = False
+        self._deferred_lists: list[ControlRequest] = []
+        #: the CLI's tools/call requests not answered yet, by tool_use id
+        self._tool_calls: dict[str, ControlRequest] = {}
+        self._tool_call_arrived = trio.Event()
+        self._paused: _Paused | None = None
+        #: bytes written to the CLI's stdin (benchmarks read it)
+        self.bytes_written = 0
+
+    @property
+    def paused(self) -> bool:
+        """Mid-turn, waiting for the client's tool results."""
+        return self._paused is not None
 
     def __repr__(self) -> str:
         return f"<ClaudeWorker {self.id} pid={self.pid} healthy={self.healthy}>"
@@ -235,6 +288,9 @@ class ClaudeWorker:
                 return
             waiter.response = record
             waiter.done.set()
+        elif isinstance(record, ControlRequest) and record.subtype == "mcp_message":
+            with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
+                await self._on_mcp(record)
         elif isinstance(record, ControlRequest):
             log.warning("worker %d: refusing the CLI's %r control request", self.id, record.subtype)
             with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
@@ -250,7 +306,31 @@ class ClaudeWorker:
         else:
             log.debug("worker %d: dropping %s between turns", self.id, type(record).__name__)
 
+    async def _on_mcp(self, record: ControlRequest) -> None:
+        message = record.request.get("message")
+        if not isinstance(message, Mapping):
+            message = {}
+        method = message.get("method")
+        if method == "tools/call":
+            if self._exchange is None:
+                refusal = claude.mcp_tool_result(
+                    message, "no turn is waiting for this call", is_error=True
+                )
+                await self._send(claude.mcp_response_line(record.request_id, refusal))
+                return
+            self._tool_calls[claude.tool_use_id(message)] = record
+            self._tool_call_arrived.set()
+            self._tool_call_arrived = trio.Event()
+            return
+        if method == "tools/list" and not self._tools_known:
+            self._deferred_lists.append(record)  # answered by bind, with the binding's tools
+            return
+        reply = claude.mcp_reply(message, self._tools)
+        if reply is not None:
+            await self._send(claude.mcp_response_line(record.request_id, reply))
+
     def _wake_all(self) -> None:
+        self._tool_call_arrived.set()
         for waiter in self._waiters.values():
             waiter.done.set()
         self._waiters.clear()
@@ -292,6 +372,7 @@ class ClaudeWorker:
         if child is None or self._exited.is_set():
             raise await self._crashed("a write")
         async with self._send_lock:
+            self.bytes_written += len(line) + 1
             try:
                 await child.send_line(line)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -327,13 +408,25 @@ class ClaudeWorker:
             raise WorkerUnusable(
                 f"claude worker {self.id} is bound to another system prompt or tool set"
             )
+        if self._paused is not None:
+            raise WorkerUnusable(f"claude worker {self.id} is mid-turn, waiting for tool results")
+        if binding.tools_key and not self._sdk_mcp:
+            raise WorkerUnusable(f"claude worker {self.id} was spawned without client tools")
         self._enter()
         try:
             try:
                 if self.binding is None:
+                    # the tool set is fixed by the first tools/list answer (after initialize)
+                    self._tools = claude.tools_from_key(binding.tools_key)
+                    self._tools_known = True
+                    deferred, self._deferred_lists = self._deferred_lists, []
+                    for held in deferred:
+                        await self._on_mcp(held)
                     rid = self._next_id("init")
                     response = await self._control(
-                        rid, claude.initialize_line(rid, binding.system), "initialize"
+                        rid,
+                        claude.initialize_line(rid, binding.system, sdk_mcp=self._sdk_mcp),
+                        "initialize",
                     )
                     if not response.ok:
                         self.healthy = False
@@ -379,23 +472,55 @@ class ClaudeWorker:
 
     # ------------------------------------------------------------------ turn
 
-    async def turn(self, request: Request) -> AsyncIterator[Event]:
-        """One turn's neutral events; raises a BridgeError on failure (see module doc)."""
-        if request.tools:
-            raise UnsupportedFeature(
-                "client tools are not supported by the claude backend yet", param="$.tools"
+    async def turn(
+        self,
+        request: Request,
+        *,
+        messages: Sequence[Message] | None = None,
+        tool_results: Mapping[str, ToolResultPart] | None = None,
+    ) -> AsyncIterator[Event]:
+        """One turn's neutral events; raises a BridgeError on failure (see module doc).
+
+        Plain: a fresh conversation carrying all of ``request.messages``. ``messages``:
+        only these are written, continuing the conversation the worker holds.
+        ``tool_results`` (by the CLI's tool_use id): answer the paused turn's calls.
+        """
+        paused = self._paused
+        if (tool_results is None) != (paused is None):
+            raise WorkerUnusable(
+                f"claude worker {self.id} is "
+                + (
+                    "waiting for tool results"
+                    if paused is not None
+                    else "not waiting for tool results"
+                )
             )
-        content = claude.render_user_content(request.messages)
+        content: str | list[claude.Block] = ""
+        if paused is None:
+            content = claude.render_user_content(request.messages if messages is None else messages)
         self._enter()
-        translator = TurnTranslator(self._policy, self.model or request.model)
-        send, receive = trio.open_memory_channel[Record](math.inf)
-        self._exchange = send
+        if paused is not None:
+            translator, send, receive = paused.translator, paused.send, paused.receive
+            self._paused = None
+        else:
+            translator = TurnTranslator(
+                self._policy, self.model or request.model, pause_on_tool_use=True
+            )
+            send, receive = trio.open_memory_channel[Record](math.inf)
+            self._exchange = send
         self._dirty = True
         self.turns += 1
         pool = self._pool
         deadline = trio.current_time() + pool.turn_timeout
+        calls: list[str] = []
         try:
-            await self._send(claude.user_line(content))
+            if paused is not None:
+                assert tool_results is not None
+                for event in translator.resume():
+                    yield event
+                await self._answer_tool_calls(paused.calls, tool_results, deadline)
+            else:
+                await self._send(claude.user_line(content))
             while not translator.done:
                 idle_deadline = trio.current_time() + pool.stream_idle_timeout
                 record: Record | None = None
@@ -419,16 +544,54 @@ class ClaudeWorker:
                 except ProtocolError:
                     self.healthy = False
                     raise
+                calls += [e.id for e in events if isinstance(e, ToolCallStart)]
+                if translator.paused:
+                    # set before yielding Finished: a consumer that stops there must not
+                    # interrupt the turn the CLI keeps waiting in
+                    self._paused = _Paused(translator, send, receive, tuple(calls))
                 for event in events:
                     yield event
+                if translator.paused:
+                    return
         finally:
             try:
-                if not translator.done and self.healthy and not self._exited.is_set():
+                if (
+                    self._paused is None
+                    and not translator.done
+                    and self.healthy
+                    and not self._exited.is_set()
+                ):
                     await self._interrupt(receive)
             finally:
-                self._exchange = None
-                send.close()
+                if self._paused is None:
+                    self._exchange = None
+                    send.close()
+                    self._tool_calls.clear()
                 self._busy = False
+
+    async def _answer_tool_calls(
+        self, calls: Sequence[str], results: Mapping[str, ToolResultPart], deadline: float
+    ) -> None:
+        """Answer the CLI's pending ``tools/call`` in order; each next one comes only after."""
+        for call_id in calls:
+            result = results.get(call_id)
+            if result is None:
+                raise WorkerUnusable(f"no result for tool call {call_id}")  # the caller checks
+            limit = min(deadline, trio.current_time() + self._pool.stream_idle_timeout)
+            with trio.move_on_at(limit):
+                while call_id not in self._tool_calls:
+                    if self._exited.is_set():
+                        raise await self._crashed("a tool call")
+                    await self._tool_call_arrived.wait()
+            request = self._tool_calls.pop(call_id, None)
+            if request is None:
+                self.healthy = False
+                raise TurnTimeout(
+                    f"the claude CLI did not ask for the result of tool call {call_id}"
+                )
+            message: Mapping[str, Any] = request.request.get("message") or {}
+            reply = claude.mcp_tool_result(message, result.content, is_error=result.is_error)
+            await self._send(claude.mcp_response_line(request.request_id, reply))
 
     async def _interrupt(self, receive: trio.MemoryReceiveChannel[Record]) -> None:
         """Stop the running turn; unhealthy unless the CLI ends it within interrupt_grace."""
