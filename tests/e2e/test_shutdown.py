@@ -124,8 +124,9 @@ async def test_sigterm_drains_the_stream_and_exits_zero(tmp_path: Path) -> None:
             ):
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
-                    if line:
-                        lines.append(line)
+                    if not line:
+                        continue
+                    lines.append(line)
                     if len(lines) == 2:  # role chunk + first delta: the turn runs
                         server.process.send_signal(signal.SIGTERM)
             code = await server.process.wait()
@@ -160,8 +161,9 @@ async def test_sigterm_with_a_short_drain_still_ends_the_stream(tmp_path: Path) 
                 client.stream("POST", "/v1/chat/completions", json=body) as response,
             ):
                 async for line in response.aiter_lines():
-                    if line:
-                        lines.append(line)
+                    if not line:
+                        continue
+                    lines.append(line)
                     if len(lines) == 2:
                         server.process.send_signal(signal.SIGTERM)
             assert await server.process.wait() == 0
