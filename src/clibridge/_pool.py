@@ -48,7 +48,7 @@ import trio
 
 from ._config import PoolConfig
 from ._errors import BootError, BridgeError, QueueFull, TurnTimeout, UnavailableError
-from ._worker import Binding, Worker, WorkerUnusable
+from ._worker import Binding, Worker, WorkerRetired, WorkerUnusable
 
 log = logging.getLogger("clibridge.pool")
 
@@ -434,11 +434,15 @@ class WorkerPool:
         slot.active -= 1
         if (now - worker.started_at) >= self.config.max_age or worker.turns >= self.config.max_turns:
             slot.closing = True
-        if retire or not worker.healthy or slot.state is not SlotState.BUSY:
+        if retire or slot.state is not SlotState.BUSY:
             self._retire(slot)  # a broken process: its other leases fail with it
         else:
-            self._served += 1
-            self._crashes_in_a_row = 0
+            if worker.healthy:
+                self._served += 1
+                self._crashes_in_a_row = 0
+            else:
+                # no new leases; a multiplexed worker's other leases may still finish
+                slot.closing = True
             if slot.active == 0:
                 slot.state = SlotState.IDLE
                 if slot.closing:
@@ -528,6 +532,8 @@ class WorkerPool:
                 await worker.run(task_status=ready)
                 # run() returns normally only when the process exited by itself
                 failure = "the CLI process exited"
+        except WorkerRetired:
+            log.info("%s worker %d retired itself", self.name, worker.id)
         except BootError as exc:
             if slot.state is not SlotState.RETIRING:
                 failure = str(exc)

@@ -255,41 +255,67 @@ def claude_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
     return None
 
 
+def codex_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
+    """Why we believe the codex CLI has a login clibridge may use, or None."""
+    if config.codex.use_real_home:
+        from ._codex_home import real_codex_home
+
+        auth = real_codex_home(environ) / "auth.json"
+        return f"use_real_home and {auth} exists" if auth.is_file() else None
+    auth = state_dir(config) / "codex" / "home" / "auth.json"
+    return f"{auth} exists (clibridge login codex)" if auth.is_file() else None
+
+
+def _find(command: tuple[str, ...], environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    binary = shutil.which(command[0], path=environ.get("PATH"))
+    return (binary, *command[1:]) if binary else None
+
+
 def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice:
-    """Pick what to serve: ``auto`` serves the logged-in CLIs, or the fake when there are none."""
+    """Pick what to serve.
+
+    ``auto`` serves every CLI that is installed and logged in, and the bundled fake claude
+    when there is none. ``claude`` / ``codex`` / ``both`` serve what they name even without a
+    detected login (the first request then reports the login state). ``fake`` serves the
+    bundled fake claude and fake codex.
+    """
     mode = config.backend
+    if mode == "fake":
+        return BackendChoice(FAKE_CLAUDE_COMMAND, FAKE_CODEX_COMMAND, True, ("fake CLIs",))
     notes: list[str] = []
-    claude_cmd: tuple[str, ...] | None = None
-    if mode in ("claude", "auto", "both"):
-        binary = shutil.which(config.claude.command[0], path=environ.get("PATH"))
-        why = claude_logged_in(config, environ)
-        if binary and why:
-            claude_cmd = (binary, *config.claude.command[1:])
-            notes.append(f"claude: {binary} ({why})")
-        elif mode in ("claude", "both"):
-            if not binary:
+    chosen: dict[str, tuple[str, ...] | None] = {"claude": None, "codex": None}
+    checks = {
+        "claude": (
+            config.claude.command,
+            claude_logged_in,
+            "claude setup-token, then set CLAUDE_CODE_OAUTH_TOKEN",
+        ),
+        "codex": (config.codex.command, codex_logged_in, "clibridge login codex"),
+    }
+    for name, (command, logged_in, fix) in checks.items():
+        wanted = mode in (name, "both")
+        if not (wanted or mode == "auto"):
+            continue
+        found = _find(command, environ)
+        why = logged_in(config, environ)
+        if found and why:
+            chosen[name] = found
+            notes.append(f"{name}: {found[0]} ({why})")
+        elif wanted:
+            if not found:
                 raise SystemExit(
-                    f"clibridge: error: --backend {mode}: {config.claude.command[0]!r} not found "
-                    "on PATH (install @anthropic-ai/claude-code or set claude.command)"
+                    f"clibridge: error: --backend {mode}: {command[0]!r} not found on PATH "
+                    f"(set {name}.command)"
                 )
-            # explicitly asked for: run it and let the first request report the login state
-            claude_cmd = (binary, *config.claude.command[1:])
-            notes.append(
-                f"claude: {binary} (no login detected: set CLAUDE_CODE_OAUTH_TOKEN from "
-                "`claude setup-token`, or --use-real-home)"
-            )
+            chosen[name] = found
+            notes.append(f"{name}: {found[0]} (no login detected: run `{fix}`)")
         else:
             notes.append(
-                "claude: " + ("not logged in for clibridge" if binary else "not installed")
+                f"{name}: " + ("not logged in for clibridge" if found else "not installed")
             )
-    if mode in ("codex",):
-        raise SystemExit(
-            "clibridge: error: the codex backend is not implemented yet "
-            "(see docs/ops.md); use --backend claude or --backend fake"
-        )
-    if mode == "fake" or (mode == "auto" and claude_cmd is None):
+    if mode == "auto" and not any(chosen.values()):
         return BackendChoice(FAKE_CLAUDE_COMMAND, None, True, tuple(notes))
-    return BackendChoice(claude_cmd, None, False, tuple(notes))
+    return BackendChoice(chosen["claude"], chosen["codex"], False, tuple(notes))
 
 
 def state_dir(config: Config) -> Path:
@@ -349,6 +375,22 @@ async def serve(
                 config, choice.claude, home, janitor, environ, fake=choice.fake
             )
             pools["claude"] = WorkerPool("claude", config.claude.pool, factory)
+        if choice.codex is not None:
+            from ._backends.codex_worker import make_codex_factory
+
+            pools["codex"] = WorkerPool(
+                "codex",
+                config.codex.pool,
+                make_codex_factory(
+                    config,
+                    choice.codex,
+                    home,
+                    janitor,
+                    environ,
+                    fake=choice.fake,
+                ),
+                threads_per_worker=config.codex.threads_per_worker,
+            )
         table = ModelTable(
             pools,
             overrides=config.models,
@@ -402,6 +444,17 @@ async def _on_signal(shutdown: trio.Event) -> None:
             shutdown.set()
 
 
+def _fake_env(
+    env: Mapping[str, str], fake: bool, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The fake CLIs' own knobs are the one CLIBRIDGE_* exception: users script them so."""
+    out = dict(env)
+    if fake:
+        src = env if source is None else source
+        out.update({k: v for k, v in src.items() if k.startswith("CLIBRIDGE_FAKE_")})
+    return out
+
+
 def _claude_factory(
     config: Config,
     command: tuple[str, ...],
@@ -417,9 +470,7 @@ def _claude_factory(
     claude = attrs.evolve(config.claude, command=command)
     spawn_home = prepare_claude_home(claude, home, environ)
     if fake:
-        # the fake's own knobs are the one CLIBRIDGE_* exception: users script it with them
-        extra = {k: v for k, v in environ.items() if k.startswith("CLIBRIDGE_FAKE_")}
-        spawn_home = attrs.evolve(spawn_home, env={**spawn_home.env, **extra})
+        spawn_home = attrs.evolve(spawn_home, env=_fake_env({**spawn_home.env}, True, environ))
     log.info("claude spawn home: %s (work dir %s)", spawn_home.home, spawn_home.workdir)
 
     def factory(worker_id: int) -> ClaudeWorker:

@@ -50,6 +50,11 @@ class Binding:
         return self.system == other.system and self.tools_key == other.tools_key
 
 
+class WorkerRetired(Exception):
+    """Raised by ``run()`` when the worker ended its own process on purpose (e.g. a codex
+    app-server stuck with an abandoned thread): the pool replaces it without counting a crash."""
+
+
 class WorkerUnusable(Exception):
     """The worker cannot serve this binding; retire it and use another."""
 

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import trio
 
 from .. import __version__
@@ -56,7 +57,7 @@ from .._errors import (
 from .._events import Event, Request
 from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, LineTooLong, open_child
-from .._worker import Binding, WorkerUnusable
+from .._worker import Binding, WorkerRetired, WorkerUnusable
 from . import codex
 from .codex import (
     AppServerParser,
@@ -118,6 +119,7 @@ class CodexWorker:
         #: counters for tests and statistics
         self.declined_approvals = 0
         self.refused_requests = 0
+        self._retired_itself = False
 
     def __repr__(self) -> str:
         return f"<CodexWorker {self.id} pid={self.pid} active={self.active} healthy={self.healthy}>"
@@ -169,6 +171,8 @@ class CodexWorker:
             self._wake_all()
         if boot_error is not None:
             raise boot_error
+        if self._retired_itself:
+            raise WorkerRetired(f"codex worker {self.id} retired itself")
 
     async def _handshake(self) -> None:
         try:
@@ -478,6 +482,7 @@ class CodexWorker:
     def _maybe_retire_self(self) -> None:
         """An unhealthy worker with no lease left ends its process (the pool replaces it)."""
         if not self.healthy and self.active == 0 and not self._exited.is_set():
+            self._retired_itself = True
             self._exited.set()  # run() leaves its wait; teardown kills the group
 
 
@@ -503,6 +508,10 @@ def make_codex_factory(
         command, enable_cli_tools=config.codex.enable_cli_tools, overrides=config.codex.overrides
     )
     spec = home.child_spec(argv)
+    if fake:
+        # the fake's own knobs are the one CLIBRIDGE_* exception: users script it with them
+        extra = {k: v for k, v in environ.items() if k.startswith("CLIBRIDGE_FAKE_")}
+        spec = attrs.evolve(spec, env={**spec.env, **extra})
 
     def factory(worker_id: int) -> CodexWorker:
         return CodexWorker(worker_id, config.codex, config.codex.pool, spec, janitor)
