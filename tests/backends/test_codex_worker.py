@@ -38,7 +38,7 @@ from clibridge._events import (
 )
 from clibridge._pool import WorkerPool
 from clibridge._process import ChildSpec, live_group_members
-from clibridge._worker import Binding
+from clibridge._worker import Binding, WorkerRetired
 from clibridge.testing.codex_schema import WireChecker
 
 FAKE = (sys.executable, "-m", "clibridge.testing.fake_codex")
@@ -221,15 +221,16 @@ async def test_thread_that_ignores_interrupt_is_abandoned_then_worker_retires(
 ) -> None:
     pool = attrs.evolve(POOL, turn_timeout=0.5, interrupt_grace=0.5)
     worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path))
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(30):
-            await nursery.start(worker.run)
-            with pytest.raises(TurnTimeout):
-                await _turn(
-                    worker, _request(_fake({"hang_mid_turn": True, "ignore_interrupt": True}))
-                )
-            assert worker.healthy  # abandoned, not yet judged
-        # then it retires itself: run() returns, the process group is gone
+    # then it retires itself: run() raises WorkerRetired, the process group is gone
+    with pytest.RaisesGroup(WorkerRetired):
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                await nursery.start(worker.run)
+                with pytest.raises(TurnTimeout):
+                    await _turn(
+                        worker, _request(_fake({"hang_mid_turn": True, "ignore_interrupt": True}))
+                    )
+                assert worker.healthy  # abandoned, not yet judged
     assert not worker.healthy
     assert worker.pid is not None and live_group_members(worker.pid) == []
 
