@@ -18,7 +18,9 @@ is entered to
 * ``first text``    the first ``TextDelta``;
 * ``turn end``      ``Finished``.
 
-Nothing is subtracted. For reference the same fake is then driven directly (blocking pipes,
+``supervisor: first event`` is the same, entered through ``Supervisor.turn`` (what the
+HTTP layer calls: model table, conversation fingerprints, parking of the finished turn's
+worker) instead of ``pool.lease``. Nothing is subtracted. For reference the same fake is then driven directly (blocking pipes,
 no clibridge code, :class:`bench._common.RawFakeClaude`): write the user line, time its first
 stdout line / first text delta / ``result``, and a ``/clear`` round trip. The difference
 between the two is what the pool, the worker's pump and trio add.
@@ -57,8 +59,10 @@ from bench._common import (
 from clibridge._backends.claude_worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._events import Finished, Message, Request, TextDelta, TextPart
+from clibridge._models import ModelTable
 from clibridge._pool import WorkerPool
 from clibridge._spawn_home import prepare_claude_home
+from clibridge._supervisor import Supervisor
 from clibridge._worker import Binding
 
 TARGET_P50_MS = 2.0
@@ -83,6 +87,7 @@ async def measure_pool(
         "first event": [],
         "first text": [],
         "turn end": [],
+        "supervisor: first event": [],
     }
     with trio.fail_after(budget + 30):
         async with trio.open_nursery() as nursery:
@@ -114,6 +119,23 @@ async def measure_pool(
                     out["first event"].append(ms(first - t0))
                     out["first text"].append(ms(first_text - t0))
                     out["turn end"].append(ms(t_end - t0))
+            # the same through Supervisor.turn, the HTTP layer's entry (model table,
+            # conversation fingerprints, parking of the finished turn's worker)
+            service = Supervisor({"claude": pool}, ModelTable(["claude"]))
+            for i in range(warmup + count):
+                if time.perf_counter() > stop_at:
+                    break
+                t0 = time.perf_counter()
+                first = None
+                async with service.turn(request) as events:
+                    async for event in events:
+                        if first is None:
+                            first = time.perf_counter()
+                        if isinstance(event, Finished):
+                            break
+                assert first is not None
+                if i >= warmup:
+                    out["supervisor: first event"].append(ms(first - t0))
             stats = pool.statistics()
             assert stats.restarts == 0, stats
             nursery.cancel_scope.cancel()
