@@ -1,0 +1,210 @@
+"""Client tool calling and continuation end to end: official SDKs -> server -> fake claude.
+
+The whole server runs in-process (``serve``) on the fake claude with real worker
+processes; ``@fake`` lines make the fake model call ``get_weather`` and echo the tool
+results it got. Every test ends by draining the server and proving no process is left
+(``open_e2e_server``).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import attrs
+import openai
+import pytest
+import trio
+
+from clibridge.testing.scenario import directive
+from tests.e2e.conftest import FAST_POOL, MODEL, E2EServer, open_e2e_server
+from tests.tools import _loops
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The model.*is deprecated:DeprecationWarning"),
+    # Why: openai's AsyncStream leaves its own SSE generators unclosed at ``[DONE]``
+    # (openai._streaming, httpx2, httpcore2); trio reports that at GC time.
+    pytest.mark.filterwarnings("ignore:Async generator:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+ID = re.compile(r"call[0-9a-f]{24}")
+ONE = [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]
+TWO = [*ONE, {"name": "get_weather", "arguments": {"city": "Paris"}}]
+
+
+def openai_client(server: E2EServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+
+
+def anthropic_client(server: E2EServer) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0)
+
+
+async def tool_loop(
+    server: E2EServer, dialect: str, *, stream: bool, calls: list[Any], rewrite: Any = None
+) -> tuple[list[_loops.Call], str, list[Any]]:
+    prompt = directive(tool_calls=calls, echo_tool_results=True, reply="Done.") + "\nweather?"
+    convo = _loops.first_user(dialect, prompt)
+    if dialect == "messages":
+        client: Any = anthropic_client(server)
+        round_, results = _loops.messages_round, _loops.messages_results
+    else:
+        client = openai_client(server)
+        round_, results = (
+            (_loops.chat_round, _loops.chat_results)
+            if dialect == "chat"
+            else (_loops.responses_round, _loops.responses_results)
+        )
+    async with client:
+        first, _, finish = await round_(client, convo, stream=stream, model=MODEL)
+        assert finish in ("tool_calls", "tool_use")
+        results(convo, first, rewrite)
+        second, text, finish = await round_(client, convo, stream=stream, model=MODEL)
+    assert second == [] and finish in ("stop", "end_turn", "completed")
+    return first, text, convo
+
+
+@pytest.mark.parametrize("dialect", ["chat", "responses", "messages"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("calls", [ONE, TWO], ids=["single", "parallel"])
+async def test_tool_loop_resumes_the_parked_turn(
+    tmp_path: Path, dialect: str, stream: bool, calls: list[Any]
+) -> None:
+    with trio.fail_after(90):
+        async with open_e2e_server(tmp_path) as server:
+            first, text, _ = await tool_loop(server, dialect, stream=stream, calls=calls)
+            assert [(n, a) for _, n, a in first] == [("get_weather", c["arguments"]) for c in calls]
+            assert all(ID.fullmatch(cid) for cid, _, _ in first)
+            # the model got each result for its own call, in its turn (echo_tool_results)
+            assert text.startswith("Done.")
+            for c in calls:
+                assert f"] sunny in {c['arguments']['city']}" in text
+            stats = await server.stats()
+            assert stats["resume_hits"] == 1 and stats["resume_misses"] == 0
+            # the results went to the paused CLI turn, not as a new user message
+            users = [
+                m for m in server.stdin_lines() if isinstance(m, dict) and m.get("type") == "user"
+            ]
+            assert len(users) == 1
+
+
+async def test_rewritten_ids_still_match(tmp_path: Path) -> None:
+    """OpenClaw replays ``call_1`` as ``call1``: ids without separators, case changed."""
+
+    def rewrite(cid: str) -> str:
+        return "call_" + cid.removeprefix("call").upper()
+
+    with trio.fail_after(60):
+        async with open_e2e_server(tmp_path) as server:
+            _, text, _ = await tool_loop(server, "chat", stream=False, calls=TWO, rewrite=rewrite)
+            assert "sunny in Tokyo" in text and "sunny in Paris" in text
+            assert (await server.stats())["resume_hits"] == 1
+
+
+async def test_continuation_writes_only_the_new_message(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_e2e_server(tmp_path) as server, AsyncExitStack() as stack:
+            _, _, convo = await tool_loop(server, "chat", stream=True, calls=ONE)
+            client = await stack.enter_async_context(openai_client(server))
+            convo.append({"role": "user", "content": "and tomorrow?"})
+            done = await client.chat.completions.create(
+                model=MODEL, messages=convo, tools=_loops.CHAT_TOOLS
+            )
+            assert done.choices[0].message.content
+            stats = await server.stats()
+            assert stats["resume_hits"] == 2
+            users = [
+                m for m in server.stdin_lines() if isinstance(m, dict) and m.get("type") == "user"
+            ]
+            # turn 1 (with the directive), then exactly the new message: no /clear, no history
+            assert [u["message"]["content"] for u in users][1:] == ["and tomorrow?"]
+
+            # a conversation that does not extend what a worker holds: fresh worker, history
+            other = [*convo[:-1], {"role": "user", "content": "something else"}]
+            other[0] = {"role": "user", "content": "a different start"}
+            done = await client.chat.completions.create(
+                model=MODEL, messages=other, tools=_loops.CHAT_TOOLS
+            )
+            assert done.choices[0].message.content
+            users = [
+                m for m in server.stdin_lines() if isinstance(m, dict) and m.get("type") == "user"
+            ]
+            contents = [u["message"]["content"] for u in users]
+            assert contents[-2] == "/clear" or "/clear" not in contents[2:]
+            last = contents[-1]
+            assert isinstance(last, list)
+            rendered = "".join(b.get("text", "") for b in last)
+            assert "<conversation_history>" in rendered and "<tool_call" in rendered
+            assert "<tool_result" in rendered and "sunny in Tokyo" in rendered
+            assert rendered.rstrip().endswith("something else")
+
+
+async def test_client_that_never_comes_back_frees_the_slot(tmp_path: Path) -> None:
+    pool = attrs.evolve(FAST_POOL, park_ttl=1.0)
+    with trio.fail_after(60):
+        async with open_e2e_server(tmp_path, pool=pool) as server, AsyncExitStack() as stack:
+            client = await stack.enter_async_context(openai_client(server))
+            prompt = directive(tool_calls=ONE) + "\nweather?"
+            convo: list[Any] = [{"role": "user", "content": prompt}]
+            calls, _, finish = await _loops.chat_round(client, convo, stream=False, model=MODEL)
+            assert finish == "tool_calls" and calls
+            stats = await server.stats()
+            assert stats["parked"] == 1 and stats["in_flight"] == 1
+            stats = await server.wait_stats(lambda s: s["reclaimed"] == 1, within=10)
+            assert stats["parked"] == 0 and stats["in_flight"] == 0
+            # the mid-turn worker was retired, not reused
+            assert all(w["state"] != "parked" for w in stats["workers"])
+
+
+async def test_parked_workers_give_way_under_pressure(tmp_path: Path) -> None:
+    """Two slots, both parked mid-turn; two new requests take them (oldest first)."""
+    with trio.fail_after(90):
+        async with open_e2e_server(tmp_path) as server, AsyncExitStack() as stack:
+            client = await stack.enter_async_context(openai_client(server))
+            for i in range(2):
+                convo: list[Any] = [
+                    {"role": "user", "content": directive(tool_calls=ONE) + f"\nweather {i}"}
+                ]
+                await _loops.chat_round(client, convo, stream=False, model=MODEL)
+            stats = await server.stats()
+            assert stats["parked"] == 2 and stats["in_flight"] == 2
+            async with trio.open_nursery() as nursery:
+                for i in range(2):
+                    msgs = [{"role": "user", "content": f"hi {i}"}]
+                    nursery.start_soon(
+                        partial(client.chat.completions.create, model=MODEL, messages=msgs)
+                    )
+            stats = await server.stats()
+            assert stats["reclaimed"] == 2 and stats["parked"] == 2  # the two new turns parked
+
+
+async def test_tool_choice_and_bad_schemas_are_clear_400s(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_e2e_server(tmp_path) as server, AsyncExitStack() as stack:
+            client = await stack.enter_async_context(openai_client(server))
+            msgs: list[Any] = [{"role": "user", "content": "x"}]
+            with pytest.raises(openai.BadRequestError, match="tool_choice"):
+                await client.chat.completions.create(
+                    model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="required"
+                )
+            bad = [
+                {"type": "function", "function": {"name": "bad name!", "parameters": _loops.SCHEMA}}
+            ]
+            with pytest.raises(openai.BadRequestError, match="bad name!"):
+                await client.chat.completions.create(model=MODEL, messages=msgs, tools=bad)  # type: ignore[arg-type]
+            arr = [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]
+            with pytest.raises(openai.BadRequestError, match="'f'"):
+                await client.chat.completions.create(model=MODEL, messages=msgs, tools=arr)  # type: ignore[arg-type]
+            # none: the tools are not exposed, the model answers in text
+            msgs = [{"role": "user", "content": directive(tool_calls=ONE) + "\nw"}]
+            done = await client.chat.completions.create(
+                model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="none"
+            )
+            assert (
+                done.choices[0].finish_reason == "stop" and not done.choices[0].message.tool_calls
+            )
