@@ -131,9 +131,7 @@ async def messages_round(
             model=model, max_tokens=1024, messages=messages, tools=ANTHROPIC_TOOLS
         )
     calls: list[Call] = [
-        (b.id, b.name, dict(b.input))  # type: ignore[call-overload]
-        for b in done.content
-        if b.type == "tool_use"
+        (b.id, b.name, dict(b.input)) for b in done.content if b.type == "tool_use"
     ]
     text = "".join(b.text for b in done.content if b.type == "text")
     messages.append(

@@ -50,8 +50,11 @@ async def tool_loop(
 ) -> tuple[list[_loops.Call], str, list[Any]]:
     prompt = directive(tool_calls=calls, echo_tool_results=True, reply="Done.") + "\nweather?"
     convo = _loops.first_user(dialect, prompt)
+    client: Any
+    round_: Any
+    results: Any
     if dialect == "messages":
-        client: Any = anthropic_client(server)
+        client = anthropic_client(server)
         round_, results = _loops.messages_round, _loops.messages_results
     else:
         client = openai_client(server)
