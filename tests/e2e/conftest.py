@@ -186,14 +186,17 @@ class E2EServer:
         raise AssertionError(f"stats never matched: {stats}")
 
     async def assert_clean(self, *, settle: float = 15.0) -> dict[str, Any]:
-        """Full capacity back and no CLI process beyond the pool's live workers."""
+        """Full capacity back (nothing in flight but parked conversations) and no CLI
+        process beyond the pool's live workers."""
 
         def settled(s: dict[str, Any]) -> bool:
+            # a parked worker holds a finished conversation the client may continue; it
+            # holds a permit but gives it up under pressure, so it counts as capacity
             return (
-                s["in_flight"] == 0
+                s["in_flight"] == s["parked"]
                 and s["queued"] == 0
                 and s["booting"] == 0
-                and all(w["state"] in ("idle", "busy") for w in s["workers"])
+                and all(w["state"] in ("idle", "parked") for w in s["workers"])
                 and len(s["workers"]) >= 1
                 and not any(
                     alive(p) and pgid_of(p) not in _worker_pids(s)
@@ -307,6 +310,30 @@ async def open_e2e_server(
     assert serve_done.is_set()
     all_children.update(set(children_of(os.getpid())) - before)
     await wait_gone(running.cli_pids() | all_children)
+
+
+async def open_raw(
+    server: E2EServer, body: dict[str, Any], path: str = "/v1/chat/completions"
+) -> trio.SocketStream:
+    """POST a streaming chat request on a bare TCP stream (the test hangs up when it wants)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    raw = json.dumps(body).encode()
+    await stream.send_all(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(raw)}\r\n\r\n".encode()
+        + raw
+    )
+    return stream
+
+
+async def read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
+    got = b""
+    while marker not in got:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"connection closed before {marker!r}: {got!r}"
+        got += chunk
+    return got
 
 
 @pytest.fixture

@@ -69,5 +69,5 @@ async def test_burst_of_six_on_two_workers_and_a_queue_of_two(tmp_path: Path) ->
         assert 1.8 < total < 6
         stats = await server.assert_clean()
         assert stats["rejected"] == 2
-        assert stats["served"] == 4
+        assert stats["served"] + stats["parked"] == 4  # parked leases count when released
         await server.assert_serves()
