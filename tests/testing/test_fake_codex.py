@@ -662,3 +662,130 @@ async def test_fixture_executable_boot_time(tmp_path: Path) -> None:
         elapsed = time.monotonic() - start
     print(f"fake codex spawn -> initialize reply: {elapsed * 1000:.0f} ms")
     assert elapsed < 5
+
+
+# --------------------------------------------------------------------------- thread/inject_items
+
+INJECT_SAMPLE = SAMPLES / "codex_inject_items.ndjson"
+
+
+def _msg(role: str, text: str) -> Msg:
+    kind = "input_text" if role == "user" else "output_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+async def test_inject_items_replies_and_errors_like_the_real_one(tmp_path: Path) -> None:
+    """Reply shapes and error messages copied from the real 0.169.0 (codex_inject_items.ndjson)."""
+    sample = load_sample(INJECT_SAMPLE)
+    real_errors = {
+        e["msg"]["error"]["message"].split(":")[0] for e in sample if "error" in e["msg"]
+    }
+    async with fake_codex(tmp_path) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        first = await fake.request(
+            "thread/inject_items", {"threadId": t, "items": [_msg("user", "q1")]}
+        )
+        got = await fake.until(lambda m: m.get("id") == first)
+        # Observed: the first inject announces the thread, before its reply {}
+        assert methods(got) == ["thread/started", "response"] and got[-1]["result"] == {}
+        again = await fake.call(
+            "thread/inject_items", {"threadId": t, "items": [{"type": "bogus"}]}
+        )
+        assert again["result"] == {}
+        errors = {
+            "non-object": [1],
+            "empty": [],
+            "no type": [{}],
+            "no content": [{"type": "message", "role": "user"}],
+            "string content": [{"type": "message", "role": "user", "content": "x"}],
+        }
+        messages = {}
+        for name, items in errors.items():
+            reply = await fake.call("thread/inject_items", {"threadId": t, "items": items})
+            assert reply["error"]["code"] == -32600, name
+            messages[name] = reply["error"]["message"]
+        assert messages == {
+            "non-object": "items[0] is not a valid response item: invalid type: integer `1`, "
+            "expected internally tagged enum ResponseItem",
+            "empty": "items must not be empty",
+            "no type": "items[0] is not a valid response item: missing field `type`",
+            "no content": "items[0] is not a valid response item: missing field `content`",
+            "string content": 'items[0] is not a valid response item: invalid type: string "x", '
+            "expected a sequence",
+        }
+        bad_id = await fake.call("thread/inject_items", {"threadId": "nope", "items": [{}]})
+        assert bad_id["error"]["message"].startswith("invalid thread id: invalid character")
+        assert "found `n` at 1" in bad_id["error"]["message"]
+        lost = await fake.call(
+            "thread/inject_items",
+            {"threadId": "019a0000-0000-7000-8000-000000000000", "items": [_msg("user", "x")]},
+        )
+        assert lost["error"]["message"] == "thread not found: 019a0000-0000-7000-8000-000000000000"
+        got = await fake.turn(t, "q2")
+        assert "thread/started" not in methods(got)  # announced once, by the inject
+    fake_errors = {m["error"]["message"].split(":")[0] for m in fake.seen if "error" in m}
+    assert real_errors <= fake_errors
+
+
+async def test_echo_sees_injected_history_and_earlier_turns(tmp_path: Path) -> None:
+    """What the real one sent the model (observed at the stub): user / assistant messages, a
+    call with its output; not a system message, an unknown item or an orphan output."""
+    history = [
+        _msg("user", "q1"),
+        _msg("system", "never seen"),
+        _msg("assistant", "a1"),
+        {"type": "bogus"},
+        {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+        {"type": "function_call_output", "call_id": "zz", "output": "orphan"},
+    ]
+    async with fake_codex(tmp_path, {"echo": True}) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        assert (await fake.call("thread/inject_items", {"threadId": t, "items": history}))[
+            "result"
+        ] == {}
+        first = deltas(await fake.turn(t, "q2"))
+        assert first == (
+            "echo: [user]\nq1\n\n[assistant]\na1\n\n[function_call lookup {}]\n\n"
+            "[function_call_output c1]\n42\n\n[user]\nq2"
+        )
+        second = deltas(await fake.turn(t, "q3"))
+        assert second.startswith(first.removeprefix("echo: ").join(["echo: ", "\n\n[assistant]\n"]))
+        assert second.endswith("\n\n[user]\nq3")
+        fresh = await fake.thread()
+        assert deltas(await fake.turn(fresh, "alone")) == "echo: alone"
+
+
+async def test_inject_during_a_turn_makes_the_model_answer_again(tmp_path: Path) -> None:
+    """Observed: items injected mid-turn reach the model in a second sampling of that turn."""
+    async with fake_codex(tmp_path, {"echo": True, "chunk_chars": 1, "chunk_delay": 0.05}) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        await fake.start_turn(t, "go")
+        await fake.until(lambda m: m.get("method") == "item/agentMessage/delta")
+        reply = await fake.call(
+            "thread/inject_items", {"threadId": t, "items": [_msg("user", "mid")]}
+        )
+        assert reply["result"] == {}
+        rest = await fake.until(is_turn_done)
+        agent = [i for i in completed_turn(rest)["items"] if i["type"] == "agentMessage"]
+        assert [a["text"] for a in agent] == [
+            "echo: go",  # already under way when "mid" came
+            "echo: go\n\n[assistant]\necho: go\n\n[user]\nmid",
+        ]
+
+
+async def test_no_inject_knob_behaves_like_an_app_server_without_it(tmp_path: Path) -> None:
+    async with fake_codex(tmp_path, env={"CLIBRIDGE_FAKE_CODEX_NO_INJECT": "1"}) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        reply = await fake.call(
+            "thread/inject_items", {"threadId": t, "items": [_msg("user", "q")]}
+        )
+        assert "unknown variant `thread/inject_items`" in reply["error"]["message"]
+        assert (
+            "expected one of `initialize`, `thread/start`, `turn/start`"
+            in (reply["error"]["message"])
+        )

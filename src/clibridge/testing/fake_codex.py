@@ -21,6 +21,15 @@ You've hit your usage limit"`` sends ``codexErrorInfo: "usageLimitExceeded"``; w
 known prefix it is ``"other"``. ``api_error: 401 / 429 / 5xx`` reproduces what the real CLI
 reported for those upstream statuses.
 
+What the fake "sees": each thread keeps the model-visible history as raw Responses items,
+like the real one: ``thread/inject_items`` appends items (validated with the real one's
+error messages; unknown item types and ``system`` messages are accepted and dropped, as
+observed at the model stub), and every turn appends its user message and the agent's
+reply. Echo mode answers with that view: just ``echo: <prompt>`` when the thread has no
+earlier history, else ``echo: `` + the earlier items rendered as ``[role]\ntext`` blocks +
+``[user]\n<prompt>``. ``CLIBRIDGE_FAKE_CODEX_NO_INJECT=1`` makes the fake answer
+``thread/inject_items`` like an app-server that lacks it (an unknown method).
+
 Where the real CLI was not observed, the fake guesses (marked "guess" below).
 """
 
@@ -71,7 +80,20 @@ _ERROR_INFOS = frozenset(
         "inferenceHookDenied",
     ]
 )
-_IMPLEMENTED = ("initialize", "thread/start", "turn/start", "turn/interrupt")
+_IMPLEMENTED = ("initialize", "thread/start", "thread/inject_items", "turn/start", "turn/interrupt")
+#: env knob: behave like an app-server without ``thread/inject_items``
+NO_INJECT_ENV = "CLIBRIDGE_FAKE_CODEX_NO_INJECT"
+#: ResponseItem variants and the fields each requires (the real one's serde messages name
+#: the first missing field; observed for ``type`` and message ``content``, the rest a guess)
+_ITEM_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "message": ("role", "content"),
+    "reasoning": ("summary",),
+    "function_call": ("name", "arguments", "call_id"),
+    "function_call_output": ("call_id", "output"),
+    "custom_tool_call": ("call_id", "name", "input"),
+    "custom_tool_call_output": ("call_id", "output"),
+}
+_THREAD_ID_CHARS = frozenset("0123456789abcdefABCDEF-")
 _INVALID_REQUEST = -32600  # the real app-server uses it for unknown methods too
 
 
@@ -109,6 +131,9 @@ class _Turn:
         self.started_at = started_at
         self.interrupted = threading.Event()
         self.steers: list[list[Mapping[str, Any]]] = []
+        #: items injected while this turn runs: they enter the history after the current
+        #: model message, and the model samples once more to see them
+        self.injected: list[dict[str, Any]] = []
 
 
 class _Thread:
@@ -118,6 +143,10 @@ class _Thread:
         self.turns = 0
         self.active: _Turn | None = None
         self.total = {"input": 0, "cached": 0, "output": 0, "reasoning": 0}
+        #: what the model would see: raw Responses items, oldest first
+        self.history: list[dict[str, Any]] = []
+        #: thread/started was sent (by the first inject_items or the first turn)
+        self.announced = False
 
     @property
     def id(self) -> str:
@@ -219,12 +248,17 @@ class FakeCodex:
             self.error(req_id, "Not initialized")
         elif method == "thread/start":
             self.on_thread_start(req_id, params)
+        elif method == "thread/inject_items" and not os.environ.get(NO_INJECT_ENV):
+            self.on_inject_items(req_id, params)
         elif method == "turn/start":
             self.on_turn_start(req_id, params)
         elif method == "turn/interrupt":
             self.on_turn_interrupt(req_id, params)
         else:
-            known = ", ".join(f"`{m}`" for m in _IMPLEMENTED)
+            implemented: tuple[str, ...] = _IMPLEMENTED
+            if os.environ.get(NO_INJECT_ENV):
+                implemented = tuple(m for m in implemented if m != "thread/inject_items")
+            known = ", ".join(f"`{m}`" for m in implemented)
             self.error(
                 req_id, f"Invalid request: unknown variant `{method}`, expected one of {known}"
             )
@@ -335,6 +369,66 @@ class FakeCodex:
             self.error(req_id, f"thread not found: {thread_id}")
         return thread
 
+    def announce(self, thread: _Thread) -> None:
+        """``thread/started``, once: observed before the first inject_items reply or turn."""
+        if not thread.announced:
+            thread.announced = True
+            self.notify("thread/started", {"thread": thread.body})
+
+    def on_inject_items(self, req_id: Any, params: Mapping[str, Any]) -> None:
+        """Append raw Responses items to the thread's model-visible history (reply ``{}``).
+
+        Observed with 0.169.0: validation errors are -32600 with serde's wording; an item of
+        an unknown type and a ``system`` message are accepted but never reach the model;
+        items injected while a turn runs make the model sample once more in that turn.
+        """
+        for field in ("threadId", "items"):
+            if field not in params:
+                self.error(req_id, f"Invalid request: missing field `{field}`")
+                return
+        thread_id = str(params["threadId"])
+        bad = next(
+            (
+                n
+                for n, c in enumerate(thread_id.removeprefix("urn:uuid:"), 1)
+                if c not in _THREAD_ID_CHARS
+            ),
+            None,
+        )
+        if bad is not None:
+            found = thread_id.removeprefix("urn:uuid:")[bad - 1]
+            self.error(
+                req_id,
+                "invalid thread id: invalid character: expected an optional prefix of "
+                f"`urn:uuid:` followed by [0-9a-fA-F-], found `{found}` at {bad}",
+            )
+            return
+        thread = self._thread_or_error(req_id, thread_id)
+        if thread is None:
+            return
+        items = params["items"]
+        if not isinstance(items, list):
+            self.error(
+                req_id, f"Invalid request: invalid type: {_serde_kind(items)}, expected a sequence"
+            )
+            return
+        if not items:
+            self.error(req_id, "items must not be empty")
+            return
+        for n, item in enumerate(items):
+            problem = _item_problem(item)
+            if problem is not None:
+                self.error(req_id, f"items[{n}] is not a valid response item: {problem}")
+                return
+        self.announce(thread)
+        visible = [dict(item) for item in items if _model_visible(item)]
+        active = thread.active
+        if active is not None:
+            active.injected.extend(visible)
+        else:
+            thread.history.extend(visible)
+        self.reply(req_id, {})
+
     def on_turn_start(self, req_id: Any, params: Mapping[str, Any]) -> None:
         thread = self._thread_or_error(req_id, params.get("threadId"))
         if thread is None:
@@ -349,7 +443,8 @@ class FakeCodex:
             return
         turn = _Turn(self._ids.new(), int(time.time()))
         thread.active = turn
-        first = thread.turns == 0
+        first = not thread.announced
+        thread.announced = True
         thread.turns += 1
         runner = _TurnRunner(self, thread, turn, items, req_id, first)
         threading.Thread(target=runner.run, name=f"turn-{turn.id}", daemon=True).start()
@@ -391,6 +486,87 @@ def _turn_obj(
         "completedAt": int(time.time()) if done else None,
         "durationMs": duration_ms,
     }
+
+
+def _serde_kind(value: Any) -> str:
+    """How serde names an unexpected JSON value in its error messages."""
+    if isinstance(value, bool):
+        return f"boolean `{'true' if value else 'false'}`"
+    if isinstance(value, int):
+        return f"integer `{value}`"
+    if isinstance(value, float):
+        return f"floating point `{value}`"
+    if isinstance(value, str):
+        return f"string {json.dumps(value)}"
+    if value is None:
+        return "null"
+    return "sequence" if isinstance(value, list) else "map"
+
+
+def _item_problem(item: Any) -> str | None:
+    """Why ``item`` is not a ResponseItem (the real one's wording), or None."""
+    if not isinstance(item, dict):
+        return f"invalid type: {_serde_kind(item)}, expected internally tagged enum ResponseItem"
+    if "type" not in item:
+        return "missing field `type`"
+    for field in _ITEM_FIELDS.get(str(item["type"]), ()):
+        if field not in item:
+            return f"missing field `{field}`"
+    if item["type"] == "message" and not isinstance(item["content"], list):
+        return f"invalid type: {_serde_kind(item['content'])}, expected a sequence"
+    return None
+
+
+def _model_visible(item: Mapping[str, Any]) -> bool:
+    """Observed: unknown item types and system messages are accepted, then dropped."""
+    if item.get("type") not in _ITEM_FIELDS:
+        return False
+    return not (item.get("type") == "message" and item.get("role") == "system")
+
+
+def _history_user_item(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A turn's input as the Responses user message the model receives."""
+    content: list[dict[str, Any]] = []
+    for item in items:
+        if item.get("type") == "text":
+            content.append({"type": "input_text", "text": str(item.get("text", ""))})
+        elif item.get("type") in ("image", "localImage"):
+            content.append({"type": "input_image", "image_url": str(item.get("url", ""))})
+    return {"type": "message", "role": "user", "content": content}
+
+
+def render_history(history: Sequence[Mapping[str, Any]]) -> str:
+    """The model-visible items as text blocks (what echo mode shows).
+
+    A ``function_call_output`` without its ``function_call`` is left out, as the real one
+    leaves it out of the model request (observed).
+    """
+    calls = {i.get("call_id") for i in history if i.get("type") == "function_call"}
+    blocks: list[str] = []
+    for item in history:
+        kind = item.get("type")
+        if kind == "message":
+            lines = []
+            for part in item.get("content") or []:
+                if not isinstance(part, Mapping):
+                    continue
+                if part.get("type") in ("input_image", "image"):
+                    lines.append("[image]")
+                elif "text" in part:
+                    lines.append(str(part["text"]))
+            blocks.append(f"[{item.get('role')}]\n" + "\n".join(lines))
+        elif kind in ("function_call", "custom_tool_call"):
+            args = item.get("arguments", item.get("input"))
+            blocks.append(f"[function_call {item.get('name')} {args}]")
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            if item.get("call_id") in calls:
+                blocks.append(f"[function_call_output {item.get('call_id')}]\n{item.get('output')}")
+        elif kind == "reasoning":
+            summary = [
+                str(s.get("text", "")) for s in item.get("summary") or [] if isinstance(s, Mapping)
+            ]
+            blocks.append("[reasoning]\n" + "\n".join(summary))
+    return "\n\n".join(blocks)
 
 
 def _user_content(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -435,6 +611,8 @@ class _TurnRunner:
         text = "\n".join(str(i.get("text", "")) for i in items if i.get("type") == "text")
         self.scenario, self.prompt = server.book.for_turn(text)
         self.ignore_interrupt = self.scenario.ignore_interrupt
+        #: index of this turn's user message in the thread's history
+        self.history_at = len(thread.history)
 
     # -- helpers
 
@@ -486,7 +664,9 @@ class _TurnRunner:
 
     def steers(self) -> None:
         while self.turn.steers:
-            self.user_message(self.turn.steers.pop(0))
+            items = self.turn.steers.pop(0)
+            self.thread.history.append(_history_user_item(items))
+            self.user_message(items)
 
     def user_message(self, items: Sequence[Mapping[str, Any]]) -> None:
         item = {
@@ -554,6 +734,7 @@ class _TurnRunner:
         items: Sequence[Mapping[str, Any]] = (),
         error: Mapping[str, Any] | None = None,
     ) -> None:
+        self.take_injected()
         self.thread.active = None
         duration = int((time.monotonic() - self.t0) * 1000)
         view = "summary" if items else "notLoaded"
@@ -605,6 +786,8 @@ class _TurnRunner:
             s.raw("this is not JSON: fake codex garbage line")
         if sc.stderr:
             print(sc.stderr, file=sys.stderr, flush=True)
+        self.history_at = len(self.thread.history)
+        self.thread.history.append(_history_user_item(self.items))
         self.user_message(self.items)
 
         if sc.api_error is not None or sc.error_notification is not None:
@@ -617,8 +800,8 @@ class _TurnRunner:
                 _UNKNOWN_SERVER_METHOD, {**self.ids(), "note": "made up by the fake"}
             )
             self.wait_reply(pending)  # any answer, even an error, lets the turn go on
-        text = sc.reply_text(self.prompt)
-        inp, out = sc.usage_for(self.prompt, text)
+        text, seen = self.answer_for_view()
+        inp, out = sc.usage_for(seen, text)
         if sc.tool_calls:
             self.tool_calls(sc.tool_calls, inp)
         reasoning_tokens = 0
@@ -627,7 +810,36 @@ class _TurnRunner:
             self.reasoning(sc.thinking)
         self.steers()
         self.wait(sc.first_delay)
-        msg_id = "msg_1"
+        done = [self.agent_message("msg_1", text, first=True)]
+        self.usage(inp, out, reasoning_tokens)
+        n = 1
+        while self.take_injected():
+            # Observed: items injected mid-turn make the model sample once more in the turn.
+            n += 1
+            text, seen = self.answer_for_view()
+            more_in, more_out = sc.usage_for(seen, text)
+            done.append(self.agent_message(f"msg_{n}", text, first=False))
+            self.usage(more_in, more_out)
+        self.status({"type": "idle"})
+        self.finish("completed", done)
+
+    def take_injected(self) -> bool:
+        """Move items injected during the turn into the history; True if there were any."""
+        items, self.turn.injected = self.turn.injected, []
+        self.thread.history.extend(items)
+        return bool(items)
+
+    def answer_for_view(self) -> tuple[str, str]:
+        """``(reply, what the model saw)``: the prompt, after any earlier history."""
+        earlier = render_history(list(self.thread.history[: self.history_at]))
+        later = render_history(list(self.thread.history[self.history_at + 1 :]))
+        seen = f"{earlier}\n\n[user]\n{self.prompt}" if earlier else self.prompt
+        if later:
+            seen += "\n\n" + later
+        return self.scenario.reply_text(seen), seen
+
+    def agent_message(self, msg_id: str, text: str, *, first: bool) -> dict[str, Any]:
+        sc, s = self.scenario, self.s
         item = {
             "type": "agentMessage",
             "moderation": None,
@@ -644,16 +856,20 @@ class _TurnRunner:
             if n:
                 self.wait(sc.chunk_delay)
             s.notify("item/agentMessage/delta", {**self.ids(), "itemId": msg_id, "delta": chunk})
-            if n == 0 and sc.crash_mid_turn:
+            if first and n == 0 and sc.crash_mid_turn:
                 print("fake codex: crashing mid-turn as scripted", file=sys.stderr, flush=True)
                 os._exit(sc.crash_exit_code)
-            if n == 0 and sc.hang_mid_turn:
+            if first and n == 0 and sc.hang_mid_turn:
                 self.wait_forever()
         self.steers()
-        done = self.item_completed({**item, "text": text}, at)
-        self.usage(inp, out, reasoning_tokens)
-        self.status({"type": "idle"})
-        self.finish("completed", [done])
+        self.thread.history.append(
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text}],
+            }
+        )
+        return self.item_completed({**item, "text": text}, at)
 
     def reasoning(self, thinking: str) -> None:
         item_id = "rs_1"
