@@ -186,16 +186,18 @@ async def test_sigkill_leaves_no_process(tmp_path: Path) -> None:
                 for _ in range(2):
                     nursery.start_soon(_stream_until_killed, client, server)
                 while True:
+                    # both turns running, and every fake has recorded itself and its grandchild
                     stats = await server.stats()
-                    if sum(w["state"] == "busy" for w in stats["workers"]) == 2:
+                    facts = read_record(server.record)
+                    spawned = {int(f["pid"]) for f in facts if "argv" in f}
+                    grandchildren = {
+                        int(f["grandchild_pid"]) for f in facts if "grandchild_pid" in f
+                    }
+                    workers = {w["pid"] for w in stats["workers"]}
+                    busy = sum(w["state"] == "busy" for w in stats["workers"])
+                    if busy == 2 and workers <= spawned and len(grandchildren) == len(spawned):
                         break
                     await trio.sleep(0.05)
-                pids = server.cli_pids()
-                workers = {w["pid"] for w in stats["workers"]}
-                assert workers <= pids
-                grandchildren = pids - {
-                    int(f["pid"]) for f in read_record(server.record) if "argv" in f
-                }
                 assert len(grandchildren) >= 2
                 assert all(alive(p) for p in workers | grandchildren)
                 os.kill(server.process.pid, signal.SIGKILL)
