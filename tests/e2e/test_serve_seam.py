@@ -1,0 +1,35 @@
+"""The in-process entry point tests and embedders use: ``serve(..., shutdown=trio.Event())``."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
+
+from .conftest import make_config
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "_supervisor.serve() evaluates `shutdown = shutdown or trio.Event()`; "
+        "trio.Event.__bool__ raises NotImplementedError, so passing a real trio.Event "
+        "(the documented way to stop it) crashes at once. Fix: "
+        "`if shutdown is None: shutdown = trio.Event()`."
+    ),
+)
+async def test_serve_accepts_a_trio_event(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    choice = BackendChoice(claude=FAKE_CLAUDE_COMMAND, codex=None, fake=True, notes=())
+    shutdown = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(
+                partial(serve, config, choice, {"PATH": "/usr/bin:/bin"}, shutdown=shutdown)
+            )
+            assert host == "127.0.0.1" and port > 0
+            shutdown.set()
