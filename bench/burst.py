@@ -6,25 +6,26 @@ The server runs as a child process (``python -m clibridge serve --backend fake -
 so its RSS can be read from ``/proc``; the client is this process (trio, raw HTTP/1.1 on
 keep-alive connections, :class:`bench._common.ResponseParser`), all on 127.0.0.1.
 
-**Phase 1, burst** (``--workers 8 --max-queue 16 --queue-timeout 8``: the last queued
-request should wait about 2 s; the timeout only bounds a run where slots never free). Every request carries the fake's
-directive ``@fake {"first_delay": 1.0}`` (and its own text: 32 distinct conversations): the
-fake waits 1 s before its reply. A warm-up
-of 8 concurrent requests leaves 8 booted workers bound to the burst's setup. Then 32
-connections are opened first and all 32 streaming ``POST /v1/chat/completions`` requests
-are written at once (one trio event releases them). Expected: 8 admitted at once, 16
-queued (served when a slot frees, about 1 s and 2 s later), 8 answered 429 at once with
-``Retry-After``. Checked: exactly 8 x 429 and 24 x 200 with a complete stream
-(``data: [DONE]``); the latency of the 429s shows they were immediate.
+**Phase 1, burst** (``--workers 8 --max-queue 16 --queue-timeout 8``, quick 4: the last
+queued request should wait about 2 s; the timeout only bounds a run where slots never
+free). 32 distinct conversations, each carrying the fake's directive
+``@fake {"first_delay": 1.0}``: the fake waits 1 s before its reply. A warm-up of 8
+concurrent requests leaves 8 booted workers. Then 32 connections are opened first and all
+32 streaming ``POST /v1/chat/completions`` requests are written at once (one trio event
+releases them). Expected: 8 admitted at once, 16 queued (served when a slot frees, about
+1 s and 2 s later), 8 answered 429 at once with ``Retry-After``. Checked: exactly 8 x 429
+within 500 ms and 24 x 200 with a complete stream (``data: [DONE]``).
 
-**Phase 2, sustained load** (a fresh server, ``--workers 8 --max-queue 32`` so that all 32
-clients are admitted and wait in the queue rather than spin on 429s). Zero-delay fake.
-32 concurrent clients, each on its own keep-alive connection, loop streaming chat requests
-for 30 s (``--quick``: 5 s) after an unrecorded warm-up of 3 s (``--quick``: 1 s) in
-which the pool boots its workers. Reported: streams/s (complete 200 streams per second of
-wall time), latency per stream (send to end of body) and time to first byte, p50/p99,
-non-200 answers, and the server's RSS (the Python process alone, and the fake workers
-summed) idle before the load, sampled every 0.25 s during it, and after it.
+**Phase 2, sustained load** (a fresh server, ``--workers 8 --max-queue 32 --queue-timeout
+8``, quick 4, so that all 32 clients are admitted and wait in the queue rather than spin on
+429s). Zero-delay fake. 32 concurrent clients, each on its own keep-alive connection with a
+prompt of its own (``client N: hi``), loop streaming chat requests for 30 s (``--quick``:
+4 s) after an unrecorded warm-up of 3 s (``--quick``: 1 s) in which the pool boots its
+workers. Reported: streams/s (complete 200 streams that ended inside the window, per
+second of window), latency per stream (send to end of body) and time to first byte,
+p50/p99, non-200 answers, how long the last request ran past the window, and the server's
+RSS (the Python process alone, and the fake workers summed) idle before the load, sampled
+every 0.25 s during it, and after it.
 
 Run: ``.venv/bin/python bench/burst.py [--quick] [--duration S] [--clients N]``
 """
@@ -63,6 +64,7 @@ MAX_QUEUE = 16
 SLOW = '@fake {"first_delay": 1.0}'
 #: the last queued request should wait about 2 s; this bounds the run when a slot never frees
 QUEUE_TIMEOUT = 8.0
+QUEUE_TIMEOUT_QUICK = 4.0
 #: a 429 answered faster than this is "immediate" (a turn takes 1000 ms)
 IMMEDIATE_MS = 500.0
 
@@ -193,7 +195,6 @@ async def load(
     server: ServerProcess, clients: int, duration: float, warmup: float
 ) -> dict[str, Any]:
     port = server.port
-    data = request_bytes(port, "chat", "hi")
     latencies: list[float] = []
     ttfbs: list[float] = []
     statuses: dict[str, int] = {}
@@ -203,8 +204,11 @@ async def load(
     max_per_client = 1_000_000
     measure_from = time.perf_counter() + warmup
     end_at = measure_from + duration
+    in_window = [0]  # complete streams that ended before end_at
 
-    async def client() -> None:
+    async def client(i: int) -> None:
+        # each client is its own user: a one-message conversation of its own, repeated
+        data = request_bytes(port, "chat", f"client {i}: hi")
         conn = await Connection.open(port)
         try:
             for _ in range(max_per_client):
@@ -225,6 +229,8 @@ async def load(
                 if key == "200":
                     latencies.append(ms(elapsed))
                     ttfbs.append(ms(first))
+                    if t0 + elapsed <= end_at:
+                        in_window[0] += 1
         finally:
             await conn.aclose()
 
@@ -240,17 +246,20 @@ async def load(
     with trio.fail_after(warmup + duration + 60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample)
-            for _ in range(clients):
-                nursery.start_soon(client)
-        # streams started before end_at may end after it: their time counts too
-        elapsed = time.perf_counter() - measure_from
+            for i in range(clients):
+                nursery.start_soon(client, i)
+        # streams still running at end_at are waited for (their latency counts) but
+        # only the streams that ended inside the window count for the rate
+        tail = time.perf_counter() - end_at
     served = statuses.get("200", 0)
     return {
         "clients": clients,
         "warmup_s": warmup,
-        "duration_s": elapsed,
+        "duration_s": duration,
+        "tail_after_window_s": tail,
         "streams": served,
-        "streams_per_s": served / elapsed,
+        "streams_in_window": in_window[0],
+        "streams_per_s": in_window[0] / duration,
         "statuses": statuses,
         "latency_ms": summary(latencies),
         "ttfb_ms": summary(ttfbs),
@@ -268,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args(argv)
     quiet_logs()
-    duration = args.duration or (5.0 if args.quick else 30.0)
+    duration = args.duration or (4.0 if args.quick else 30.0)
+    # a healthy server queues the burst's last wave ~2 s and a load request ~0.1 s
+    queue_timeout = str(QUEUE_TIMEOUT_QUICK if args.quick else QUEUE_TIMEOUT)
 
     with tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp:
         with ServerProcess(
@@ -278,13 +289,19 @@ def main(argv: list[str] | None = None) -> int:
             "--max-queue",
             str(MAX_QUEUE),
             "--queue-timeout",
-            str(QUEUE_TIMEOUT),
+            queue_timeout,
         ) as server:
             port = server.wait_listening()
             server.wait_ready(workers=1)
             phase1 = trio.run(burst, port)
         with ServerProcess(
-            Path(tmp) / "load", "--workers", str(WORKERS), "--max-queue", str(max(32, args.clients))
+            Path(tmp) / "load",
+            "--workers",
+            str(WORKERS),
+            "--max-queue",
+            str(max(32, args.clients)),
+            "--queue-timeout",
+            queue_timeout,
         ) as server:
             server.wait_listening()
             server.wait_ready(workers=1)
@@ -332,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         f"workers={WORKERS}, max_queue={max(32, args.clients)}"
     )
     print(
-        f"streams/s: {phase2['streams_per_s']:.1f}   ({phase2['streams']} streams; statuses {phase2['statuses']})"
+        f"streams/s: {phase2['streams_per_s']:.1f}   ({phase2['streams_in_window']} complete streams "
+        f"in the window; all answers {phase2['statuses']}; the last ended "
+        f"{phase2['tail_after_window_s']:.1f} s after the window)"
     )
     print(
         table(
@@ -364,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         "burst",
         {
             "quick": args.quick,
-            "burst": {**phase1, "workers": WORKERS, "max_queue": MAX_QUEUE, "reply_delay_s": 1.0},
+            "burst": {
+                **phase1,
+                "workers": WORKERS,
+                "max_queue": MAX_QUEUE,
+                "queue_timeout": float(queue_timeout),
+                "reply_delay_s": 1.0,
+            },
             "load": {**phase2, "workers": WORKERS, "max_queue": max(32, args.clients)},
             "rss_kb": {"idle": idle, "after": after},
             "target": {"burst_8_429_24_ok": phase1["ok"]},
