@@ -32,7 +32,8 @@ from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 
 MODEL = "claude-sonnet-4-5"
-#: the model the fake reports for turns (it echoes the requested model)
+CODEX_MODEL = "gpt-5"
+#: small pool, short timeouts: failures show within seconds
 FAST_POOL = PoolConfig(
     workers=2,
     spares=1,
@@ -146,17 +147,26 @@ class E2EServer:
     record: Path
     #: pids of fake CLI processes seen so far (refreshed by :meth:`cli_pids`)
     fake: bool = True
+    #: which pool :meth:`stats` and :meth:`assert_clean` look at
+    backend: str = "claude"
+    #: the model :meth:`assert_serves` asks for
+    model: str = MODEL
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("timeout", 30.0)
         return httpx.AsyncClient(base_url=self.base_url, **kwargs)
 
-    async def stats(self) -> dict[str, Any]:
+    async def all_stats(self) -> dict[str, dict[str, Any]]:
+        """``/v1/stats``: every pool's statistics by backend name."""
         async with self.client() as client:
             response = await client.get("/v1/stats")
         response.raise_for_status()
-        stats: dict[str, Any] = response.json()["service"]["claude"]
-        return stats
+        pools: dict[str, dict[str, Any]] = response.json()["service"]
+        return pools
+
+    async def stats(self) -> dict[str, Any]:
+        """The statistics of :attr:`backend`'s pool."""
+        return (await self.all_stats())[self.backend]
 
     def cli_pids(self) -> set[int]:
         """Every fake CLI process (and grandchild) ever started by this server."""
@@ -186,10 +196,10 @@ class E2EServer:
         raise AssertionError(f"stats never matched: {stats}")
 
     async def assert_clean(self, *, settle: float = 15.0) -> dict[str, Any]:
-        """Full capacity back (nothing in flight but parked conversations) and no CLI
-        process beyond the pool's live workers."""
+        """Full capacity back in every pool (nothing in flight but parked conversations)
+        and no CLI process beyond the pools' live workers. Returns :attr:`backend`'s stats."""
 
-        def settled(s: dict[str, Any]) -> bool:
+        def pool_settled(s: dict[str, Any]) -> bool:
             # a parked worker holds a finished conversation the client may continue; it
             # holds a permit but gives it up under pressure, so it counts as capacity
             return (
@@ -198,35 +208,42 @@ class E2EServer:
                 and s["booting"] == 0
                 and all(w["state"] in ("idle", "parked") for w in s["workers"])
                 and len(s["workers"]) >= 1
-                and not any(
-                    alive(p) and pgid_of(p) not in _worker_pids(s)
-                    for p in self.cli_pids() - _worker_pids(s)
-                )
             )
 
-        stats = await self.wait_stats(settled, settle)
-        workers = _worker_pids(stats)
-        for pid in workers:
-            assert alive(pid), f"worker {pid} reported by statistics() is not alive"
-        if self.fake:
+        def stray(workers: set[int]) -> dict[int, str]:
             # a grandchild may live as long as the worker whose group it is in
-            leaked = {
+            return {
                 p: cmdline(p)
                 for p in self.cli_pids() - workers
                 if alive(p) and pgid_of(p) not in workers
             }
-            assert not leaked, f"CLI processes outside the pool: {leaked}"
+
+        pools: dict[str, dict[str, Any]] = {}
+        with trio.move_on_after(settle):
+            while True:
+                pools = await self.all_stats()
+                workers = set().union(*(_worker_pids(s) for s in pools.values()))
+                if all(pool_settled(s) for s in pools.values()) and not stray(workers):
+                    break
+                await trio.sleep(0.05)
+        assert all(pool_settled(s) for s in pools.values()), f"pools never settled: {pools}"
+        workers = set().union(*(_worker_pids(s) for s in pools.values()))
+        for pid in workers:
+            assert alive(pid), f"worker {pid} reported by statistics() is not alive"
+        if self.fake:
+            leaked = stray(workers)
+            assert not leaked, f"CLI processes outside the pools: {leaked}"
         others = {p: cmdline(p) for p in children_of(os.getpid()) if p not in workers}
         others = {p: c for p, c in others.items() if "clibridge._janitor" not in c}
         assert not others, f"unexpected children of the server: {others}"
-        return stats
+        return pools[self.backend]
 
     async def assert_serves(self, text: str = "follow-up") -> None:
         """A follow-up request succeeds (the pool is usable again)."""
         async with self.client() as client:
             response = await client.post(
                 "/v1/chat/completions",
-                json={"model": MODEL, "messages": [{"role": "user", "content": text}]},
+                json={"model": self.model, "messages": [{"role": "user", "content": text}]},
             )
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["finish_reason"] == "stop"
@@ -264,6 +281,7 @@ async def open_e2e_server(
     command: tuple[str, ...] = FAKE_CLAUDE_COMMAND,
     environ: Mapping[str, str] | None = None,
     fake: bool = True,
+    codex: tuple[str, ...] | None = None,
 ) -> AsyncIterator[E2EServer]:
     """The real server in this trio loop; on exit: drain, then no process may survive."""
     os.makedirs(tmp, exist_ok=True)
@@ -277,7 +295,7 @@ async def open_e2e_server(
             env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
     env.update(environ or {})
     config = make_config(tmp, pool=pool, claude=claude, server=server)
-    choice = BackendChoice(claude=command, codex=None, fake=fake, notes=())
+    choice = BackendChoice(claude=command, codex=codex, fake=fake, notes=())
     shutdown = ShutdownEvent()
     before = set(children_of(os.getpid()))
     all_children: set[int] = set()

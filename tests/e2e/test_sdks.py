@@ -18,9 +18,10 @@ import openai
 import pytest
 import trio
 
+from clibridge._supervisor import FAKE_CODEX_COMMAND
 from clibridge.testing.model_stub import ModelStub
 
-from .conftest import MODEL, E2EServer, open_e2e_server, open_real_server
+from .conftest import CODEX_MODEL, MODEL, E2EServer, open_e2e_server, open_real_server
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -39,16 +40,17 @@ class Flavor:
     """The prompt that makes the CLI answer :data:`TEXT` with known usage."""
 
     prompt: str
+    model: str = MODEL
 
     @classmethod
-    def fake(cls) -> Flavor:
+    def fake(cls, model: str = MODEL) -> Flavor:
         fields = {
             "reply": TEXT,
             "chunk_chars": 3,
             "input_tokens": INPUT_TOKENS,
             "output_tokens": OUTPUT_TOKENS,
         }
-        return cls(f"@fake {json.dumps(fields)}\nsay hi")
+        return cls(f"@fake {json.dumps(fields)}\nsay hi", model)
 
     @classmethod
     def stub(cls) -> Flavor:
@@ -82,14 +84,14 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
     with openai.OpenAI(
         api_key="unused", base_url=f"{base_url}/v1", max_retries=0, timeout=30
     ) as oai:
-        completion = oai.chat.completions.create(model=MODEL, messages=flavor.messages)
+        completion = oai.chat.completions.create(model=flavor.model, messages=flavor.messages)
         assert completion.choices[0].message.content == TEXT
         assert completion.choices[0].finish_reason == "stop"
         check_chat_usage(completion.usage)
 
         chunks = list(
             oai.chat.completions.create(
-                model=MODEL,
+                model=flavor.model,
                 messages=flavor.messages,
                 stream=True,
                 stream_options={"include_usage": True},
@@ -100,7 +102,7 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
         check_chat_usage(chunks[-1].usage)
 
         with oai.chat.completions.stream(
-            model=MODEL, messages=flavor.messages, stream_options={"include_usage": True}
+            model=flavor.model, messages=flavor.messages, stream_options={"include_usage": True}
         ) as chat_stream:
             deltas = [e.delta for e in chat_stream if e.type == "content.delta"]
             final = chat_stream.get_final_completion()
@@ -109,19 +111,19 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
         assert final.choices[0].finish_reason == "stop"
         check_chat_usage(final.usage)
 
-        response = oai.responses.create(model=MODEL, input=flavor.prompt)
+        response = oai.responses.create(model=flavor.model, input=flavor.prompt)
         assert response.output_text == TEXT
         assert response.status == "completed"
         check_io_usage(response.usage)
 
-        events = list(oai.responses.create(model=MODEL, input=flavor.prompt, stream=True))
+        events = list(oai.responses.create(model=flavor.model, input=flavor.prompt, stream=True))
         assert events[0].type == "response.created"
         assert events[-1].type == "response.completed"
         streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
         assert streamed == TEXT
         check_io_usage(events[-1].response.usage)
 
-        with oai.responses.stream(model=MODEL, input=flavor.prompt) as resp_stream:
+        with oai.responses.stream(model=flavor.model, input=flavor.prompt) as resp_stream:
             for _event in resp_stream:
                 pass
             final_response = resp_stream.get_final_response()
@@ -129,13 +131,15 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
         check_io_usage(final_response.usage)
 
     with anthropic.Anthropic(api_key="unused", base_url=base_url, max_retries=0, timeout=30) as ant:
-        message = ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages)
+        message = ant.messages.create(model=flavor.model, max_tokens=100, messages=flavor.messages)
         assert [b.text for b in message.content if b.type == "text"] == [TEXT]
         assert message.stop_reason == "end_turn"
         check_io_usage(message.usage)
 
         raw_events = list(
-            ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages, stream=True)
+            ant.messages.create(
+                model=flavor.model, max_tokens=100, messages=flavor.messages, stream=True
+            )
         )
         assert raw_events[0].type == "message_start"
         assert raw_events[-1].type == "message_stop"
@@ -144,7 +148,7 @@ def run_sync_clients(base_url: str, flavor: Flavor) -> int:
         assert delta.usage.output_tokens == OUTPUT_TOKENS
 
         with ant.messages.stream(
-            model=MODEL, max_tokens=100, messages=flavor.messages
+            model=flavor.model, max_tokens=100, messages=flavor.messages
         ) as msg_stream:
             text = "".join(msg_stream.text_stream)
             final_message = msg_stream.get_final_message()
@@ -159,13 +163,13 @@ async def run_async_clients(base_url: str, flavor: Flavor) -> int:
     async with openai.AsyncOpenAI(
         api_key="unused", base_url=f"{base_url}/v1", max_retries=0, timeout=30
     ) as oai:
-        completion = await oai.chat.completions.create(model=MODEL, messages=flavor.messages)
+        completion = await oai.chat.completions.create(model=flavor.model, messages=flavor.messages)
         assert completion.choices[0].message.content == TEXT
         assert completion.choices[0].finish_reason == "stop"
         check_chat_usage(completion.usage)
 
         stream = await oai.chat.completions.create(
-            model=MODEL,
+            model=flavor.model,
             messages=flavor.messages,
             stream=True,
             stream_options={"include_usage": True},
@@ -176,7 +180,7 @@ async def run_async_clients(base_url: str, flavor: Flavor) -> int:
         check_chat_usage(chunks[-1].usage)
 
         async with oai.chat.completions.stream(
-            model=MODEL, messages=flavor.messages, stream_options={"include_usage": True}
+            model=flavor.model, messages=flavor.messages, stream_options={"include_usage": True}
         ) as chat_stream:
             async for _event in chat_stream:
                 pass
@@ -184,11 +188,11 @@ async def run_async_clients(base_url: str, flavor: Flavor) -> int:
         assert final.choices[0].message.content == TEXT
         check_chat_usage(final.usage)
 
-        response = await oai.responses.create(model=MODEL, input=flavor.prompt)
+        response = await oai.responses.create(model=flavor.model, input=flavor.prompt)
         assert response.output_text == TEXT
         check_io_usage(response.usage)
 
-        async with oai.responses.stream(model=MODEL, input=flavor.prompt) as resp_stream:
+        async with oai.responses.stream(model=flavor.model, input=flavor.prompt) as resp_stream:
             async for _event in resp_stream:
                 pass
             final_response = await resp_stream.get_final_response()
@@ -199,13 +203,15 @@ async def run_async_clients(base_url: str, flavor: Flavor) -> int:
     async with anthropic.AsyncAnthropic(
         api_key="unused", base_url=base_url, max_retries=0, timeout=30
     ) as ant:
-        message = await ant.messages.create(model=MODEL, max_tokens=100, messages=flavor.messages)
+        message = await ant.messages.create(
+            model=flavor.model, max_tokens=100, messages=flavor.messages
+        )
         assert [b.text for b in message.content if b.type == "text"] == [TEXT]
         assert message.stop_reason == "end_turn"
         check_io_usage(message.usage)
 
         async with ant.messages.stream(
-            model=MODEL, max_tokens=100, messages=flavor.messages
+            model=flavor.model, max_tokens=100, messages=flavor.messages
         ) as msg_stream:
             text = "".join([t async for t in msg_stream.text_stream])
             final_message = await msg_stream.get_final_message()
@@ -227,6 +233,12 @@ async def run_all(server: E2EServer, flavor: Flavor) -> int:
 async def test_sdks_on_fake_claude(tmp_path: Path) -> None:
     async with open_e2e_server(tmp_path) as server:
         await run_all(server, Flavor.fake())
+
+
+async def test_sdks_on_fake_codex(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, codex=FAKE_CODEX_COMMAND) as server:
+        server.backend, server.model = "codex", CODEX_MODEL
+        await run_all(server, Flavor.fake(CODEX_MODEL))
 
 
 @pytest.mark.realcli

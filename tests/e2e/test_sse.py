@@ -1,6 +1,6 @@
-"""Per-dialect SSE conformance against the whole server on the fake claude: the exact event
-order and the fields each event must carry, for a turn with thinking and chunked text, and
-for a turn whose CLI dies after the stream started."""
+"""Per-dialect SSE conformance against the whole server on the fake claude and on the fake
+codex: the exact event order and the fields each event must carry, for a turn with thinking
+and chunked text, and for a turn whose CLI dies after the stream started."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import MODEL, E2EServer, open_e2e_server
+from clibridge._supervisor import FAKE_CODEX_COMMAND
+
+from .conftest import CODEX_MODEL, MODEL, E2EServer, open_e2e_server
 
 THINKING_TURN = (
     '@fake {"reply": "abcdefgh", "chunk_chars": 3, "thinking": "mull it over",'
@@ -35,22 +37,22 @@ def parse_sse(raw: str) -> list[tuple[str | None, str]]:
     return frames
 
 
-def body(dialect: str, text: str) -> tuple[str, dict[str, Any]]:
+def body(dialect: str, text: str, model: str = MODEL) -> tuple[str, dict[str, Any]]:
     messages = [{"role": "user", "content": text}]
     if dialect == "chat":
         return "/v1/chat/completions", {
-            "model": MODEL,
+            "model": model,
             "stream": True,
             "stream_options": {"include_usage": True},
             "messages": messages,
         }
     if dialect == "responses":
-        return "/v1/responses", {"model": MODEL, "stream": True, "input": text}
-    return "/v1/messages", {"model": MODEL, "stream": True, "max_tokens": 50, "messages": messages}
+        return "/v1/responses", {"model": model, "stream": True, "input": text}
+    return "/v1/messages", {"model": model, "stream": True, "max_tokens": 50, "messages": messages}
 
 
 async def stream(server: E2EServer, dialect: str, text: str) -> list[tuple[str | None, str]]:
-    path, payload = body(dialect, text)
+    path, payload = body(dialect, text, server.model)
     async with server.client() as client:
         response = await client.post(path, json=payload)
     assert response.status_code == 200
@@ -60,10 +62,17 @@ async def stream(server: E2EServer, dialect: str, text: str) -> list[tuple[str |
     return parse_sse(response.text)
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[E2EServer]:
-    async with open_e2e_server(tmp_path) as running:
-        yield running
+@pytest.fixture(params=["claude", "codex"])
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E2EServer]:
+    """The server on the fake claude, or with the fake codex next to it (then the requests
+    name a codex model and the checks look at the codex pool)."""
+    if request.param == "claude":
+        async with open_e2e_server(tmp_path) as running:
+            yield running
+    else:
+        async with open_e2e_server(tmp_path, codex=FAKE_CODEX_COMMAND) as running:
+            running.backend, running.model = "codex", CODEX_MODEL
+            yield running
 
 
 async def test_chat_completions_sequence(server: E2EServer) -> None:
@@ -75,7 +84,7 @@ async def test_chat_completions_sequence(server: E2EServer) -> None:
     assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
     for c in chunks:
         assert c["object"] == "chat.completion.chunk"
-        assert c["model"] == MODEL
+        assert c["model"] == server.model
         assert isinstance(c["created"], int)
     *choice_chunks, usage_chunk = chunks
     deltas = [c["choices"][0]["delta"] for c in choice_chunks]
@@ -97,7 +106,7 @@ async def test_chat_completions_sequence(server: E2EServer) -> None:
 
 
 async def test_chat_completions_without_include_usage(server: E2EServer) -> None:
-    path, payload = body("chat", "hi")
+    path, payload = body("chat", "hi", server.model)
     del payload["stream_options"]
     async with server.client() as client:
         response = await client.post(path, json=payload)
@@ -175,7 +184,7 @@ async def test_anthropic_messages_sequence(server: E2EServer) -> None:
     text = "".join(e["delta"].get("text", "") for e in blocks if e["type"] == "content_block_delta")
     assert (thinking, text) == ("mull it over", "abcdefgh")
     start = events[0]["message"]
-    assert start["role"] == "assistant" and start["model"] == MODEL
+    assert start["role"] == "assistant" and start["model"] == server.model
     assert start["id"].startswith("msg_") and start["content"] == []
     delta = events[-2]
     assert delta["delta"]["stop_reason"] == "end_turn"
