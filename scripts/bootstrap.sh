@@ -12,8 +12,18 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 stamp="$venv/.clibridge-installed"
-want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) [$extras]"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+hash="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# up to date when pyproject.toml is unchanged and the installed extras cover the wanted ones
+# ("dev" includes everything; no extras are covered by any install)
+case "$have" in
+  "$hash [dev]") current=yes ;;
+  "$hash [$extras]") current=yes ;;
+  "$hash ["*"]") [ -z "$extras" ] && current=yes || current=no ;;
+  *) current=no ;;
+esac
+want="$hash [$extras]"
+if [ "$current" != yes ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   spec="$root"
   [ -n "$extras" ] && spec="$root[$extras]"

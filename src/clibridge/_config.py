@@ -35,8 +35,9 @@ class PoolConfig:
     turn_timeout: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
     stream_idle_timeout: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
     ready_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    #: retire a worker after this many turns / seconds of life
+    #: retire a worker after this many turns
     max_turns: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    #: retire a worker after this many seconds of life
     max_age: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     #: after an interrupt, how long the CLI has to end the turn before it is killed
     interrupt_grace: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
@@ -108,7 +109,7 @@ class Config:
     codex: CodexConfig = CodexConfig()
     #: which backends to run: "auto" detects logged-in CLIs and falls back to the bundled fake
     backend: Literal["auto", "claude", "codex", "fake", "both"] = "auto"
-    #: where spawn homes, logs and the janitor live (platformdirs' user state dir if None)
+    #: where the CLIs' spawn homes live (platformdirs' user state dir if None)
     state_dir: Path | None = None
     #: model alias -> "backend:cli-model-id" overrides on top of the built-in table
     models: dict[str, str] = attrs.field(factory=dict)

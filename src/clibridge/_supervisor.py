@@ -335,14 +335,28 @@ def run(config: Config, environ: Mapping[str, str] | None = None) -> int:
     choice = choose_backends(config, env)
     try:
         return trio.run(partial(serve, config, choice, env))
+    except KeyboardInterrupt:
+        return _stopped_hard()
     except BaseExceptionGroup as group:
-        # the usual one: the port is taken. Say so plainly, no traceback.
-        matched, rest = group.split(OSError)
-        if matched is None or rest is not None:
+        if _only(group, KeyboardInterrupt):
+            return _stopped_hard()
+        if not _only(group, OSError):
             raise
-        for exc in _leaves(matched):
-            print(f"clibridge: error: {exc}", file=sys.stderr)
+        # the usual one: the port is taken. Say so plainly, no traceback.
+        where = f"{config.server.host}:{config.server.port}"
+        for exc in _leaves(group):
+            print(f"clibridge: error: cannot serve on {where}: {exc}", file=sys.stderr)
         return 2
+
+
+def _stopped_hard() -> int:
+    # a second SIGTERM / SIGINT during the drain: stopped at once (workers were torn down)
+    print("clibridge: stopped before the drain finished", file=sys.stderr)
+    return 130
+
+
+def _only(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> bool:
+    return all(isinstance(exc, kind) for exc in _leaves(group))
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
