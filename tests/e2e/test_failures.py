@@ -290,3 +290,20 @@ async def test_disconnect_while_streaming_cli_ignores_interrupt(tmp_path: Path) 
             await server.wait_stats(lambda s: s["in_flight"] == s["parked"], within=10)
             await finish(server)
             assert not alive(victim)
+
+
+async def test_disconnect_during_a_non_streaming_turn(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path) as server:
+        with trio.fail_after(30):
+            slow = '@fake {"reply": "' + "q" * 100 + '", "chunk_chars": 2, "chunk_delay": 0.05}\nhi'
+            stream = await open_raw(server, chat(slow))
+            await server.wait_stats(lambda s: any(w["state"] == "busy" for w in s["workers"]))
+            await stream.aclose()
+            await server.wait_stats(lambda s: s["in_flight"] == s["parked"], within=10)
+            await finish(server)
+        subtypes = [
+            line.get("request", {}).get("subtype")
+            for line in server.stdin_lines()
+            if isinstance(line, dict) and line.get("type") == "control_request"
+        ]
+        assert "interrupt" in subtypes

@@ -217,3 +217,17 @@ async def test_failure_after_stream_started(server: E2EServer, dialect: str) -> 
         assert errors[-1]["error"]["message"]
     await server.assert_clean()
     await server.assert_serves()
+
+
+async def test_keepalive_comments_while_the_cli_is_silent(tmp_path: Path) -> None:
+    server_config = {"keepalive_interval": 0.2}
+    async with open_e2e_server(tmp_path, server=server_config) as server:
+        path, payload = body("anthropic", '@fake {"first_delay": 1.0}\nhi')
+        async with server.client() as client:
+            response = await client.post(path, json=payload)
+        raw = response.text
+        assert raw.count(": keepalive") >= 2
+        # the keepalives come before the first content and the stream still ends properly
+        assert raw.index(": keepalive") < raw.index("content_block_delta")
+        assert parse_sse(raw)[-1][0] == "message_stop"
+        await server.assert_clean()
