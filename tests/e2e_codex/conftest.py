@@ -158,7 +158,10 @@ class CodexServer:
         ]
 
     async def assert_full_capacity(self, *, workers: int = 1) -> dict[str, Any]:
-        """Nothing in flight or queued, ``workers`` idle workers, no CLI outside the pool."""
+        """Nothing in flight or queued, ``workers`` idle workers, no CLI outside the pool.
+
+        ``workers=0`` after a crash with no spares: the replacement boots on demand.
+        """
 
         def settled(s: dict[str, Any]) -> bool:
             return (
