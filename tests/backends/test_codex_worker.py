@@ -32,6 +32,8 @@ from clibridge._events import (
     Request,
     TextDelta,
     TextPart,
+    ToolCallPart,
+    ToolResultPart,
     ToolSpec,
     TurnStarted,
     collect,
@@ -39,7 +41,7 @@ from clibridge._events import (
 from clibridge._pool import WorkerPool
 from clibridge._process import ChildSpec, live_group_members
 from clibridge._worker import Binding, WorkerRetired
-from clibridge.testing.codex_schema import WireChecker
+from clibridge.testing.codex_schema import WireChecker, load_schema
 
 FAKE = (sys.executable, "-m", "clibridge.testing.fake_codex")
 POOL = PoolConfig(
@@ -133,11 +135,132 @@ async def test_history_falls_back_to_a_transcript_when_inject_is_refused(tmp_pat
         assert worker.healthy
 
 
-async def test_tools_are_refused_clearly(tmp_path: Path) -> None:
+WEATHER = ToolSpec(
+    "get_weather",
+    "Get weather",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+
+
+def _calls(*cities: str) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "get_weather", "arguments": {"city": c}} for c in cities]}
+
+
+async def test_tool_calls_pause_the_thread_and_results_resume_it(tmp_path: Path) -> None:
+    """Parallel calls end the response together; the results go back as tool responses."""
     async with running(tmp_path) as worker:
-        with pytest.raises(UnsupportedFeature, match="codex backend"):
-            await _turn(worker, _request("hi", tools=(ToolSpec("f"),)))
-        assert worker.active == 0
+        worker.tool_settle = 0.1
+        req = _request(_fake({**_calls("Tokyo", "Paris"), "reply": "Done."}), tools=(WEATHER,))
+        first = collect("m", await _turn(worker, req))
+        assert first.finish.reason is FinishReason.TOOL_USE
+        assert [(c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("get_weather", {"city": "Tokyo"}),
+            ("get_weather", {"city": "Paris"}),
+        ]
+        ids = [c.id for c in first.tool_calls]
+        assert worker.paused_threads == 1 and worker.active == 0
+        assert worker.holds_paused_calls(ids) and not worker.holds_paused_calls(ids[:1])
+        results = {i: ToolResultPart(i, f"sunny {n}") for n, i in enumerate(ids)}
+        with trio.fail_after(30):
+            async with aclosing(worker.turn(req, tool_results=results)) as events:  # type: ignore[type-var]
+                second = [e async for e in events]
+        assert isinstance(second[0], TurnStarted)
+        done = collect("m", second)
+        assert done.text == "Done." and done.finish.reason is FinishReason.END_TURN
+        assert worker.paused_threads == 0 and worker.refused_requests == 0
+    sent = _recorded_stdin(tmp_path)
+    checker, schema = WireChecker(), load_schema()
+    for msg in sent:
+        if "method" in msg:
+            checker.client_sent(msg)
+        else:  # our replies to the server's item/tool/call requests
+            schema.validate_response("client", "item/tool/call", msg)
+    start = next(m for m in sent if m.get("method") == "thread/start")["params"]
+    assert start["dynamicTools"] == [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Get weather",
+            "inputSchema": WEATHER.input_schema,
+        }
+    ]
+    replies = [m for m in sent if "result" in m and "contentItems" in (m["result"] or {})]
+    assert [r["result"] for r in replies] == [
+        {"contentItems": [{"type": "inputText", "text": "sunny 0"}], "success": True},
+        {"contentItems": [{"type": "inputText", "text": "sunny 1"}], "success": True},
+    ]
+
+
+async def test_results_for_a_thread_that_is_gone_run_the_full_history(tmp_path: Path) -> None:
+    async with running(tmp_path) as worker:
+        history = (
+            Message("user", (TextPart("weather?"),)),
+            Message("assistant", (ToolCallPart("call1", "get_weather", '{"city":"Tokyo"}'),)),
+        )
+        req = Request(
+            model="m",
+            messages=(*history, Message("user", (ToolResultPart("call1", "sunny"),))),
+            tools=(WEATHER,),
+        )
+        done = collect("m", await _turn_with(worker, req, {"call_x": ToolResultPart("x", "y")}))
+        assert done.finish.reason is FinishReason.END_TURN
+    sent = _recorded_stdin(tmp_path)
+    inject = next(m for m in sent if m.get("method") == "thread/inject_items")["params"]
+    assert [i["type"] for i in inject["items"]] == [
+        "message",
+        "function_call",
+        "function_call_output",
+    ]
+    assert inject["items"][2] == {
+        "type": "function_call_output",
+        "call_id": "call1",
+        "output": "sunny",
+    }
+    turn = next(m for m in sent if m.get("method") == "turn/start")["params"]
+    assert turn["input"] == []
+
+
+async def test_dropped_paused_thread_is_interrupted_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as worker:
+        worker.tool_settle = 0.05
+        req = _request(_fake(_calls("Tokyo")), tools=(WEATHER,))
+        first = collect("m", await _turn(worker, req))
+        worker.drop_paused_calls([first.tool_calls[0].id])
+        with trio.fail_after(10):
+            while worker._threads:  # noqa: ASYNC110 (the drop runs in the worker's nursery)
+                await trio.sleep(0.01)
+        assert worker.paused_threads == 0 and worker.healthy
+        done = collect("m", await _turn(worker, _request(_fake({"reply": "next"}))))
+        assert done.text == "next"
+
+
+async def test_paused_thread_expires_after_park_ttl(tmp_path: Path) -> None:
+    pool = attrs.evolve(POOL, park_ttl=0.2, interrupt_grace=0.2)
+    async with running(tmp_path, pool) as worker:
+        worker.tool_settle = 0.05
+        await _turn(worker, _request(_fake(_calls("Tokyo")), tools=(WEATHER,)))
+        assert worker.paused_threads == 1
+        with trio.fail_after(10):
+            while worker._threads:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert worker.paused_threads == 0 and worker.healthy
+
+
+async def test_tool_call_for_a_thread_without_tools_is_refused(tmp_path: Path) -> None:
+    """A call the model makes with no client tools declared must not stall the turn."""
+    async with running(tmp_path) as worker:
+        done = collect("m", await _turn(worker, _request(_fake({"reply": "ok"}))))
+        assert done.text == "ok"
+
+
+async def _turn_with(
+    worker: CodexWorker, request: Request, results: dict[str, ToolResultPart]
+) -> list[Event]:
+    with trio.fail_after(30):
+        async with aclosing(worker.turn(request, tool_results=results)) as events:  # type: ignore[type-var]
+            return [e async for e in events]
 
 
 async def test_approval_request_is_declined_and_the_turn_goes_on(tmp_path: Path) -> None:

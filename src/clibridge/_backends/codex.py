@@ -63,8 +63,12 @@ from .._events import (
     TextPart,
     ThinkingDelta,
     ThinkingPart,
+    ToolCallDelta,
+    ToolCallEnd,
     ToolCallPart,
+    ToolCallStart,
     ToolResultPart,
+    ToolSpec,
     TurnStarted,
     Usage,
 )
@@ -162,7 +166,12 @@ def initialize_params(version: str) -> dict[str, Any]:
 
 
 def thread_start_params(
-    *, system: str, model: str | None, cwd: str, enable_cli_tools: bool = False
+    *,
+    system: str,
+    model: str | None,
+    cwd: str,
+    enable_cli_tools: bool = False,
+    tools: Sequence[ToolSpec] = (),
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
         "ephemeral": True,
@@ -175,6 +184,8 @@ def thread_start_params(
         params["model"] = model
     if not enable_cli_tools:
         params["environments"] = []  # no environment: nothing to run commands in
+    if tools:
+        params["dynamicTools"] = dynamic_tools(tools)
     return params
 
 
@@ -189,6 +200,83 @@ def turn_start_params(
 
 def interrupt_params(thread_id: str, turn_id: str) -> dict[str, Any]:
     return {"threadId": thread_id, "turnId": turn_id}
+
+
+# --------------------------------------------------------------------------- client tools
+
+#: what the Responses API (codex's upstream) accepts as a function name
+_TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_tools(request: Request) -> Request:
+    """Validate the request's tools for codex; ``tool_choice: none`` hides them.
+
+    Raises :class:`UnsupportedFeature` (400) for what codex cannot honour: a forced tool
+    choice (the app-server has no per-turn tool_choice) and tool definitions the upstream
+    would reject, naming the tool.
+    """
+    if not request.tools:
+        return request
+    choice = request.tool_choice
+    if choice.mode == "none":
+        return attrs.evolve(request, tools=())
+    if choice.mode in ("required", "tool"):
+        what = "required" if choice.mode == "required" else f"the named tool {choice.name!r}"
+        raise UnsupportedFeature(
+            f"tool_choice {what} cannot be honoured by the codex backend (codex app-server "
+            "cannot force a tool call); send tool_choice auto or none",
+            param="$.tool_choice",
+        )
+    seen: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        param = f"$.tools[{i}]"
+        if not _TOOL_NAME.fullmatch(tool.name):
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: codex accepts tool names of 1 to 64 letters, digits, "
+                "'_' or '-'; rename the tool",
+                param=param,
+            )
+        if tool.name in seen:
+            raise UnsupportedFeature(f"tool {tool.name!r} is defined twice", param=param)
+        seen.add(tool.name)
+        schema = tool.input_schema
+        if not isinstance(schema, Mapping) or schema.get("type") != "object":
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: its parameters schema must be a JSON Schema object with "
+                '"type": "object"',
+                param=param,
+            )
+        try:
+            json.dumps(schema)
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedFeature(
+                f"tool {tool.name!r}: its schema is not JSON: {exc}", param=param
+            ) from exc
+    return request
+
+
+def dynamic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """``thread/start`` ``dynamicTools``: the client's tools under the client's own names."""
+    return [
+        {
+            "type": "function",
+            "name": tool.name,
+            "description": tool.description,
+            "inputSchema": tool.input_schema,
+        }
+        for tool in tools
+    ]
+
+
+def tool_call_response(result: ToolResultPart) -> dict[str, Any]:
+    """The ``DynamicToolCallResponse`` answering an ``item/tool/call`` with a client result."""
+    return {
+        "contentItems": [{"type": "inputText", "text": result.content}],
+        "success": not result.is_error,
+    }
+
+
+TOOL_CALL_METHOD: Final = "item/tool/call"
 
 
 # --------------------------------------------------------------------------- request rendering
@@ -258,12 +346,6 @@ def _input_items(message: Message) -> list[dict[str, Any]]:
             items.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             items.append({"type": "image", "url": _image_url(part)})
-        elif isinstance(part, ToolResultPart):
-            raise UnsupportedFeature(
-                "tool results are not supported by the codex backend yet", param="$.messages"
-            )
-    if not items:
-        items.append({"type": "text", "text": ""})
     return items
 
 
@@ -281,7 +363,15 @@ def render_input(request: Request) -> RenderedInput:
     history: list[dict[str, Any]] = []
     for message in request.messages[:-1]:
         history += _history_item(message)
-    return RenderedInput(tuple(history), tuple(_input_items(last)))
+    # tool results end the conversation as function_call_output items (what the model
+    # produced them for); the turn input is then only what else the message says
+    results = tuple(p for p in last.parts if isinstance(p, ToolResultPart))
+    if results:
+        history += _history_item(Message("user", results))
+    items = _input_items(last)
+    if not items and not results:
+        items.append({"type": "text", "text": ""})
+    return RenderedInput(tuple(history), tuple(items))
 
 
 def render_transcript(request: Request) -> tuple[dict[str, Any], ...]:
@@ -528,6 +618,9 @@ class TurnTranslator:
         self.done = False
         self.turn_id: str | None = None
         self.usage = Usage()
+        #: usage already reported by responses that ended at tool calls (see :meth:`pause`)
+        self._reported = Usage()
+        self._tool_count = 0
         self._started = False
         self._last_error: Mapping[str, Any] | None = None
         #: per reasoning item: "summary" or "raw", whichever streamed first
@@ -574,6 +667,47 @@ class TurnTranslator:
             return self._completed(params)
         return []
 
+    def tool_call(self, request: ServerRequest) -> list[Event]:
+        """An ``item/tool/call`` server request -> one whole tool call of this response."""
+        params = request.params
+        arguments = params.get("arguments")
+        text = (
+            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        )
+        index = self._tool_count
+        self._tool_count += 1
+        call_id, name = str(params.get("callId", "")), str(params.get("tool", ""))
+        return [
+            *self._start(),
+            ToolCallStart(index, call_id, name),
+            ToolCallDelta(index, text),
+            ToolCallEnd(index, text),
+        ]
+
+    def pause(self) -> list[Event]:
+        """End this response at its tool calls; the thread's turn waits for the results."""
+        usage = self._since_reported()
+        self._reported = self.usage
+        return [*self._start(), Finished(FinishReason.TOOL_USE, usage)]
+
+    def resume(self) -> list[Event]:
+        """Continue the paused turn in a new response (after the tool results were sent)."""
+        self._started = False
+        self._tool_count = 0
+        return self._start()
+
+    def _since_reported(self) -> Usage:
+        a, b = self.usage, self._reported
+        return Usage(
+            input_tokens=max(a.input_tokens - b.input_tokens, 0),
+            output_tokens=max(a.output_tokens - b.output_tokens, 0),
+            cache_read_input_tokens=max(a.cache_read_input_tokens - b.cache_read_input_tokens, 0),
+            cache_creation_input_tokens=max(
+                a.cache_creation_input_tokens - b.cache_creation_input_tokens, 0
+            ),
+            reasoning_tokens=max(a.reasoning_tokens - b.reasoning_tokens, 0),
+        )
+
     def _reasoning(self, method: str, params: Mapping[str, Any]) -> list[Event]:
         delta = params.get("delta")
         if not isinstance(delta, str) or not delta:
@@ -591,9 +725,9 @@ class TurnTranslator:
         self.done = True
         status = turn.get("status")
         if status == "completed":
-            return [*self._start(), Finished(FinishReason.END_TURN, self.usage)]
+            return [*self._start(), Finished(FinishReason.END_TURN, self._since_reported())]
         if status == "interrupted":
-            return [Finished(FinishReason.CANCELLED, self.usage)]
+            return [Finished(FinishReason.CANCELLED, self._since_reported())]
         error = turn.get("error")
         if not isinstance(error, Mapping):
             error = self._last_error or {"message": f"the codex turn ended with status {status!r}"}

@@ -18,6 +18,20 @@ transcript instead), then ``turn/start`` with the reasoning effort.
 * a notification -> the channel of its thread (unbounded: a slow HTTP client never stalls
   the pump), dropped for threads nobody waits for (abandoned or unknown).
 
+Client tools: the request's tools go to ``thread/start`` as ``dynamicTools`` (the client's
+own names). A model call arrives as the server request ``item/tool/call``; the pump hands it
+to the thread's channel and the turn yields it as a whole tool call. Codex sends parallel
+calls one after the other before waiting for any reply, so the response ends
+(``Finished(TOOL_USE)``) only when no more calls come for ``tool_settle`` seconds; the
+thread then stays *paused*: its channel keeps collecting, the ``item/tool/call`` requests
+stay unanswered. ``turn(request, tool_results=...)`` (by codex's ``callId``) answers them
+(``DynamicToolCallResponse``) and streams the continuation; a call that came after the
+pause is simply the first thing the continuation reports. A paused thread nobody resumes
+within ``park_ttl`` (plus a margin: the pool reclaims its lease first) gets error replies
+and ``turn/interrupt``; ``turn(tool_results=...)`` for a thread that is gone runs the full
+history on a fresh thread instead. The pool parks such a lease as *reusable*: on a
+multiplexed worker a reclaim must not end the process and its other threads.
+
 Failures: the process exiting ends the pump, which closes every channel and wakes every
 waiter -> all in-flight turns raise :class:`~clibridge._errors.CliCrashed` with the stderr
 tail, ``healthy`` turns False and the pool replaces the worker. A turn left early (client
@@ -35,7 +49,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,9 +66,8 @@ from .._errors import (
     ProtocolError,
     RequestError,
     TurnTimeout,
-    UnsupportedFeature,
 )
-from .._events import Event, Request
+from .._events import Event, Message, Request, ToolResultPart
 from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, LineTooLong, open_child
 from .._worker import Binding, WorkerRetired, WorkerUnusable
@@ -73,6 +86,21 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 _STDERR_SETTLE: Final = 0.5
+
+
+#: what the pump hands a thread: its notifications and its ``item/tool/call`` requests
+Incoming = Notification | ServerRequest
+
+
+@attrs.define(eq=False)
+class _Paused:
+    """A thread whose turn waits for the client's tool results."""
+
+    thread_id: str
+    receive: trio.MemoryReceiveChannel[Incoming]
+    translator: TurnTranslator
+    #: the pending ``item/tool/call`` requests by codex's callId
+    calls: dict[str, ServerRequest]
 
 
 class _Waiter:
@@ -108,7 +136,13 @@ class CodexWorker:
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
-        self._threads: dict[str, trio.MemorySendChannel[Notification]] = {}
+        self._threads: dict[str, trio.MemorySendChannel[Incoming]] = {}
+        #: threads started with dynamic tools (their item/tool/call requests are routed)
+        self._tool_threads: set[str] = set()
+        #: thread id -> a turn waiting for tool results
+        self._paused: dict[str, _Paused] = {}
+        #: seconds without a further call before a response ends at its tool calls
+        self.tool_settle = 0.2
         #: thread id -> when it was abandoned
         self._abandoned: dict[str, float] = {}
         self._exited = trio.Event()
@@ -231,6 +265,12 @@ class CodexWorker:
             log.warning("codex worker %d: skipping a non-JSON line: %.200s", self.id, msg.text)
 
     async def _answer(self, request: ServerRequest) -> None:
+        if request.method == codex.TOOL_CALL_METHOD:
+            thread_id = request.thread_id or ""
+            channel = self._threads.get(thread_id)
+            if channel is not None and thread_id in self._tool_threads:
+                channel.send_nowait(request)  # the thread's turn answers it
+                return
         decline = codex.APPROVAL_DECLINES.get(request.method)
         if decline is not None:
             self.declined_approvals += 1
@@ -317,12 +357,13 @@ class CodexWorker:
 
     async def _open_thread(
         self, request: Request
-    ) -> tuple[str, trio.MemoryReceiveChannel[Notification]]:
+    ) -> tuple[str, trio.MemoryReceiveChannel[Incoming]]:
         params = codex.thread_start_params(
             system=request.system,
             model=request.model or None,
             cwd=str(self._spec.cwd or os.getcwd()),
             enable_cli_tools=self._config.enable_cli_tools,
+            tools=request.tools,
         )
         response = await self._call("thread/start", params, "thread/start")
         result = response.result if isinstance(response.result, Mapping) else {}
@@ -333,8 +374,10 @@ class CodexWorker:
                 raise ModelNotFound(f"codex refused model {request.model!r}: {message}")
             raise RequestError(f"codex refused thread/start: {message}")
         thread_id = str(thread["id"])
-        send, receive = trio.open_memory_channel[Notification](math.inf)
+        send, receive = trio.open_memory_channel[Incoming](math.inf)
         self._threads[thread_id] = send
+        if request.tools:
+            self._tool_threads.add(thread_id)
         return thread_id, receive
 
     async def _input_for(self, thread_id: str, request: Request) -> tuple[dict[str, Any], ...]:
@@ -358,45 +401,71 @@ class CodexWorker:
             self._inject_supported = False
         return codex.render_transcript(request)
 
-    async def turn(self, request: Request) -> AsyncIterator[Event]:
-        """One request on its own ephemeral thread; see the module doc."""
-        if request.tools:
-            raise UnsupportedFeature(
-                "client tools are not supported by the codex backend yet", param="$.tools"
-            )
-        codex.render_input(request)  # refuse a bad conversation before touching the CLI
+    async def turn(
+        self,
+        request: Request,
+        *,
+        messages: Sequence[Message] | None = None,
+        tool_results: Mapping[str, ToolResultPart] | None = None,
+    ) -> AsyncIterator[Event]:
+        """One request's events; see the module doc.
+
+        Plain: a fresh ephemeral thread with all of ``request.messages``. ``tool_results``
+        (by codex's callId): answer the paused thread's calls and stream the continuation,
+        or, when that thread is gone, the plain path. ``messages`` (continuing a finished
+        turn) is not supported: every finished codex turn ends its thread.
+        """
+        if messages is not None:
+            raise WorkerUnusable("codex workers do not continue finished turns")
+        paused = self._take_paused(tool_results) if tool_results is not None else None
+        if paused is None:
+            if tool_results is not None:
+                log.info("codex worker %d: the paused thread is gone; full history", self.id)
+            codex.render_input(request)  # refuse a bad conversation before touching the CLI
         if not self.healthy or self._exited.is_set():
             raise WorkerUnusable(f"codex worker {self.id} is not usable")
         self.active += 1
         self.turns += 1
         pool = self._pool
         deadline = trio.current_time() + pool.turn_timeout
-        translator = TurnTranslator(request.model, self._config.login_hint)
         thread_id: str | None = None
-        receive: trio.MemoryReceiveChannel[Notification] | None = None
+        receive: trio.MemoryReceiveChannel[Incoming] | None = None
+        translator = TurnTranslator(request.model, self._config.login_hint)
+        now_paused = False
         try:
-            thread_id, receive = await self._open_thread(request)
-            items = await self._input_for(thread_id, request)
-            response = await self._call(
-                "turn/start",
-                codex.turn_start_params(thread_id, items, request.reasoning_effort),
-                "turn/start",
-            )
-            if response.error is not None:
-                raise RequestError(f"codex refused turn/start: {response.error_message}")
-            turn = response.result.get("turn") if isinstance(response.result, Mapping) else None
-            if isinstance(turn, Mapping) and isinstance(turn.get("id"), str):
-                translator.set_turn_id(str(turn["id"]))
+            if paused is not None:
+                assert tool_results is not None
+                thread_id, receive, translator = paused.thread_id, paused.receive, paused.translator
+                for event in translator.resume():
+                    yield event
+                await self._answer_tool_calls(paused.calls, tool_results)
+            else:
+                thread_id, receive = await self._open_thread(request)
+                await self._start_turn(thread_id, request, translator)
+            calls: dict[str, ServerRequest] = {}
+            starting: set[str] = set()  # dynamicToolCall items whose request has not come
+            settle_at = math.inf
             while not translator.done:
                 idle_deadline = trio.current_time() + pool.stream_idle_timeout
-                note: Notification | None = None
-                with trio.move_on_at(min(deadline, idle_deadline)):
+                msg: Incoming | None = None
+                with trio.move_on_at(min(deadline, idle_deadline, settle_at)):
                     try:
-                        note = await receive.receive()
+                        msg = await receive.receive()
                     except trio.EndOfChannel:
                         raise await self._crashed("a turn") from None
-                if note is None:
-                    if trio.current_time() >= deadline:
+                now = trio.current_time()
+                if msg is None:
+                    if calls and now >= settle_at and not starting:
+                        # set before yielding Finished: a consumer that stops there must
+                        # not interrupt the turn codex keeps waiting in
+                        self._pause(_Paused(thread_id, receive, translator, calls))
+                        now_paused = True
+                        for event in translator.pause():
+                            yield event
+                        return
+                    if now < min(deadline, idle_deadline):
+                        continue  # settle time passed while a started call is still coming
+                    if now >= deadline:
                         raise TurnTimeout(
                             f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)"
                         )
@@ -404,30 +473,146 @@ class CodexWorker:
                         f"the codex CLI said nothing for {pool.stream_idle_timeout:g} s "
                         "(stream_idle_timeout)"
                     )
-                for event in translator.feed(note):
+                if isinstance(msg, ServerRequest):
+                    call_id = str(msg.params.get("callId", ""))
+                    calls[call_id] = msg
+                    starting.discard(call_id)
+                    events = translator.tool_call(msg)
+                else:
+                    item = msg.params.get("item")
+                    if (
+                        msg.method == "item/started"
+                        and isinstance(item, Mapping)
+                        and item.get("type") == "dynamicToolCall"
+                        and str(item.get("id")) not in calls
+                    ):
+                        starting.add(str(item.get("id")))
+                    events = translator.feed(msg)
+                if calls:
+                    settle_at = now + self.tool_settle  # more calls may follow
+                for event in events:
                     yield event
         finally:
             try:
                 if (
                     thread_id is not None
                     and receive is not None
+                    and not now_paused
                     and not translator.done
                     and not self._exited.is_set()
                 ):
                     await self._interrupt(thread_id, translator, receive)
             finally:
-                if thread_id is not None:
-                    channel = self._threads.pop(thread_id, None)
-                    if channel is not None:
-                        channel.close()
+                if thread_id is not None and not now_paused:
+                    self._end_thread(thread_id)
                 self.active -= 1
                 self._maybe_retire_self()
+
+    async def _start_turn(
+        self, thread_id: str, request: Request, translator: TurnTranslator
+    ) -> None:
+        items = await self._input_for(thread_id, request)
+        response = await self._call(
+            "turn/start",
+            codex.turn_start_params(thread_id, items, request.reasoning_effort),
+            "turn/start",
+        )
+        if response.error is not None:
+            raise RequestError(f"codex refused turn/start: {response.error_message}")
+        turn = response.result.get("turn") if isinstance(response.result, Mapping) else None
+        if isinstance(turn, Mapping) and isinstance(turn.get("id"), str):
+            translator.set_turn_id(str(turn["id"]))
+
+    def _end_thread(self, thread_id: str) -> None:
+        self._tool_threads.discard(thread_id)
+        channel = self._threads.pop(thread_id, None)
+        if channel is not None:
+            channel.close()
+
+    # ------------------------------------------------------------------ paused threads
+
+    @property
+    def paused_threads(self) -> int:
+        return len(self._paused)
+
+    def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        """True when ``call_ids`` are exactly the pending calls of one paused thread."""
+        wanted = set(call_ids)
+        return any(set(p.calls) == wanted for p in self._paused.values()) if wanted else False
+
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> None:
+        """The client went another way: end the paused thread holding these calls."""
+        wanted = set(call_ids)
+        for thread_id, paused in list(self._paused.items()):
+            if wanted & set(paused.calls):
+                del self._paused[thread_id]
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._abandon_paused, paused)
+
+    def _pause(self, paused: _Paused) -> None:
+        self._paused[paused.thread_id] = paused
+        if self._nursery is not None:
+            self._nursery.start_soon(self._expire_paused, paused)
+
+    def _take_paused(self, results: Mapping[str, ToolResultPart]) -> _Paused | None:
+        for thread_id, paused in self._paused.items():
+            if set(paused.calls) <= set(results) and paused.calls:
+                del self._paused[thread_id]
+                return paused
+        return None
+
+    async def _expire_paused(self, paused: _Paused) -> None:
+        # the pool reclaims the parked lease at park_ttl; the margin keeps a request that
+        # resumes just in time from finding its thread gone
+        await trio.sleep(self._pool.park_ttl + self._pool.interrupt_grace + 1.0)
+        if self._paused.get(paused.thread_id) is paused:
+            del self._paused[paused.thread_id]
+            log.info(
+                "codex worker %d: no tool results for thread %s within park_ttl; ending it",
+                self.id,
+                paused.thread_id,
+            )
+            await self._abandon_paused(paused)
+
+    async def _abandon_paused(self, paused: _Paused) -> None:
+        """Answer the pending calls with errors and interrupt the turn (bounded, shielded)."""
+        with trio.CancelScope(shield=True):
+            try:
+                for request in paused.calls.values():
+                    if self._exited.is_set():
+                        break
+                    with contextlib.suppress(BridgeError):
+                        await self._send(
+                            codex.result_line(
+                                request.id,
+                                {
+                                    "contentItems": [
+                                        {"type": "inputText", "text": "no result: call abandoned"}
+                                    ],
+                                    "success": False,
+                                },
+                            )
+                        )
+                if not paused.translator.done and not self._exited.is_set():
+                    await self._interrupt(paused.thread_id, paused.translator, paused.receive)
+            finally:
+                self._end_thread(paused.thread_id)
+                self._maybe_retire_self()
+
+    async def _answer_tool_calls(
+        self, calls: Mapping[str, ServerRequest], results: Mapping[str, ToolResultPart]
+    ) -> None:
+        for call_id, request in calls.items():
+            result = results.get(call_id)
+            if result is None:  # the supervisor matched every call; defensive
+                result = ToolResultPart(call_id, "no result was sent for this call", True)
+            await self._send(codex.result_line(request.id, codex.tool_call_response(result)))
 
     async def _interrupt(
         self,
         thread_id: str,
         translator: TurnTranslator,
-        receive: trio.MemoryReceiveChannel[Notification],
+        receive: trio.MemoryReceiveChannel[Incoming],
     ) -> None:
         """Stop the thread's turn; abandon the thread if it does not end in interrupt_grace."""
         with trio.CancelScope(shield=True):
@@ -437,7 +622,9 @@ class CodexWorker:
                     while translator.turn_id is None:
                         # the turn/start reply or turn/started has not come yet
                         note = await receive.receive()
-                        if note.method == "turn/completed":
+                        if isinstance(note, ServerRequest):
+                            await self._refuse_tool_call(note)
+                        elif note.method == "turn/completed":
                             ended = True
                             break
                         if note.method == "turn/started":
@@ -453,7 +640,9 @@ class CodexWorker:
                             )
                         )
                         async for note in receive:
-                            if note.method == "turn/completed":
+                            if isinstance(note, ServerRequest):
+                                await self._refuse_tool_call(note)
+                            elif note.method == "turn/completed":
                                 ended = True
                                 break
                 except (BridgeError, trio.EndOfChannel):
@@ -467,6 +656,14 @@ class CodexWorker:
                 self._abandoned[thread_id] = trio.current_time()
                 if self._nursery is not None:
                     self._nursery.start_soon(self._watch_abandoned, thread_id)
+
+    async def _refuse_tool_call(self, request: ServerRequest) -> None:
+        """A call that comes while the turn is being stopped: answer it so the turn can end."""
+        reply = {
+            "contentItems": [{"type": "inputText", "text": "the turn was interrupted"}],
+            "success": False,
+        }
+        await self._send(codex.result_line(request.id, reply))
 
     async def _watch_abandoned(self, thread_id: str) -> None:
         await trio.sleep(self._pool.interrupt_grace)
