@@ -108,6 +108,10 @@ class Supervisor:
             from ._backends.claude import check_tools
 
             request = check_tools(request)
+        elif route.backend == "codex":
+            from ._backends.codex import check_tools as check_codex_tools
+
+            request = check_codex_tools(request)
         elif request.tool_choice.mode == "none":
             request = attrs.evolve(request, tools=())
         binding = Binding(
@@ -147,7 +151,12 @@ class Supervisor:
                     return
                 if lease is not None:
                     log.info("parked conversation does not continue this way: fresh worker")
-                    lease.retire_on_release = parked.mid_turn
+                    drop = getattr(lease.worker, "drop_paused_calls", None)
+                    if drop is not None:
+                        # multiplexed: end only the paused thread, not the process
+                        drop(cli for _, cli in parked.pending)
+                    else:
+                        lease.retire_on_release = parked.mid_turn
         async with pool.lease(binding) as lease:
             events = tracker.events(lease.worker.turn(request))
             try:
@@ -181,7 +190,7 @@ class Supervisor:
 
 #: backends whose workers keep a conversation between requests (``turn(messages=...,
 #: tool_results=...)``, ``paused``)
-CONTINUABLE_BACKENDS = frozenset({"claude"})
+CONTINUABLE_BACKENDS = frozenset({"claude", "codex"})
 
 
 class _Tracker:
@@ -224,6 +233,15 @@ class _Tracker:
         parked = self._parked
         worker = lease.worker
         if parked is None or not worker.healthy:
+            return
+        holds = getattr(worker, "holds_paused_calls", None)
+        if holds is not None:
+            # a multiplexed (codex) worker: only a thread waiting for tool results parks,
+            # and a reclaim must not retire the process serving other threads (the worker
+            # ends the paused thread itself after park_ttl)
+            if parked.mid_turn and holds(cli for _, cli in parked.pending):
+                lease.park(parked.key, reusable=True)
+                table.add(parked)
             return
         if bool(getattr(worker, "paused", False)) != parked.mid_turn:
             return  # e.g. a tool_use stop the worker did not pause on: nothing to resume

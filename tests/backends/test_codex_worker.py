@@ -21,7 +21,6 @@ from clibridge._errors import (
     CliCrashed,
     LoginExpired,
     TurnTimeout,
-    UnsupportedFeature,
     UpstreamOverloaded,
     UpstreamRateLimited,
 )
