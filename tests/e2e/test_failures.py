@@ -113,6 +113,29 @@ async def test_boot_that_never_becomes_ready(tmp_path: Path) -> None:
             assert all(not alive(p) for p in server.cli_pids() - booting)
 
 
+async def test_crash_loop_at_boot_is_503_with_the_cli_stderr(tmp_path: Path) -> None:
+    pool = attrs.evolve(FAST_POOL, crash_loop_threshold=3)
+    scenario = {"default": {"crash_at_boot": True}}
+    async with open_e2e_server(tmp_path, scenario=scenario, pool=pool) as server:
+        with trio.fail_after(30):
+            await server.wait_stats(lambda s: s["boot_failures"] >= 3)
+            t0 = trio.current_time()
+            response = await post(server, CHAT, chat("hi"))
+            assert trio.current_time() - t0 < 1  # fails fast, no queue wait
+            assert response.status_code == 503
+            assert "retry-after" in response.headers
+            # the tail of the CLI's stderr reaches the operator
+            assert "fake claude crashed at boot" in response.json()["error"]["message"]
+            async with server.client() as client:
+                ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "crash-looping" in ready.json()["reason"]
+            stats = await server.stats()
+            assert stats["in_flight"] == 0
+            # every crashed boot is reaped; at most the one booting now is alive
+            assert sum(alive(p) for p in server.cli_pids()) <= 1
+
+
 async def test_garbage_line_frees_the_slot(tmp_path: Path) -> None:
     async with open_e2e_server(tmp_path) as server:
         with trio.fail_after(30):
