@@ -397,7 +397,8 @@ async def serve(
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
 
-    shutdown = shutdown or trio.Event()
+    if shutdown is None:
+        shutdown = trio.Event()
     home = state_dir(config)
     home.mkdir(parents=True, exist_ok=True)
     with Janitor.start() as janitor:
