@@ -231,3 +231,41 @@ async def test_keepalive_comments_while_the_cli_is_silent(tmp_path: Path) -> Non
         assert raw.index(": keepalive") < raw.index("content_block_delta")
         assert parse_sse(raw)[-1][0] == "message_stop"
         await server.assert_clean()
+
+
+FINISH = {
+    # CLI stop_reason: (chat finish_reason, responses status, anthropic stop_reason)
+    "end_turn": ("stop", "completed", "end_turn"),
+    "max_tokens": ("length", "incomplete", "max_tokens"),
+    "stop_sequence": ("stop", "completed", "stop_sequence"),
+}
+
+
+async def test_finish_reasons_in_every_dialect(server: E2EServer) -> None:
+    """Streaming and not, each dialect names the CLI's stop reason its own way."""
+    # the codex app-server reports no stop reason but completion: only end_turn applies
+    reasons = FINISH if server.backend == "claude" else {"end_turn": FINISH["end_turn"]}
+    async with server.client() as client:
+        for stop, (chat_reason, status, anthropic_reason) in reasons.items():
+            text = "@fake " + json.dumps({"stop_reason": stop, "reply": "done"}) + "\nhi"
+            for dialect in ("chat", "responses", "anthropic"):
+                path, payload = body(dialect, text, server.model)
+                payload["stream"] = False
+                got = (await client.post(path, json=payload)).json()
+                frames = await stream(server, dialect, text)
+                events = [json.loads(d) for _, d in frames if d != "[DONE]"]
+                if dialect == "chat":
+                    assert got["choices"][0]["finish_reason"] == chat_reason
+                    finishes = [
+                        c["choices"][0]["finish_reason"] for c in events if c.get("choices")
+                    ]
+                    assert finishes[-1] == chat_reason
+                elif dialect == "responses":
+                    assert got["status"] == status
+                    assert events[-1]["response"]["status"] == status
+                    assert events[-1]["type"] == f"response.{status}"
+                else:
+                    assert got["stop_reason"] == anthropic_reason
+                    (delta,) = [e for e in events if e["type"] == "message_delta"]
+                    assert delta["delta"]["stop_reason"] == anthropic_reason
+    await server.assert_clean()
