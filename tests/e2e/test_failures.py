@@ -330,3 +330,16 @@ async def test_disconnect_during_a_non_streaming_turn(tmp_path: Path) -> None:
             if isinstance(line, dict) and line.get("type") == "control_request"
         ]
         assert "interrupt" in subtypes
+
+
+async def test_worn_out_workers_are_replaced(tmp_path: Path) -> None:
+    """``max_turns`` retires a worker after its turns; its successor serves on, no leak."""
+    pool = attrs.evolve(FAST_POOL, workers=1, spares=1, max_turns=2)
+    async with open_e2e_server(tmp_path, pool=pool) as server:
+        with trio.fail_after(30):
+            for i in range(5):
+                await server.assert_serves(f"conversation {i}")
+            stats = await server.assert_clean()
+        assert max(w["id"] for w in stats["workers"]) >= 3
+        assert all(w["turns"] <= 2 for w in stats["workers"])
+        assert len(server.cli_pids()) >= 3
