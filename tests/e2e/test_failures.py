@@ -343,3 +343,34 @@ async def test_worn_out_workers_are_replaced(tmp_path: Path) -> None:
         assert max(w["id"] for w in stats["workers"]) >= 3
         assert all(w["turns"] <= 2 for w in stats["workers"])
         assert len(server.cli_pids()) >= 3
+
+
+async def test_client_that_stops_reading_is_cut(tmp_path: Path) -> None:
+    """A client that never reads its stream is cut after ``send_timeout``; the slot frees."""
+    async with open_e2e_server(tmp_path, server={"send_timeout": 1.0}) as server:
+        with trio.fail_after(30):
+            host, port = server.base_url.removeprefix("http://").split(":")
+            sock = trio.socket.socket()
+            # a tiny receive window: the server's writes block after a few KB
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+            await sock.connect((host, int(port)))
+            stream = trio.SocketStream(sock)
+            big = '@fake {"large_output": 4000000, "chunk_chars": 4000}\nhi'
+            raw = json.dumps(chat(big, stream=True)).encode()
+            await stream.send_all(
+                f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(raw)}\r\n\r\n".encode()
+                + raw
+            )
+            await server.wait_stats(lambda s: any(w["state"] == "busy" for w in s["workers"]))
+            t0 = trio.current_time()
+            await server.wait_stats(lambda s: s["in_flight"] == s["parked"], within=20)
+            assert trio.current_time() - t0 < 10
+            # what was buffered arrives, then the connection ends without the stream's end
+            received = bytearray()
+            while chunk := await stream.receive_some(1 << 20):
+                received += chunk
+            assert b"data: [DONE]" not in received
+            assert 0 < len(received) < 4_000_000
+            await stream.aclose()
+            await finish(server)
