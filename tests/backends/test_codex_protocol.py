@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from clibridge._backends import codex
@@ -20,6 +21,7 @@ from clibridge._backends.codex import (
 )
 from clibridge._errors import (
     LoginExpired,
+    UnsupportedFeature,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRateLimited,
@@ -32,7 +34,9 @@ from clibridge._events import (
     Request,
     TextPart,
     ToolCallPart,
+    ToolChoice,
     ToolResultPart,
+    ToolSpec,
     collect,
 )
 from clibridge.testing.codex_schema import WireChecker
@@ -232,3 +236,100 @@ def test_client_messages_match_the_schema() -> None:
         json.loads(codex.request_line(5, "turn/interrupt", codex.interrupt_params("t", "u")))
     )
     checker.client_sent(json.loads(codex.error_line(9, "no")))
+
+
+def test_dynamic_tool_sample_pauses_at_the_calls_and_resumes() -> None:
+    """The real codex's dynamic tool flow: two item/tool/call requests, then the answer."""
+    tr = TurnTranslator("gpt-stub")
+    first: list[Event] = []
+    second: list[Event] = []
+    paused = False
+    for msg in _parse_all("codex_dynamic_tool_call"):
+        if isinstance(msg, ServerRequest) and msg.method == codex.TOOL_CALL_METHOD:
+            first += tr.tool_call(msg)
+        elif isinstance(msg, Notification) and msg.thread_id:
+            if not paused and msg.method == "item/completed" and first:
+                # the client sent the results: what the worker does at the pause
+                first += tr.pause()
+                second += tr.resume()
+                paused = True
+            (second if paused else first).extend(tr.feed(msg))
+    one, two = collect("gpt-stub", first), collect("gpt-stub", second)
+    assert one.finish.reason is FinishReason.TOOL_USE
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in one.tool_calls] == [
+        ("call_1", "lookup", {"q": "x"}),
+        ("call_2", "add", {"a": 1}),
+    ]
+    assert two.text == "Tool said ok." and two.finish.reason is FinishReason.END_TURN
+    assert not two.tool_calls
+    # usage is not counted twice: the whole turn's total is 10 in / 8 out
+    assert two.finish.usage.input_tokens + one.finish.usage.input_tokens == 10
+
+
+def test_tool_call_response_matches_the_schema() -> None:
+    checker = WireChecker()
+    request = {
+        "id": 0,
+        "method": "item/tool/call",
+        "params": {"threadId": "t", "turnId": "u", "callId": "c", "tool": "f", "arguments": {}},
+    }
+    checker.server_sent(request)
+    reply = json.loads(codex.result_line(0, codex.tool_call_response(ToolResultPart("c", "r"))))
+    checker.client_sent(reply)
+    bad = codex.tool_call_response(ToolResultPart("c", "boom", is_error=True))
+    assert bad == {"contentItems": [{"type": "inputText", "text": "boom"}], "success": False}
+
+
+def test_tool_results_at_the_end_become_history_and_the_input_is_empty() -> None:
+    req = Request(
+        model="m",
+        messages=(
+            Message("user", (TextPart("q"),)),
+            Message("assistant", (ToolCallPart("c1", "f", '{"a":1}'),)),
+            Message("user", (ToolResultPart("c1", "r"), TextPart("and now?"))),
+        ),
+    )
+    out = codex.render_input(req)
+    assert [i["type"] for i in out.history] == ["message", "function_call", "function_call_output"]
+    assert out.input == ({"type": "text", "text": "and now?"},)
+    only = attrs.evolve(
+        req, messages=(*req.messages[:2], Message("user", (ToolResultPart("c1", "r"),)))
+    )
+    assert codex.render_input(only).input == ()
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "match"),
+    [
+        ((ToolSpec("f"),), ToolChoice("required"), "tool_choice required"),
+        ((ToolSpec("f"),), ToolChoice("tool", "f"), "named tool 'f'"),
+        ((ToolSpec("bad name"),), ToolChoice(), "'bad name'"),
+        ((ToolSpec("f", input_schema={"type": "array"}),), ToolChoice(), "'f'"),
+        ((ToolSpec("f"), ToolSpec("f")), ToolChoice(), "twice"),
+    ],
+)
+def test_check_tools_refuses_what_codex_cannot_honour(
+    tools: tuple[ToolSpec, ...], choice: ToolChoice, match: str
+) -> None:
+    req = Request(model="m", messages=(Message("user", (TextPart("x"),)),), tools=tools)
+    with pytest.raises(UnsupportedFeature, match=match):
+        codex.check_tools(attrs.evolve(req, tool_choice=choice))
+
+
+def test_check_tools_none_hides_the_tools() -> None:
+    req = Request(
+        model="m",
+        messages=(Message("user", (TextPart("x"),)),),
+        tools=(ToolSpec("f"),),
+        tool_choice=ToolChoice("none"),
+    )
+    assert codex.check_tools(req).tools == ()
+    start = codex.thread_start_params(system="", model=None, cwd="/", tools=(ToolSpec("f", "d"),))
+    assert start["dynamicTools"] == [
+        {
+            "type": "function",
+            "name": "f",
+            "description": "d",
+            "inputSchema": ToolSpec("f").input_schema,
+        }
+    ]
