@@ -117,33 +117,10 @@ def read_record(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the server
 
 
-class ShutdownEvent:
-    """A trio.Event that is truthy.
-
-    Works around ``serve()`` evaluating ``shutdown or trio.Event()`` (_supervisor.py), which
-    raises NotImplementedError for a real trio.Event (see test_serve_accepts_trio_event).
-    """
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def __bool__(self) -> bool:
-        return True
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
 @attrs.define
 class E2EServer:
     base_url: str
-    shutdown: ShutdownEvent
+    shutdown: trio.Event
     record: Path
     #: pids of fake CLI processes seen so far (refreshed by :meth:`cli_pids`)
     fake: bool = True
@@ -296,7 +273,7 @@ async def open_e2e_server(
     env.update(environ or {})
     config = make_config(tmp, pool=pool, claude=claude, server=server)
     choice = BackendChoice(claude=command, codex=codex, fake=fake, notes=())
-    shutdown = ShutdownEvent()
+    shutdown = trio.Event()
     before = set(children_of(os.getpid()))
     all_children: set[int] = set()
     serve_done = trio.Event()

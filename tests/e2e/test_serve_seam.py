@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 
 from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
@@ -13,16 +12,9 @@ from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
 from .conftest import make_config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_supervisor.serve() evaluates `shutdown = shutdown or trio.Event()`; "
-        "trio.Event.__bool__ raises NotImplementedError, so passing a real trio.Event "
-        "(the documented way to stop it) crashes at once. Fix: "
-        "`if shutdown is None: shutdown = trio.Event()`."
-    ),
-)
 async def test_serve_accepts_a_trio_event(tmp_path: Path) -> None:
+    """Regression: serve() evaluated ``shutdown or trio.Event()``, and a trio.Event has no
+    truth value (NotImplementedError), so a caller's event crashed it at once."""
     config = make_config(tmp_path)
     choice = BackendChoice(claude=FAKE_CLAUDE_COMMAND, codex=None, fake=True, notes=())
     shutdown = trio.Event()
