@@ -19,6 +19,17 @@ requests to a policy (approvals declined, anything else answered with a JSON-RPC
 notifications to the :class:`TurnTranslator` of their thread, which turns them into
 neutral events and raises the mapped :mod:`clibridge._errors` error when the turn fails.
 
+Client tools become ``dynamicTools`` on ``thread/start`` under the client's own names
+(:func:`check_tools` refuses what codex cannot honour: a forced ``tool_choice``, names or
+schemas the upstream rejects). A model call arrives as the server request
+``item/tool/call``; :meth:`TurnTranslator.tool_call` makes it a whole tool call,
+:meth:`~TurnTranslator.pause` ends the response there (``Finished(TOOL_USE)``) and
+:meth:`~TurnTranslator.resume` starts the continuation's response; the client's result
+goes back as a ``DynamicToolCallResponse`` (:func:`tool_call_response`). In a replayed
+history the calls and results are ``function_call`` / ``function_call_output`` items; a
+conversation that ends with tool results starts its turn with an empty input (observed
+with codex 0.169.0 at the stub: the model's input then ends with the outputs).
+
 A model API, not a remote shell: :func:`build_argv` switches the CLI's own tools off
 (observed with codex 0.169.0 at the model stub: the upstream request then carries no
 ``tools`` at all), drops the built-in developer messages (permissions, environment,

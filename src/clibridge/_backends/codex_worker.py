@@ -464,7 +464,8 @@ class CodexWorker:
                             yield event
                         return
                     if now < min(deadline, idle_deadline):
-                        continue  # settle time passed while a started call is still coming
+                        settle_at = math.inf  # a started call is still coming: wait for it
+                        continue
                     if now >= deadline:
                         raise TurnTimeout(
                             f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)"
