@@ -3,14 +3,17 @@
 :func:`open_e2e_server` runs :func:`clibridge._supervisor.serve` -- janitor, pool of real
 CLI worker processes, Quart-Trio app on Hypercorn -- inside the test's trio loop on
 127.0.0.1:0, either on the bundled fake claude (scripted by a scenario file and ``@fake``
-lines in the prompts) or on the pinned real claude pointed at the loopback model stub.
+lines in the prompts; optionally the fake codex next to it) or on the pinned real claude
+pointed at the loopback model stub.
 
 Every fake claude records itself (``CLIBRIDGE_FAKE_RECORD``): its pid, any grandchild it
 spawned, and every stdin line. :meth:`E2EServer.assert_clean` uses that to prove the
-process table is clean: each worker the pool reports is alive, every other CLI process
-ever started is gone, and nothing but the live workers and the janitor is a child of the
-server (this test process). Leaving the context drains the server and then checks that
-*no* process survived, the janitor included.
+process table is clean: each worker the pools report is alive, every other CLI process
+ever started is gone (a grandchild may live only inside a live worker's process group),
+nothing but the live workers and the janitor is a child of the server (this test process),
+and every pool has its full capacity back -- nothing in flight but *parked* conversations,
+which hold a permit yet give way under pressure. Leaving the context drains the server and
+then checks that *no* process survived, the janitor included.
 """
 
 from __future__ import annotations
