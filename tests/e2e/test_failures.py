@@ -230,6 +230,20 @@ async def test_upstream_429_is_429_with_retry_after(tmp_path: Path) -> None:
             await finish(server)
 
 
+async def test_upstream_429_retry_after_is_the_cli_delay(tmp_path: Path) -> None:
+    """``retry_attempts=1``: clibridge gives up at the CLI's first retry and passes its
+    announced delay on as Retry-After, instead of waiting it out."""
+    async with open_e2e_server(tmp_path, claude={"retry_attempts": 1}) as server:
+        with trio.fail_after(30):
+            directive = {"api_error": 429, "api_retries": 5, "retry_delay_ms": 2500}
+            t0 = trio.current_time()
+            response = await post(server, CHAT, chat(f"@fake {json.dumps(directive)}\nhi"))
+            assert trio.current_time() - t0 < 2  # did not sit through the CLI's back-off
+            assert response.status_code == 429
+            assert 2.5 <= float(response.headers["retry-after"]) <= 4
+            await finish(server)
+
+
 @pytest.mark.parametrize(("path", "expected"), [(CHAT, (503, 529)), ("/v1/messages", (529,))])
 async def test_upstream_529_overloaded(
     tmp_path: Path, path: str, expected: tuple[int, ...]
