@@ -72,18 +72,21 @@ IMMEDIATE_MS = 500.0
 class Connection:
     """One keep-alive HTTP/1.1 connection (trio)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, port: int, stream: trio.SocketStream) -> None:
+        self.port = port
         self.stream = stream
 
     @classmethod
     async def open(cls, port: int) -> Connection:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+        return cls(port, await trio.open_tcp_stream("127.0.0.1", port))
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
     async def read_response(self, t0: float) -> tuple[ResponseParser, float]:
-        """Read one response; returns it and the seconds from ``t0`` to its first byte."""
+        """Read one response; returns it and the seconds from ``t0`` to its first byte.
+
+        Reconnects (untimed, after the response) when the server closes the connection."""
         parser = ResponseParser()
         first: float | None = None
         while not parser.done:
@@ -94,6 +97,10 @@ class Connection:
                 first = time.perf_counter() - t0
             parser.feed(chunk)
         assert first is not None
+        if parser.headers.get("connection", "").lower() == "close":
+            # Hypercorn ends a keep-alive connection after keep_alive_max_requests (1000)
+            await self.stream.aclose()
+            self.stream = await trio.open_tcp_stream("127.0.0.1", self.port)
         return parser, first
 
     async def aclose(self) -> None:

@@ -20,7 +20,8 @@ system prompt and the same user text. Requests run one after the other.
   the ``result`` line on stdout (the answer is complete; the process then still has to
   exit, reported separately as ``spawn: exit``).
 
-Also reported: time to the first text delta on both paths, and the stub's count of
+Also reported: the warm checkout alone (permit + ``/clear`` of the warm worker, which
+happens before the user line is written), time to the first text delta on both paths, and the stub's count of
 upstream calls (exactly one per request is expected on both paths).
 
 Target (issue 3): warm p50 at least 8x lower than spawn p50.
@@ -98,7 +99,11 @@ async def measure_warm(
     pool = WorkerPool("claude", pool_config, factory)
     binding = Binding(system=SYSTEM, tools_key=(), model=MODEL)
     request = Request(model=MODEL, system=SYSTEM, messages=(Message("user", (TextPart(PROMPT),)),))
-    out: dict[str, list[float]] = {"warm: first text": [], "warm: answer": []}
+    out: dict[str, list[float]] = {
+        "warm: checkout (/clear)": [],
+        "warm: first text": [],
+        "warm: answer": [],
+    }
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         for i in range(count + 1):  # the first one waits for the boot: not measured
@@ -108,18 +113,18 @@ async def measure_warm(
             with trio.fail_after(REQUEST_TIMEOUT):
                 t0 = time.perf_counter()
                 first = end = None
-                async with (
-                    pool.lease(binding) as lease,
-                    aclosing(lease.worker.turn(request)) as stream,
-                ):
-                    async for event in stream:
-                        now = time.perf_counter()
-                        if first is None and isinstance(event, TextDelta):
-                            first = now
-                        if isinstance(event, Finished):
-                            end = now
+                async with pool.lease(binding) as lease:
+                    checked_out = time.perf_counter()
+                    async with aclosing(lease.worker.turn(request)) as stream:
+                        async for event in stream:
+                            now = time.perf_counter()
+                            if first is None and isinstance(event, TextDelta):
+                                first = now
+                            if isinstance(event, Finished):
+                                end = now
             assert first is not None and end is not None
             if i > 0:
+                out["warm: checkout (/clear)"].append(ms(checked_out - t0))
                 out["warm: first text"].append(ms(first - t0))
                 out["warm: answer"].append(ms(end - t0))
         nursery.cancel_scope.cancel()
