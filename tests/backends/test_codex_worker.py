@@ -56,11 +56,15 @@ def _fake(directive: dict[str, Any], text: str = "hi") -> str:
     return f"@fake {json.dumps(directive)}\n{text}"
 
 
-def _spec(tmp_path: Path, scenario: dict[str, Any] | None = None) -> ChildSpec:
+def _spec(
+    tmp_path: Path, scenario: dict[str, Any] | None = None, *, inject: bool = True
+) -> ChildSpec:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "CLIBRIDGE_FAKE_RECORD": str(tmp_path / "rec.ndjson"),
     }
+    if not inject:  # behave like an app-server without thread/inject_items
+        env["CLIBRIDGE_FAKE_CODEX_NO_INJECT"] = "1"
     if scenario is not None:
         path = tmp_path / "scenario.json"
         path.write_text(json.dumps({"default": scenario}))
@@ -75,9 +79,13 @@ def _recorded_stdin(tmp_path: Path) -> list[Any]:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, pool: PoolConfig = POOL, scenario: dict[str, Any] | None = None
+    tmp_path: Path,
+    pool: PoolConfig = POOL,
+    scenario: dict[str, Any] | None = None,
+    *,
+    inject: bool = True,
 ) -> AsyncIterator[CodexWorker]:
-    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path, scenario))
+    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path, scenario, inject=inject))
     async with trio.open_nursery() as nursery:
         with trio.fail_after(30):
             await nursery.start(worker.run)
@@ -123,7 +131,7 @@ async def test_system_prompt_model_and_effort_reach_codex(tmp_path: Path) -> Non
 
 
 async def test_history_falls_back_to_a_transcript_when_inject_is_refused(tmp_path: Path) -> None:
-    async with running(tmp_path) as worker:
+    async with running(tmp_path, inject=False) as worker:
         req = _request(
             _fake({"echo": True}, "q2"),
             Message("user", (TextPart("q1"),)),
