@@ -18,6 +18,8 @@ status must reflect an error that comes before any content), so the first byte i
 fake's first text delta went through pool, worker, HTTP layer and encoder.
 
 Overhead = TTFB - raw first text delta, computed per percentile (p50 - p50, p99 - p99).
+Also reported: the server process's CPU time (user + system, from ``/proc``) per chat
+request, a number that depends much less on the neighbours' load than the latencies do.
 That still includes the client's own socket calls and the ``/clear`` the pool sends
 before reusing the worker.
 
@@ -41,6 +43,7 @@ from bench._common import (
     RawFakeClaude,
     ServerProcess,
     SyncClient,
+    cpu_seconds,
     ms,
     request_bytes,
     stat_rows,
@@ -121,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         port = server.wait_listening()
         server.wait_ready(workers=1)
         stop_at = time.perf_counter() + budget
+        cpu0 = cpu_seconds(server.pid)
         http["chat"] = measure_http(port, "chat", count, warmup, stop_at)
+        cpu1 = cpu_seconds(server.pid)
+        server_cpu_ms = (
+            ms((cpu1 - cpu0) / (warmup + len(http["chat"]["ttfb"])))
+            if cpu0 is not None and cpu1 is not None
+            else float("nan")
+        )
         for dialect in ("responses", "messages"):
             http[dialect] = measure_http(port, dialect, count // 2, warmup, stop_at)
     raw += measure_raw(count // 2, warmup)
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         over = {"p50": s["p50"] - raw_s["p50"], "p99": s["p99"] - raw_s["p99"]}
         results[dialect] = over
         print(f"overhead {dialect:9}  p50 {over['p50']:.3f} ms   p99 {over['p99']:.3f} ms")
+    print(f"server process CPU per chat request: {server_cpu_ms:.3f} ms (user + system)")
     head = results["chat"]
     ok = head["p50"] <= TARGET_P50_MS and head["p99"] <= TARGET_P99_MS
     print(
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "raw_fake_first_text": raw_s,
             "http": {d: {k: summary(v) for k, v in vals.items()} for d, vals in http.items()},
             "overhead": results,
+            "server_cpu_ms_per_chat_request": server_cpu_ms,
             "target": {
                 "p50_ms": TARGET_P50_MS,
                 "p99_ms": TARGET_P99_MS,
