@@ -298,8 +298,12 @@ class WorkerPool:
             if old is not None:  # the same key parked twice: the older one loses
                 self._reclaim(old)
             self._parked[key] = _Parked(slot, key, lease.park_reusable, trio.current_time())
+            self._served += 1  # the turn itself is done; parking only keeps the worker
             if self.capacity == 1:
                 slot.state = SlotState.PARKED
+            # requests already waiting come first: parked conversations give way, oldest first
+            while self._queue and self._reclaim_oldest():
+                pass
             self._notify()
             return
         self._release(slot, retire=lease.retire_on_release)
@@ -311,7 +315,7 @@ class WorkerPool:
         self._reclaimed += 1
         if slot.state is SlotState.PARKED:
             slot.state = SlotState.BUSY
-        self._release(slot, retire=not parked.reusable)
+        self._release(slot, retire=not parked.reusable, count=False)
         self._release_permit()
 
     def _reclaim_oldest(self) -> bool:
@@ -324,6 +328,10 @@ class WorkerPool:
     async def _acquire_permit(self) -> None:
         if self._draining:
             raise UnavailableError("clibridge is shutting down", retry_after=5)
+        if self._free_permits == 0 and self._parked:
+            # parked conversations give way to new requests (oldest first); the freed
+            # permit goes to the head of the queue, or to the free count when none waits
+            self._reclaim_oldest()
         if self._free_permits > 0 and not self._queue:
             self._free_permits -= 1
             return
@@ -427,7 +435,7 @@ class WorkerPool:
             and slot.worker.healthy
         )
 
-    def _release(self, slot: _Slot, *, retire: bool) -> None:
+    def _release(self, slot: _Slot, *, retire: bool, count: bool = True) -> None:
         worker = slot.worker
         now = trio.current_time()
         slot.last_used = now
@@ -438,7 +446,7 @@ class WorkerPool:
             self._retire(slot)  # a broken process: its other leases fail with it
         else:
             if worker.healthy:
-                self._served += 1
+                self._served += count
                 self._crashes_in_a_row = 0
             else:
                 # no new leases; a multiplexed worker's other leases may still finish

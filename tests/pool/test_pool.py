@@ -377,3 +377,30 @@ async def test_drain_reclaims_parked_leases(
     h.pool.begin_drain()
     with trio.fail_after(1):
         await h.pool.wait_idle()
+
+
+async def test_parking_gives_way_to_requests_already_queued(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Regression: a finished turn parked its worker while requests waited in the queue,
+    and they starved until queue_timeout (no new arrival ever reclaimed the parked lease)."""
+    h = await start(nursery, Harness(PoolConfig(workers=1, spares=0, queue_timeout=30)))
+    done: list[float] = []
+
+    async def parked_turn() -> None:
+        async with h.pool.lease(A) as lease:
+            async for _ in lease.worker.turn(REQ):
+                pass
+            lease.park(object(), reusable=True)
+        done.append(trio.current_time())
+
+    async def plain() -> None:
+        await h.turn(A)
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(parked_turn)
+        await trio.sleep(0.1)
+        inner.start_soon(plain)  # queued behind the first
+    assert done == pytest.approx([1.5, 2.0])  # boot + turn, then the next turn at once
+    assert h.pool.statistics().reclaimed == 1
