@@ -54,7 +54,7 @@ from clibridge._events import (
     collect,
 )
 
-SAMPLES = Path("/work/shared/realcli/samples")
+SAMPLES = Path(__file__).parents[1] / "testing" / "samples" / "shared"
 POLICY = RetryPolicy()
 
 

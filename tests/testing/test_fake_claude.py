@@ -24,7 +24,7 @@ from clibridge.testing.scenario import RECORD_ENV, SCENARIO_ENV, directive
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fixtures" / "fake_cli" / "claude"
 LOCAL_SAMPLES = Path(__file__).parent / "samples"
-SHARED_SAMPLES = Path("/work/shared/realcli/samples")
+SHARED_SAMPLES = LOCAL_SAMPLES / "shared"
 BOUND = 5  # seconds: generous bound on any single real wait
 WORKER_ARGS = [
     "-p",

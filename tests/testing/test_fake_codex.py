@@ -27,7 +27,7 @@ from clibridge.testing.scenario import RECORD_ENV, SCENARIO_ENV, directive
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fixtures" / "fake_cli" / "codex"
 SAMPLES = Path(__file__).parent / "samples"
-SHARED_SAMPLE = Path("/work/shared/realcli/samples/codex_appserver_turn.ndjson")
+SHARED_SAMPLE = SAMPLES / "shared" / "codex_appserver_turn.ndjson"
 BOUND = 10  # seconds: generous bound on any single real wait
 
 Msg = dict[str, Any]

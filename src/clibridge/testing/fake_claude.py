@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The fake speaks exactly what the real CLI printed in the recorded transcripts
-(``/work/shared/realcli/samples`` and ``tests/testing/samples``), so a driver cannot tell
+(``tests/testing/samples``), so a driver cannot tell
 the two apart on the paths clibridge uses:
 
 * **Worker mode** (``-p --input-format stream-json --output-format stream-json --verbose
