@@ -115,11 +115,17 @@ def fingerprints(setup: Hashable, messages: Sequence[Message]) -> list[str]:
     digest = hashlib.sha256(repr(setup).encode()).hexdigest()
     out = [digest]
     for message in messages:
-        canonical = canonical_message(message)
-        if canonical is not None:
-            digest = hashlib.sha256(digest.encode() + b"\n" + canonical).hexdigest()
+        digest = extend_fingerprint(digest, message)
         out.append(digest)
     return out
+
+
+def extend_fingerprint(digest: str, message: Message) -> str:
+    """The fingerprint of a conversation whose fingerprint is ``digest`` plus ``message``."""
+    canonical = canonical_message(message)
+    if canonical is None:
+        return digest
+    return hashlib.sha256(digest.encode() + b"\n" + canonical).hexdigest()
 
 
 def assistant_message(completion: Completion) -> Message:

@@ -38,6 +38,7 @@ from ._conversations import (
     ConversationTable,
     ToolResume,
     assistant_message,
+    extend_fingerprint,
     fingerprints,
     new_call_id,
     normalize_id,
@@ -219,8 +220,8 @@ class _Tracker:
         completion = collect(self._request.model, seen)
         if completion.finish.reason is FinishReason.CANCELLED:
             return
-        held = (*self._request.messages, assistant_message(completion))
-        key = fingerprints(self._binding, held)[-1]
+        # the conversation the worker now holds: the request's plus this reply
+        key = extend_fingerprint(self.prints[-1], assistant_message(completion))
         pending: tuple[tuple[str, str], ...] = ()
         if completion.finish.reason is FinishReason.TOOL_USE:
             pending = tuple(
