@@ -292,6 +292,25 @@ async def test_disconnect_during_boot(tmp_path: Path) -> None:
         assert not any("during-boot" in json.dumps(line) for line in server.stdin_lines())
 
 
+async def test_disconnect_during_initialize(tmp_path: Path) -> None:
+    """The client leaves while the worker is being bound (``initialize`` in flight): the
+    half-bound worker is retired, its process group killed, and capacity comes back."""
+    scenario = {"default": {"initialize_delay": 1.0}}
+    async with open_e2e_server(tmp_path, scenario=scenario) as server:
+        with trio.fail_after(30):
+            stream = await open_raw(server, chat("during-initialize", stream=True))
+            while not any(  # noqa: ASYNC110 - the recording file has no event to wait on
+                isinstance(line, dict)
+                and line.get("request", {}).get("subtype") == "initialize"
+                for line in server.stdin_lines()
+            ):
+                await trio.sleep(0.01)
+            await stream.aclose()
+            await server.wait_stats(lambda s: s["in_flight"] == 0)
+            await finish(server)
+        assert not any("during-initialize" in json.dumps(line) for line in server.stdin_lines())
+
+
 async def test_disconnect_while_streaming_interrupts(tmp_path: Path) -> None:
     async with open_e2e_server(tmp_path) as server:
         with trio.fail_after(30):

@@ -485,6 +485,9 @@ class FakeClaude:
         if subtype == "mcp_status":
             self.control_success(request_id, {"mcpServers": []})
         elif subtype == "initialize":
+            delay = float(self.process_scenario.get("initialize_delay") or 0)
+            if delay:
+                time.sleep(delay)  # a slow initialize: nothing else is answered meanwhile
             self.initialize(request_id, request)
         elif subtype == "set_model":
             self.model = str(request.get("model") or DEFAULT_MODEL)

@@ -5,7 +5,7 @@ A fake CLI (``clibridge-fake-claude``, ``clibridge-fake-codex``) behaves by a
 
 1. Process-wide defaults come from the JSON file named by ``CLIBRIDGE_FAKE_SCENARIO``
    (its ``"default"`` object; its ``"named"`` object maps names to further scenarios).
-   Process-level fields (``boot_delay``, ``crash_at_boot``, ``hang_at_boot``,
+   Process-level fields (``boot_delay``, ``initialize_delay``, ``crash_at_boot``, ``hang_at_boot``,
    ``ignore_sigterm``, ``spawn_grandchild``) are read from there only, since no prompt
    exists at boot.
 2. A turn's user text may carry directives that override fields for that turn only:
@@ -95,6 +95,7 @@ class Scenario:
     error_notification: str | None = None  # send an ``error`` notification with this message
     # --- process-level (scenario file ``default`` only)
     boot_delay: float = 0.0
+    initialize_delay: float = 0.0  # claude: seconds before answering ``initialize``
     crash_at_boot: bool = False
     hang_at_boot: bool = False
     ignore_sigterm: bool = False
