@@ -300,8 +300,7 @@ async def test_disconnect_during_initialize(tmp_path: Path) -> None:
         with trio.fail_after(30):
             stream = await open_raw(server, chat("during-initialize", stream=True))
             while not any(  # noqa: ASYNC110 - the recording file has no event to wait on
-                isinstance(line, dict)
-                and line.get("request", {}).get("subtype") == "initialize"
+                isinstance(line, dict) and line.get("request", {}).get("subtype") == "initialize"
                 for line in server.stdin_lines()
             ):
                 await trio.sleep(0.01)
@@ -353,7 +352,14 @@ async def test_disconnect_during_a_non_streaming_turn(tmp_path: Path) -> None:
         with trio.fail_after(30):
             slow = '@fake {"reply": "' + "q" * 100 + '", "chunk_chars": 2, "chunk_delay": 0.05}\nhi'
             stream = await open_raw(server, chat(slow))
-            await server.wait_stats(lambda s: any(w["state"] == "busy" for w in s["workers"]))
+            # "busy" starts at checkout, before initialize: wait for the turn itself
+            while not any(  # noqa: ASYNC110 - the recording file has no event to wait on
+                isinstance(line, dict)
+                and line.get("type") == "user"
+                and "q" * 100 in json.dumps(line)
+                for line in server.stdin_lines()
+            ):
+                await trio.sleep(0.01)
             await stream.aclose()
             await server.wait_stats(lambda s: s["in_flight"] == s["parked"], within=10)
             await finish(server)
