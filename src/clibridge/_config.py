@@ -77,6 +77,9 @@ class CodexConfig:
     use_real_home: bool = False
     #: concurrent threads (requests) one app-server process serves
     threads_per_worker: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    #: start a thread ahead for the next request with the same system prompt and tools
+    #: (thread/start is most of a warm request's own latency)
+    prestart_threads: bool = True
     pass_env: tuple[str, ...] = ()
     #: extra ``-c key=value`` overrides for ``codex app-server``
     overrides: tuple[str, ...] = ()

@@ -84,8 +84,11 @@ async def running(
     scenario: dict[str, Any] | None = None,
     *,
     inject: bool = True,
+    prestart: bool = False,
 ) -> AsyncIterator[CodexWorker]:
-    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path, scenario, inject=inject))
+    worker = CodexWorker(
+        1, CodexConfig(prestart_threads=prestart), pool, _spec(tmp_path, scenario, inject=inject)
+    )
     async with trio.open_nursery() as nursery:
         with trio.fail_after(30):
             await nursery.start(worker.run)
@@ -350,7 +353,7 @@ async def test_thread_that_ignores_interrupt_is_abandoned_then_worker_retires(
     tmp_path: Path,
 ) -> None:
     pool = attrs.evolve(POOL, turn_timeout=0.5, interrupt_grace=0.5)
-    worker = CodexWorker(1, CodexConfig(), pool, _spec(tmp_path))
+    worker = CodexWorker(1, CodexConfig(prestart_threads=False), pool, _spec(tmp_path))
     # then it retires itself: run() raises WorkerRetired, the process group is gone
     with pytest.RaisesGroup(WorkerRetired):
         async with trio.open_nursery() as nursery:
@@ -369,7 +372,11 @@ async def test_crash_fails_every_thread_in_flight_and_the_pool_replaces_the_work
     tmp_path: Path,
 ) -> None:
     config = Config(
-        codex=CodexConfig(command=FAKE, pool=attrs.evolve(POOL, restart_backoff_initial=0.1))
+        codex=CodexConfig(
+            command=FAKE,
+            prestart_threads=False,
+            pool=attrs.evolve(POOL, restart_backoff_initial=0.1),
+        )
     )
     factory = make_codex_factory(config, FAKE, tmp_path / "state", None, os.environ, fake=True)
     pool = WorkerPool("codex", config.codex.pool, factory, threads_per_worker=3)
@@ -434,3 +441,24 @@ def test_login_codex_runs_the_cli_login_in_clibridges_home(
     assert main(["login", "codex", "--device-auth"], env) == 0
     out = capfd.readouterr().out
     assert f"ARGS login --device-auth HOME={tmp_path / 'state' / 'codex' / 'home'} KEY=\n" == out
+
+
+async def test_a_thread_is_started_ahead_for_the_next_request_like_this(tmp_path: Path) -> None:
+    """thread/start is most of a warm request's latency: the worker starts the next one
+    in the background, and the next request with the same system prompt and tools uses it."""
+    async with running(tmp_path, prestart=True) as worker:
+        first = collect("m", await _turn(worker, _request("one")))
+        with trio.fail_after(5):
+            while not worker._spare_threads:  # noqa: ASYNC110 - internal state, no event
+                await trio.sleep(0.01)
+        ((spare_id, _),) = worker._spare_threads.values()
+        second = collect("m", await _turn(worker, _request("two")))
+        assert "one" not in second.text
+        assert first.finish.reason is second.finish.reason
+    sent = _recorded_stdin(tmp_path)
+    methods = [m.get("method") for m in sent if isinstance(m, dict)]
+    second_turn = [i for i, m in enumerate(methods) if m == "turn/start"][1]
+    # before the second turn: the first request's thread and the spare, nothing inline
+    assert methods[:second_turn].count("thread/start") == 2
+    turns = [m for m in sent if isinstance(m, dict) and m.get("method") == "turn/start"]
+    assert turns[1]["params"]["threadId"] == spare_id

@@ -237,7 +237,11 @@ async def open_codex_server(
     config = Config(
         server=ServerConfig(host="127.0.0.1", port=0, drain_timeout=5.0),
         claude=ClaudeConfig(pool=CLAUDE_POOL),
-        codex=CodexConfig(pool=pool, threads_per_worker=threads_per_worker, **codex_kwargs),
+        codex=CodexConfig(
+            pool=pool,
+            threads_per_worker=threads_per_worker,
+            **{"prestart_threads": False, **codex_kwargs},
+        ),
         backend="fake" if real is None else "codex",
         state_dir=tmp / "state",
     )

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -86,6 +87,8 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 _STDERR_SETTLE: Final = 0.5
+#: distinct system prompt / tool sets a worker keeps one pre-started thread for
+_MAX_SPARE_THREADS: Final = 2
 
 
 #: what the pump hands a thread: its notifications and its ``item/tool/call`` requests
@@ -137,6 +140,9 @@ class CodexWorker:
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self._threads: dict[str, trio.MemorySendChannel[Incoming]] = {}
+        #: threads started ahead of demand, by their thread/start params (see _prestart_soon)
+        self._spare_threads: dict[str, tuple[str, trio.MemoryReceiveChannel[Incoming]]] = {}
+        self._prestarting: set[str] = set()
         #: threads started with dynamic tools (their item/tool/call requests are routed)
         self._tool_threads: set[str] = set()
         #: thread id -> a turn waiting for tool results
@@ -365,18 +371,66 @@ class CodexWorker:
             enable_cli_tools=self._config.enable_cli_tools,
             tools=request.tools,
         )
+        key = json.dumps(params, sort_keys=True)
+        spare = self._spare_threads.pop(key, None)
+        self._prestart_soon(key, params)
+        if spare is not None:
+            # thread/start is most of a warm turn's own latency: take one started ahead
+            thread_id, receive = spare
+            if request.tools:
+                self._tool_threads.add(thread_id)
+            return thread_id, receive
+        return await self._start_thread(params, request)
+
+    def _prestart_soon(self, key: str, params: Mapping[str, Any]) -> None:
+        """Start a thread with these params in the background for the next request like this.
+
+        Most clients send the same system prompt and tools every time, so the next request
+        finds its thread ready. At most ``_MAX_SPARE_THREADS`` keys are kept (the oldest
+        spare is ended when a new key comes).
+        """
+        if (
+            not self._config.prestart_threads
+            or self._nursery is None
+            or key in self._spare_threads
+            or key in self._prestarting
+        ):
+            return
+        self._prestarting.add(key)
+        self._nursery.start_soon(self._prestart, key, params)
+
+    async def _prestart(self, key: str, params: Mapping[str, Any]) -> None:
+        try:
+            thread_id, receive = await self._start_thread(params, None)
+        except BridgeError as exc:
+            log.debug("codex worker %d: no spare thread: %s", self.id, exc)
+            return
+        finally:
+            self._prestarting.discard(key)
+        if not self.healthy or self._exited.is_set():
+            return
+        self._spare_threads[key] = (thread_id, receive)
+        while len(self._spare_threads) > _MAX_SPARE_THREADS:
+            old_key = next(iter(self._spare_threads))
+            old_id, _ = self._spare_threads.pop(old_key)
+            self._threads.pop(old_id, None)
+
+    async def _start_thread(
+        self, params: Mapping[str, Any], request: Request | None
+    ) -> tuple[str, trio.MemoryReceiveChannel[Incoming]]:
         response = await self._call("thread/start", params, "thread/start")
         result = response.result if isinstance(response.result, Mapping) else {}
         thread = result.get("thread") if isinstance(result, Mapping) else None
         if response.error is not None or not isinstance(thread, Mapping):
             message = response.error_message or f"no thread in {response.result!r}"[:300]
             if "model" in message.lower():
-                raise ModelNotFound(f"codex refused model {request.model!r}: {message}")
+                model = request.model if request is not None else params.get("model")
+                raise ModelNotFound(f"codex refused model {model!r}: {message}")
             raise RequestError(f"codex refused thread/start: {message}")
         thread_id = str(thread["id"])
         send, receive = trio.open_memory_channel[Incoming](math.inf)
         self._threads[thread_id] = send
-        if request.tools:
+        if request is not None and request.tools:
             self._tool_threads.add(thread_id)
         return thread_id, receive
 
