@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("backend", choices=("codex",))
     login.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
     login.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="PATH",
+        help="clibridge's state dir: use the same as `serve` (env CLIBRIDGE_STATE_DIR)",
+    )
+    login.add_argument(
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
     )
     return parser
@@ -146,7 +152,23 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ._codex_home import login_argv, prepare_codex_home
     from ._supervisor import state_dir
 
-    config = load_config({}, environ, args.config)
+    # our own options may also come after the backend name; the rest is the CLI's
+    cli_args = list(args.cli_args)
+    for name in ("--state-dir", "--config"):
+        for i, arg in enumerate(cli_args):
+            value = None
+            if arg == name and i + 1 < len(cli_args):
+                value = cli_args[i + 1]
+                del cli_args[i : i + 2]
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+                del cli_args[i]
+            if value is not None:
+                setattr(args, name[2:].replace("-", "_"), Path(value))
+                break
+    args.cli_args = cli_args
+    flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
+    config = load_config(flags, environ, args.config)
     home = prepare_codex_home(config.codex, state_dir(config), environ)
     argv = login_argv(config.codex, *args.cli_args)
     print(f"clibridge: running {' '.join(argv)} with CODEX_HOME={home.codex_home}", file=sys.stderr)

@@ -441,6 +441,12 @@ def test_login_codex_runs_the_cli_login_in_clibridges_home(
     assert main(["login", "codex", "--device-auth"], env) == 0
     out = capfd.readouterr().out
     assert f"ARGS login --device-auth HOME={tmp_path / 'state' / 'codex' / 'home'} KEY=\n" == out
+    # --state-dir is clibridge's, wherever it stands; the rest goes to the CLI
+    del env["CLIBRIDGE_STATE_DIR"]
+    other = tmp_path / "other"
+    assert main(["login", "codex", "--state-dir", str(other), "--device-auth"], env) == 0
+    out = capfd.readouterr().out
+    assert f"ARGS login --device-auth HOME={other / 'codex' / 'home'} KEY=\n" == out
 
 
 async def test_a_thread_is_started_ahead_for_the_next_request_like_this(tmp_path: Path) -> None:
