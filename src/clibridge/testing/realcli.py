@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._backends.claude import build_argv
 from .model_stub import STUB_API_KEY
 
 __all__ = [
@@ -161,20 +162,8 @@ class ClaudeSetup:
 
     def stream_json_argv(self, *extra: str, tools: str | None = "") -> list[str]:
         """The stream-json worker command line of FINDINGS.md (``tools=None``: default tools)."""
-        argv = [
-            *self.argv_prefix,
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--include-partial-messages",
-            "--no-session-persistence",
-            "--model",
-            self.model,
-        ]
-        if tools is not None:
+        argv = build_argv(self.argv_prefix, model=self.model, enable_cli_tools=tools != "")
+        if tools:
             argv += ["--tools", tools]
         return [*argv, *extra]
 
