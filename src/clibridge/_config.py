@@ -49,6 +49,9 @@ class PoolConfig:
     crash_loop_threshold: int = attrs.field(default=5, validator=attrs.validators.gt(0))
     #: a parked conversation is reclaimed after this many seconds
     park_ttl: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    #: under pressure, a turn parked on a client's tool call keeps its worker this long
+    #: before a waiting request may take it (finished conversations give way at once)
+    park_grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

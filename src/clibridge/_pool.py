@@ -225,8 +225,8 @@ class WorkerPool:
     def begin_drain(self) -> None:
         """Stop admitting: new and queued requests get 503; leases in flight go on."""
         self._draining = True
-        while self._reclaim_oldest():
-            pass
+        while self._parked:
+            self._reclaim(self._parked.pop(next(iter(self._parked))))
         while self._queue:
             waiter = self._queue.popleft()
             waiter.error = UnavailableError("clibridge is shutting down", retry_after=5)
@@ -301,8 +301,9 @@ class WorkerPool:
             self._served += 1  # the turn itself is done; parking only keeps the worker
             if self.capacity == 1:
                 slot.state = SlotState.PARKED
-            # requests already waiting come first: parked conversations give way, oldest first
-            while self._queue and self._reclaim_oldest():
+            # requests already waiting come first: parked conversations give way (see
+            # _reclaim_for_pressure for which, and when)
+            while self._queue and self._reclaim_for_pressure():
                 pass
             self._notify()
             return
@@ -318,20 +319,42 @@ class WorkerPool:
         self._release(slot, retire=not parked.reusable, count=False)
         self._release_permit()
 
-    def _reclaim_oldest(self) -> bool:
+    def _reclaim_for_pressure(self) -> bool:
+        """Free one parked lease for a request that needs a permit; False if none may go.
+
+        A finished conversation (reusable) gives way first, oldest first: only a
+        follow-up's speed is lost. A turn parked on a client's tool call keeps its worker
+        for ``park_grace`` seconds, since its client is usually back within milliseconds and
+        reclaiming it throws away a turn already paid for upstream; after that it gives way
+        too (the maintainer re-checks when the grace ends).
+        """
         if not self._parked:
             return False
-        key = next(iter(self._parked))  # dicts keep insertion order: the oldest first
-        self._reclaim(self._parked.pop(key))
+        now = trio.current_time()
+        chosen: _Parked | None = None
+        for parked in self._parked.values():  # insertion order: the oldest first
+            if parked.reusable:
+                chosen = parked
+                break
+            if chosen is None and now - parked.since >= self.config.park_grace:
+                chosen = parked
+        if chosen is None:
+            return False
+        del self._parked[chosen.key]
+        self._reclaim(chosen)
         return True
+
+    def _next_grace_end(self) -> float:
+        ends = [p.since + self.config.park_grace for p in self._parked.values() if not p.reusable]
+        return min(ends, default=math.inf)
 
     async def _acquire_permit(self) -> None:
         if self._draining:
             raise UnavailableError("clibridge is shutting down", retry_after=5)
         if self._free_permits == 0 and self._parked:
-            # parked conversations give way to new requests (oldest first); the freed
-            # permit goes to the head of the queue, or to the free count when none waits
-            self._reclaim_oldest()
+            # parked conversations give way to new requests; the freed permit goes to the
+            # head of the queue, or to the free count when none waits
+            self._reclaim_for_pressure()
         if self._free_permits > 0 and not self._queue:
             self._free_permits -= 1
             return
@@ -345,8 +368,10 @@ class WorkerPool:
         waiter = _Waiter()
         self._queue.append(waiter)
         if self._parked:
-            # a request waits while conversations sit parked: the oldest gives way
-            self._reclaim_oldest()
+            # a request waits while conversations sit parked: one gives way, now or when
+            # its grace ends (the maintainer watches that)
+            self._reclaim_for_pressure()
+            self._kick_maintainer()
         try:
             with trio.move_on_after(self.config.queue_timeout):
                 await waiter.event.wait()
@@ -475,6 +500,8 @@ class WorkerPool:
                 if now - oldest.since < self.config.park_ttl:
                     break
                 self._reclaim(self._parked.pop(oldest.key))
+            while self._queue and self._reclaim_for_pressure():
+                pass  # tool-call parks whose grace ended give way to waiting requests
             for slot in list(self._slots.values()):
                 if slot.state is SlotState.IDLE and (
                     now - slot.worker.started_at >= self.config.max_age
@@ -486,6 +513,8 @@ class WorkerPool:
             if self._parked:
                 oldest_since = next(iter(self._parked.values())).since
                 deadline = min(deadline, oldest_since + self.config.park_ttl)
+                if self._queue:
+                    deadline = min(deadline, self._next_grace_end())
             if self._spawn_not_before > now:
                 deadline = min(deadline, self._spawn_not_before)
             with trio.move_on_at(deadline):

@@ -404,3 +404,26 @@ async def test_parking_gives_way_to_requests_already_queued(
         inner.start_soon(plain)  # queued behind the first
     assert done == pytest.approx([1.5, 2.0])  # boot + turn, then the next turn at once
     assert h.pool.statistics().reclaimed == 1
+
+
+# parked at t=1.1, the request comes at t=2.2: the grace (2 s) ends at t=3.1
+@pytest.mark.parametrize(("reusable", "wait"), [(True, 0.0), (False, 0.9)])
+async def test_a_turn_parked_on_a_tool_call_keeps_its_worker_for_park_grace(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, reusable: bool, wait: float
+) -> None:
+    """Under pressure a finished conversation gives way at once, but a turn waiting for
+    its client's tool results keeps its worker for ``park_grace`` (its client is usually
+    back within milliseconds; reclaiming it would throw away a paid-for turn)."""
+    config = PoolConfig(workers=1, spares=1, park_grace=2.0, park_ttl=300)
+    h = await start(nursery, Harness(config))
+    await trio.sleep(1.1)  # the spare boots
+    async with h.pool.lease(A) as lease:
+        lease.park("conversation", reusable=reusable)
+    await trio.sleep(1.1)  # a new spare boots
+    started: list[object] = []
+    t0 = trio.current_time()
+    await h.turn(B, started)
+    assert started[0][0] - t0 == pytest.approx(wait)  # type: ignore[index]
+    async with h.pool.resume("conversation") as gone:
+        assert gone is None
+    assert h.pool.statistics().reclaimed == 1
