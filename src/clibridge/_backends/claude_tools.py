@@ -12,14 +12,11 @@ set that a worker's binding remembers.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import attrs
-
-from .._errors import UnsupportedFeature
 from .._events import Request, ToolSpec
+from ._tools import check_tools as _check_tools
 
 #: the SDK MCP server name client tools are exposed under; the model sees ``mcp__client__X``
 CLIENT_MCP_SERVER: Final = "client"
@@ -27,7 +24,6 @@ CLIENT_TOOL_PREFIX: Final = f"mcp__{CLIENT_MCP_SERVER}__"
 
 #: the Anthropic API's tool name limit (64) minus the ``mcp__client__`` prefix
 MAX_TOOL_NAME: Final = 64 - len(CLIENT_TOOL_PREFIX)
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MCP_PROTOCOL_VERSION: Final = "2025-11-25"
 
 
@@ -60,44 +56,7 @@ def check_tools(request: Request) -> Request:
     choice (``required`` / a named tool; claude code has no such switch) and tool
     definitions the CLI or its upstream would reject, naming the tool.
     """
-    if not request.tools:
-        return request
-    choice = request.tool_choice
-    if choice.mode == "none":
-        return attrs.evolve(request, tools=())
-    if choice.mode in ("required", "tool"):
-        what = "required" if choice.mode == "required" else f"the named tool {choice.name!r}"
-        raise UnsupportedFeature(
-            f"tool_choice {what} cannot be honoured by the claude backend (the claude CLI "
-            "cannot force a tool call); send tool_choice auto or none",
-            param="$.tool_choice",
-        )
-    seen: set[str] = set()
-    for i, tool in enumerate(request.tools):
-        param = f"$.tools[{i}]"
-        if not _TOOL_NAME.fullmatch(tool.name) or len(tool.name) > MAX_TOOL_NAME:
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: claude accepts tool names of 1 to {MAX_TOOL_NAME} "
-                "letters, digits, '_' or '-'; rename the tool",
-                param=param,
-            )
-        if tool.name in seen:
-            raise UnsupportedFeature(f"tool {tool.name!r} is defined twice", param=param)
-        seen.add(tool.name)
-        schema = tool.input_schema
-        if not isinstance(schema, Mapping) or schema.get("type") != "object":
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: its parameters schema must be a JSON Schema object with "
-                '"type": "object" (claude rejects anything else)',
-                param=param,
-            )
-        try:
-            json.dumps(schema)
-        except (TypeError, ValueError) as exc:
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: its schema is not JSON: {exc}", param=param
-            ) from exc
-    return request
+    return _check_tools(request, cli="claude", max_name=MAX_TOOL_NAME)
 
 
 def mcp_reply(message: Mapping[str, Any], tools: Sequence[ToolSpec]) -> dict[str, Any] | None:

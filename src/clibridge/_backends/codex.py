@@ -83,6 +83,7 @@ from .._events import (
     TurnStarted,
     Usage,
 )
+from ._tools import check_tools as _check_tools
 
 #: ``-c`` overrides for every app-server clibridge runs: no project docs, no update check
 BASE_OVERRIDES: Final = (
@@ -216,7 +217,6 @@ def interrupt_params(thread_id: str, turn_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- client tools
 
 #: what the Responses API (codex's upstream) accepts as a function name
-_TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_tools(request: Request) -> Request:
@@ -226,44 +226,7 @@ def check_tools(request: Request) -> Request:
     choice (the app-server has no per-turn tool_choice) and tool definitions the upstream
     would reject, naming the tool.
     """
-    if not request.tools:
-        return request
-    choice = request.tool_choice
-    if choice.mode == "none":
-        return attrs.evolve(request, tools=())
-    if choice.mode in ("required", "tool"):
-        what = "required" if choice.mode == "required" else f"the named tool {choice.name!r}"
-        raise UnsupportedFeature(
-            f"tool_choice {what} cannot be honoured by the codex backend (codex app-server "
-            "cannot force a tool call); send tool_choice auto or none",
-            param="$.tool_choice",
-        )
-    seen: set[str] = set()
-    for i, tool in enumerate(request.tools):
-        param = f"$.tools[{i}]"
-        if not _TOOL_NAME.fullmatch(tool.name):
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: codex accepts tool names of 1 to 64 letters, digits, "
-                "'_' or '-'; rename the tool",
-                param=param,
-            )
-        if tool.name in seen:
-            raise UnsupportedFeature(f"tool {tool.name!r} is defined twice", param=param)
-        seen.add(tool.name)
-        schema = tool.input_schema
-        if not isinstance(schema, Mapping) or schema.get("type") != "object":
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: its parameters schema must be a JSON Schema object with "
-                '"type": "object"',
-                param=param,
-            )
-        try:
-            json.dumps(schema)
-        except (TypeError, ValueError) as exc:
-            raise UnsupportedFeature(
-                f"tool {tool.name!r}: its schema is not JSON: {exc}", param=param
-            ) from exc
-    return request
+    return _check_tools(request, cli="codex", max_name=64)
 
 
 def dynamic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
