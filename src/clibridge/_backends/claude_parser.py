@@ -17,6 +17,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 from .._events import Usage
+from ._lines import LineBuffer
 
 # --------------------------------------------------------------------------- records
 
@@ -208,35 +209,13 @@ def record_from(obj: Mapping[str, Any]) -> Record:
     return OtherMessage(str(kind), subtype if isinstance(subtype, str) else None, obj)
 
 
-class ClaudeParser:
+class ClaudeParser(LineBuffer):
     """Bytes from the CLI's stdout in, :data:`Record` objects out (h11 shape)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        # the buffer holds no newline before this offset: long lines stay O(n)
-        self._scanned = 0
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed stdout bytes (any split). A final line without newline is never parsed."""
-        self._buffer += data
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete line waiting for its newline."""
-        return len(self._buffer)
 
     def next_event(self) -> Record | NeedData:
         """The next record, or :data:`NEED_DATA`. Empty lines are skipped."""
-        while True:
-            idx = self._buffer.find(b"\n", self._scanned)
-            if idx < 0:
-                self._scanned = len(self._buffer)
-                return NEED_DATA
-            raw = bytes(self._buffer[:idx]).strip()
-            del self._buffer[: idx + 1]
-            self._scanned = 0
-            if raw:
-                return parse_line(raw)
+        raw = self.next_line()
+        return NEED_DATA if raw is None else parse_line(raw)
 
 
 def parse_line(raw: bytes) -> Record:

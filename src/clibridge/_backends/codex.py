@@ -83,6 +83,7 @@ from .._events import (
     TurnStarted,
     Usage,
 )
+from ._lines import LineBuffer
 from ._tools import check_tools as _check_tools
 
 #: ``-c`` overrides for every app-server clibridge runs: no project docs, no update check
@@ -438,31 +439,12 @@ Message_: TypeAlias = Response | ServerRequest | Notification | GarbageLine
 NEED_DATA: Final = NeedData()
 
 
-class AppServerParser:
+class AppServerParser(LineBuffer):
     """Bytes in, JSON-RPC messages out (h11 shape)."""
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-
     def next_event(self) -> Message_ | NeedData:
-        while True:
-            idx = self._buffer.find(b"\n", self._scanned)
-            if idx < 0:
-                self._scanned = len(self._buffer)
-                return NEED_DATA
-            raw = bytes(self._buffer[:idx]).strip()
-            del self._buffer[: idx + 1]
-            self._scanned = 0
-            if raw:
-                return parse_message(raw)
+        raw = self.next_line()
+        return NEED_DATA if raw is None else parse_message(raw)
 
 
 def parse_message(raw: bytes) -> Message_:
