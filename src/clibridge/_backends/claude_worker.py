@@ -81,10 +81,11 @@ from .._errors import (
 )
 from .._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
 from .._janitor import Janitor
-from .._process import ChildProcess, ChildSpec, LineTooLong, open_child
+from .._process import ChildProcess, ChildSpec, LineTooLong
 from .._spawn_home import SpawnHome
 from .._worker import Binding, WorkerUnusable
 from . import claude
+from ._host import host_child
 from .claude import (
     ClaudeParser,
     ControlRequest,
@@ -202,47 +203,27 @@ class ClaudeWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn, answer the readiness ping, serve until cancelled or the process exits."""
         self.started_at = trio.current_time()
-        boot_error: BootError | None = None
-        spawned = False
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    async with open_child(
-                        self._spec,
-                        nursery=nursery,
-                        kill_grace=self._pool.kill_grace,
-                        janitor=self._janitor,
-                        max_line=MAX_LINE_BYTES,
-                    ) as child:
-                        spawned = True
-                        self._child = child
-                        self.pid = child.pid
-                        nursery.start_soon(self._pump, child)
-                        try:
-                            await self._handshake()
-                        except BootError as exc:
-                            boot_error = exc
-                        else:
-                            task_status.started()
-                            await self._exited.wait()
-                            log.info(
-                                "claude worker %d (pid %d) exited: %s",
-                                self.id,
-                                child.pid,
-                                child.returncode,
-                            )
-                except OSError as exc:
-                    if spawned:
-                        raise
-                    boot_error = BootError(
-                        f"cannot start the claude CLI {self._spec.argv[0]!r}: {exc}"
-                    )
-                nursery.cancel_scope.cancel()
+            await host_child(
+                self._spec,
+                cli="claude",
+                worker_id=self.id,
+                kill_grace=self._pool.kill_grace,
+                janitor=self._janitor,
+                max_line=MAX_LINE_BYTES,
+                on_spawned=self._on_spawned,
+                handshake=self._handshake,
+                exited=self._exited,
+                task_status=task_status,
+            )
         finally:
             self.healthy = False
             self._wake_all()
-        if boot_error is not None:
-            raise boot_error
+
+    def _on_spawned(self, child: ChildProcess, nursery: trio.Nursery) -> None:
+        self._child = child
+        self.pid = child.pid
+        nursery.start_soon(self._pump, child)
 
     async def _handshake(self) -> None:
         rid = self._next_id("ready")

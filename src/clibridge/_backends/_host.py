@@ -1,0 +1,67 @@
+"""The life of one CLI worker process, shared by every backend's worker.
+
+Spawn the child in its own process group, let the backend start its stdout pump and
+answer its readiness handshake, report ``started`` only then, and live until the process
+exits by itself (return) or the caller's scope is cancelled (teardown in ``open_child``:
+group TERM, grace, KILL, shielded and bounded). Failures before readiness become a
+:class:`~clibridge._errors.BootError` (the handshake's own, or "cannot start").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .._errors import BootError
+from .._janitor import Janitor
+from .._process import ChildProcess, ChildSpec, open_child
+
+log = logging.getLogger(__name__)
+
+
+async def host_child(
+    spec: ChildSpec,
+    *,
+    cli: str,
+    worker_id: int,
+    kill_grace: float,
+    janitor: Janitor | None,
+    max_line: int,
+    on_spawned: Callable[[ChildProcess, trio.Nursery], None],
+    handshake: Callable[[], Awaitable[None]],
+    exited: trio.Event,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """See the module docstring. ``exited`` is set by the backend's pump at stdout EOF."""
+    boot_error: BootError | None = None
+    spawned = False
+    async with trio.open_nursery() as nursery:
+        try:
+            async with open_child(
+                spec, nursery=nursery, kill_grace=kill_grace, janitor=janitor, max_line=max_line
+            ) as child:
+                spawned = True
+                on_spawned(child, nursery)
+                try:
+                    await handshake()
+                except BootError as exc:
+                    boot_error = exc
+                else:
+                    task_status.started()
+                    await exited.wait()
+                    log.info(
+                        "%s worker %d (pid %d) exited: %s",
+                        cli,
+                        worker_id,
+                        child.pid,
+                        child.returncode,
+                    )
+        except OSError as exc:
+            if spawned:
+                raise
+            boot_error = BootError(f"cannot start the {cli} CLI {spec.argv[0]!r}: {exc}")
+        nursery.cancel_scope.cancel()
+    if boot_error is not None:
+        raise boot_error
