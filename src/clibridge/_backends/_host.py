@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .._errors import BootError
+from .._errors import BootError, CliCrashed
 from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, open_child
 
@@ -65,3 +65,30 @@ async def host_child(
         nursery.cancel_scope.cancel()
     if boot_error is not None:
         raise boot_error
+
+
+#: how long a dying CLI gets for its last words on stderr / its exit code
+STDERR_SETTLE = 0.5
+
+
+async def settled_stderr_tail(child: ChildProcess | None) -> str:
+    """The child's stderr tail, after giving a process that just died time to finish it."""
+    if child is None:
+        return ""
+    with trio.move_on_after(STDERR_SETTLE):
+        await child.stderr_closed.wait()
+    return child.stderr_tail()
+
+
+async def crash_error(child: ChildProcess | None, *, cli: str, what: str) -> CliCrashed:
+    """A :class:`CliCrashed` naming the exit code and the CLI's last stderr line."""
+    code = None
+    if child is not None:
+        with trio.move_on_after(STDERR_SETTLE):
+            code = await child.wait()
+    tail = await settled_stderr_tail(child)
+    last = tail.strip().splitlines()[-1][:300] if tail.strip() else ""
+    return CliCrashed(
+        f"the {cli} CLI exited (code {code}) during {what}" + (f": {last}" if last else ""),
+        detail=tail,
+    )

@@ -85,7 +85,7 @@ from .._process import ChildProcess, ChildSpec, LineTooLong
 from .._spawn_home import SpawnHome
 from .._worker import Binding, WorkerUnusable
 from . import claude
-from ._host import host_child
+from ._host import crash_error, host_child, settled_stderr_tail
 from .claude import (
     ClaudeParser,
     ControlRequest,
@@ -102,8 +102,6 @@ log = logging.getLogger(__name__)
 
 #: an unfinished stdout line longer than this is a protocol error (runaway output)
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
-#: after the process exits, how long to wait for the rest of its stderr
-_STDERR_SETTLE: Final = 0.5
 
 
 class _Waiter:
@@ -324,29 +322,13 @@ class ClaudeWorker:
         return f"{kind}-{self.id}-{next(self._ids)}"
 
     async def _stderr_tail(self) -> str:
-        child = self._child
-        if child is None:
-            return ""
-        # the process just died: let its last words arrive
-        with trio.move_on_after(_STDERR_SETTLE):
-            await child.stderr_closed.wait()
-        return child.stderr_tail()
+        return await settled_stderr_tail(self._child)
 
     async def _crashed(self, what: str) -> BridgeError:
         self.healthy = False
         if self._pump_error is not None:
             return self._pump_error
-        child = self._child
-        code = None
-        if child is not None:
-            with trio.move_on_after(_STDERR_SETTLE):
-                code = await child.wait()
-        tail = await self._stderr_tail()
-        last = tail.strip().splitlines()[-1][:300] if tail.strip() else ""
-        return CliCrashed(
-            f"the claude CLI exited (code {code}) during {what}" + (f": {last}" if last else ""),
-            detail=tail,
-        )
+        return await crash_error(self._child, cli="claude", what=what)
 
     async def _send(self, line: bytes) -> None:
         child = self._child

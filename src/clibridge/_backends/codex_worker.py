@@ -73,7 +73,7 @@ from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, LineTooLong
 from .._worker import Binding, WorkerRetired, WorkerUnusable
 from . import codex
-from ._host import host_child
+from ._host import crash_error, host_child, settled_stderr_tail
 from .codex import (
     AppServerParser,
     GarbageLine,
@@ -87,7 +87,6 @@ from .codex import (
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
-_STDERR_SETTLE: Final = 0.5
 #: distinct system prompt / tool sets a worker keeps one pre-started thread for
 _MAX_SPARE_THREADS: Final = 2
 
@@ -282,28 +281,13 @@ class CodexWorker:
     # ------------------------------------------------------------------ plumbing
 
     async def _stderr_tail(self) -> str:
-        child = self._child
-        if child is None:
-            return ""
-        with trio.move_on_after(_STDERR_SETTLE):
-            await child.stderr_closed.wait()
-        return child.stderr_tail()
+        return await settled_stderr_tail(self._child)
 
     async def _crashed(self, what: str) -> BridgeError:
         self.healthy = False
         if self._pump_error is not None:
             return self._pump_error
-        child = self._child
-        code = None
-        if child is not None:
-            with trio.move_on_after(_STDERR_SETTLE):
-                code = await child.wait()
-        tail = await self._stderr_tail()
-        last = tail.strip().splitlines()[-1][:300] if tail.strip() else ""
-        return CliCrashed(
-            f"the codex CLI exited (code {code}) during {what}" + (f": {last}" if last else ""),
-            detail=tail,
-        )
+        return await crash_error(self._child, cli="codex", what=what)
 
     async def _send(self, line: bytes) -> None:
         child = self._child
