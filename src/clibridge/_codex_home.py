@@ -34,10 +34,11 @@ import attrs
 
 from ._config import CodexConfig
 from ._process import ChildSpec
-from ._spawn_home import ALLOWED_ENV, default_state_dir
+from ._spawn_home import ALLOWED_ENV, allow_listed_env, default_state_dir
 
 log = logging.getLogger(__name__)
 
+#: never passed unless named in ``pass_env`` (CODEX_HOME is always clibridge's own)
 DENIED_ENV: Final = ("OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "CODEX_HOME")
 _ALLOWED: Final = tuple(n for n in ALLOWED_ENV if n != "CLAUDE_CODE_OAUTH_TOKEN")
 
@@ -63,15 +64,7 @@ class CodexHome:
 def child_env(
     config: CodexConfig, codex_home: Path, user_home: Path, environ: Mapping[str, str]
 ) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for name, value in environ.items():
-        if name.startswith("CLIBRIDGE_"):
-            continue
-        if name in _ALLOWED or name.startswith("LC_") or name in config.pass_env:
-            env[name] = value
-    for name in DENIED_ENV:
-        if name in env and name not in config.pass_env:
-            del env[name]
+    env = allow_listed_env(environ, _ALLOWED, config.pass_env)
     env["HOME"] = str(user_home)
     env["CODEX_HOME"] = str(codex_home)
     env.setdefault("PATH", os.defpath)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -124,23 +124,31 @@ class SpawnHome:
         return ChildSpec(argv=tuple(argv), env=dict(self.env), cwd=self.workdir)
 
 
+def allow_listed_env(
+    source: Mapping[str, str], allowed: Iterable[str], pass_env: Iterable[str]
+) -> dict[str, str]:
+    """The variables of ``source`` a CLI child may see: ``allowed``, ``LC_*`` and the
+    operator's ``pass_env``; never ``CLIBRIDGE_*``. Anything else -- the ``DENIED_ENV`` API
+    keys and base URLs included -- reaches a child only when named in ``pass_env``."""
+    allowed = frozenset(allowed)
+    passed = frozenset(pass_env)
+    return {
+        name: value
+        for name, value in source.items()
+        if not name.startswith("CLIBRIDGE_")
+        and (name in allowed or name.startswith("LC_") or name in passed)
+    }
+
+
 def child_env(
     config: ClaudeConfig, home: Path, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The allow-listed environment of a claude child (see module doc)."""
     source = os.environ if environ is None else environ
-    env: dict[str, str] = {}
-    for name, value in source.items():
-        if name.startswith("CLIBRIDGE_"):
-            continue
-        if name in ALLOWED_ENV or name.startswith("LC_") or name in config.pass_env:
-            env[name] = value
+    env = allow_listed_env(source, ALLOWED_ENV, config.pass_env)
     env["HOME"] = str(home)
     env.setdefault("PATH", os.defpath)
     env.update(FORCED_ENV)
-    for name in DENIED_ENV:
-        if name in env and name not in config.pass_env:
-            del env[name]
     return env
 
 

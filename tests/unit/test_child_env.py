@@ -1,0 +1,50 @@
+"""The child environment is an allow-list: keys and base URLs reach a CLI only on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clibridge import _codex_home, _spawn_home
+from clibridge._config import ClaudeConfig, CodexConfig
+
+INBOUND = {
+    "PATH": "/usr/bin",
+    "LC_ALL": "C.UTF-8",
+    "ANTHROPIC_API_KEY": "sk-ant",
+    "ANTHROPIC_BASE_URL": "http://elsewhere",
+    "OPENAI_API_KEY": "sk-oai",
+    "CODEX_HOME": "/root/.codex",
+    "CLAUDECODE": "1",
+    "CLIBRIDGE_AUTH_TOKEN": "secret",
+    "CLIBRIDGE_FAKE_SCENARIO": "/x.json",
+    "AWS_SECRET_ACCESS_KEY": "aws",
+}
+
+
+def test_denied_names_are_never_on_an_allow_list() -> None:
+    assert not set(_spawn_home.ALLOWED_ENV) & set(_spawn_home.DENIED_ENV)
+    assert not set(_codex_home._ALLOWED) & set(_codex_home.DENIED_ENV)
+
+
+def test_claude_child_env() -> None:
+    env = _spawn_home.child_env(ClaudeConfig(), Path("/spawn"), INBOUND)
+    assert env["PATH"] == "/usr/bin"
+    assert env["LC_ALL"] == "C.UTF-8"
+    assert env["HOME"] == "/spawn"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    for name in (*_spawn_home.DENIED_ENV, "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
+        assert name not in env
+    assert not [n for n in env if n.startswith("CLIBRIDGE_")]
+    on_purpose = _spawn_home.child_env(
+        ClaudeConfig(pass_env=("ANTHROPIC_API_KEY", "CLIBRIDGE_AUTH_TOKEN")), Path("/s"), INBOUND
+    )
+    assert on_purpose["ANTHROPIC_API_KEY"] == "sk-ant"
+    assert "CLIBRIDGE_AUTH_TOKEN" not in on_purpose  # never, even when named
+
+
+def test_codex_child_env() -> None:
+    env = _codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), INBOUND)
+    assert (env["HOME"], env["CODEX_HOME"]) == ("/u", "/ch")
+    for name in (*_codex_home.DENIED_ENV[:-1], "ANTHROPIC_API_KEY", "CLAUDECODE"):
+        assert name not in env
+    assert not [n for n in env if n.startswith("CLIBRIDGE_")]
