@@ -21,24 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clibridge._backends.claude import build_argv
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 
 #: the bundled fake claude, as the supervisor runs it with ``--backend fake``
 FAKE_CLAUDE = (sys.executable, "-m", "clibridge.testing.fake_claude")
-#: the stream-json worker flags (FINDINGS.md); the fake accepts exactly what the real CLI does
-WORKER_FLAGS = (
-    "-p",
-    "--input-format",
-    "stream-json",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--include-partial-messages",
-    "--no-session-persistence",
-    "--tools",
-    "",
-)
 MODEL = "claude-sonnet-4-5"
 
 
@@ -176,7 +165,7 @@ class RawFakeClaude:
     """
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        argv = [*FAKE_CLAUDE, *WORKER_FLAGS, "--model", MODEL]
+        argv = build_argv(FAKE_CLAUDE, model=MODEL)  # the worker flags clibridge uses
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
