@@ -5,5 +5,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh" dev
 "$root/scripts/install-real-clis.sh"
+"$root/scripts/install-openclaw.sh"
 cd "$root"
 exec "$root/.venv/bin/python" -m pytest "$@"
