@@ -21,7 +21,8 @@ these at layer boundaries only.
     │   ├── UpstreamRateLimited       429  rate_limit        upstream 429, CLI's retry delay
     │   ├── UpstreamOverloaded        529  overloaded        upstream 529 / 503
     │   ├── CliCrashed                502  api_error         the CLI process died mid-request
-    │   └── ProtocolError             502  api_error         the CLI said something we can't parse
+    │   ├── ProtocolError             502  api_error         the CLI said something we can't parse
+    │   └── ToolsUnavailable          502  api_error         the CLI did not take the request's tools
     ├── BootError                     503  unavailable       a worker failed to start / get ready
     └── TurnTimeout                   504  timeout           wallclock or idle-stream timeout
 """
@@ -145,6 +146,10 @@ class CliCrashed(UpstreamError):
 
 class ProtocolError(UpstreamError):
     pass
+
+
+class ToolsUnavailable(UpstreamError):
+    """The CLI's tool list for a turn is not the request's tool set (retry on another worker)."""
 
 
 class BootError(BridgeError):

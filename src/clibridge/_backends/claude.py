@@ -87,6 +87,7 @@ __all__ = [
     "interrupt_line",
     "mcp_reply",
     "mcp_response_line",
+    "mcp_set_servers_line",
     "mcp_status_line",
     "mcp_tool_result",
     "parse_line",
@@ -115,8 +116,9 @@ def build_argv(
     stdio that hosts the client's tools; initialize must then list it (``sdk_mcp=True`` in
     :func:`initialize_line`). ``host_client_tools`` allows every tool of that server
     (``--allowedTools mcp__client``, observed to work with 2.1.197): the tool set itself is
-    then whatever the host answers to ``tools/list``, which the CLI asks only after our
-    ``initialize`` -- so a spare spawned before any request can still serve any tool set.
+    then whatever the host answers to ``tools/list``. The CLI asks that right after boot and
+    never again by itself, so a spare spawned before any request answers it with no tools
+    and publishes the request's tools at bind (:func:`mcp_set_servers_line`).
     With ``enable_cli_tools`` off the CLI's own tools are disabled.
     """
     argv = [
@@ -168,6 +170,19 @@ def initialize_line(request_id: str, system_prompt: str | None, *, sdk_mcp: bool
     if sdk_mcp:
         request["sdkMcpServers"] = [CLIENT_MCP_SERVER]
     return control_request_line(request_id, request)
+
+
+def mcp_set_servers_line(request_id: str, *, with_client: bool) -> bytes:
+    """``mcp_set_servers``: the dynamic MCP servers, with or without our SDK server.
+
+    Removing the ``client`` server and adding it again makes the CLI connect to it anew and
+    ask ``tools/list`` again (observed with 2.1.197; ``mcp_reconnect`` refuses SDK servers):
+    how a worker spawned before any request learns the request's tools.
+    """
+    servers: dict[str, Any] = {}
+    if with_client:
+        servers[CLIENT_MCP_SERVER] = {"type": "sdk", "name": CLIENT_MCP_SERVER}
+    return control_request_line(request_id, {"subtype": "mcp_set_servers", "servers": servers})
 
 
 def set_model_line(request_id: str, model: str) -> bytes:

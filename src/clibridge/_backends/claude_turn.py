@@ -7,6 +7,8 @@ A :class:`TurnTranslator` follows one turn -- from our ``user`` line to the CLI'
 
     system/init                      -> TurnStarted(model)
     stream_event content_block_*     -> TextDelta / ThinkingDelta / ToolCallStart/Delta/End
+                                        (nothing for a call of a tool system/init did not
+                                        list: the CLI rejects it itself and the turn goes on)
     stream_event message_delta       -> remembers stop_reason
     result (success)                 -> Finished(reason, usage from the result)
     result (error) / api_retry       -> a BridgeError, per the fail-fast policy
@@ -168,12 +170,17 @@ class TurnTranslator:
         self._tool_count = 0
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
+        #: the tool names the CLI listed in system/init (None: not seen, trust every call)
+        self._callable: frozenset[str] | None = None
 
     def feed(self, record: Record) -> list[Event]:
         """The events ``record`` yields; raises a BridgeError subclass on failure."""
         if self.done or self.paused:
             return []
         if isinstance(record, SystemInit):
+            tools = record.raw.get("tools")
+            if isinstance(tools, list):
+                self._callable = frozenset(str(t) for t in tools)
             return self._start(record.model)
         if isinstance(record, ApiRetry):
             self._on_retry(record)
@@ -280,6 +287,9 @@ class TurnTranslator:
         if kind == "thinking":
             self._blocks[index] = ("thinking", -1)
             return [ThinkingDelta(block["thinking"])] if block.get("thinking") else []
+        if kind == "tool_use" and self._rejected(block):
+            self._blocks[index] = ("rejected", -1)
+            return []
         if kind == "tool_use":
             call = self._tool_count
             self._tool_count += 1
@@ -295,6 +305,18 @@ class TurnTranslator:
             return out
         self._blocks[index] = (str(kind), -1)
         return []
+
+    def _rejected(self, block: Mapping[str, Any]) -> bool:
+        """A call of a tool the CLI does not have: it answers it with an error by itself."""
+        name = str(block.get("name", ""))
+        if self._callable is None or name in self._callable:
+            return False
+        log.warning(
+            "the model called %r, which the claude CLI does not list: the CLI rejects the call "
+            "and the turn goes on; not reported to the client",
+            name,
+        )
+        return True
 
     def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[Event]:
         kind = delta.get("type")
@@ -332,7 +354,7 @@ class TurnTranslator:
                 out.append(TextDelta(str(block["text"])))
             elif kind == "thinking" and block.get("thinking"):
                 out.append(ThinkingDelta(str(block["thinking"])))
-            elif kind == "tool_use":
+            elif kind == "tool_use" and not self._rejected(block):
                 call = self._tool_count
                 self._tool_count += 1
                 args = json.dumps(block.get("input") or {}, ensure_ascii=False)

@@ -39,11 +39,17 @@ Client tools
 ------------
 Every worker is spawned with the SDK MCP server ``client`` on its stdio and
 ``--allowedTools mcp__client`` (all of that server's tools), before any request is known.
-The CLI asks ``tools/list`` only after our ``initialize`` (observed), so the tool set is
-the one of the first binding (``Binding.tools_key``); a ``tools/list`` that arrives
-before the worker is bound is answered once it is. Every ``mcp_message`` is answered
-(initialize, notifications, tools/list) -- the CLI stalls on an unanswered one -- except
-``tools/call``, which waits for the client.
+The CLI connects to that server while it boots and asks ``tools/list`` once; it times out
+its own MCP requests after 30 s and then runs tool-less for good (observed, FINDINGS.md),
+so every ``mcp_message`` is answered at once -- ``tools/list`` with the tools the worker
+has now, none before its first bind. A binding whose tool set differs from what the CLI
+last listed *publishes* it: ``mcp_set_servers`` without, then with ``client`` makes the CLI
+connect anew and list again, and ``mcp_status`` must then show exactly the binding's
+tools, else the worker is unusable and the pool takes another. Each turn's ``system/init``
+is checked once more against the tool set (:class:`~clibridge._errors.ToolsUnavailable`
+on a mismatch: the worker is retired and the supervisor retries once on another). The
+translator never reports a call of a tool the CLI does not list (the CLI rejects it
+itself and goes on with the turn).
 
 When a model message ends with ``stop_reason: tool_use`` the turn's event stream ends
 with the calls and ``Finished(TOOL_USE)`` while the CLI waits on its ``tools/call``: the
@@ -77,6 +83,7 @@ from .._errors import (
     CliCrashed,
     ModelNotFound,
     ProtocolError,
+    ToolsUnavailable,
     TurnTimeout,
 )
 from .._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
@@ -95,8 +102,10 @@ from .claude import (
     Record,
     Result,
     RetryPolicy,
+    SystemInit,
     TurnTranslator,
 )
+from .claude_tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,22 @@ def _argv_model(argv: tuple[str, ...]) -> str | None:
     for flag, value in itertools.pairwise(argv):
         if flag == "--model":
             return value
+    return None
+
+
+def _listed_tools(status: Mapping[str, Any] | None) -> list[str] | None:
+    """The tool names ``mcp_status`` reports for our SDK server, None while not connected."""
+    servers = (status or {}).get("mcpServers")
+    for server in servers if isinstance(servers, list) else []:
+        if isinstance(server, Mapping) and server.get("name") == CLIENT_MCP_SERVER:
+            if server.get("status") != "connected":
+                return None
+            tools = server.get("tools")
+            return sorted(
+                str(t.get("name"))
+                for t in (tools if isinstance(tools, list) else [])
+                if isinstance(t, Mapping)
+            )
     return None
 
 
@@ -178,9 +203,10 @@ class ClaudeWorker:
         self._dirty = False  # the conversation holds a turn: /clear before reuse
         #: the argv hosts the SDK MCP server: initialize must name it
         self._sdk_mcp = "--mcp-config" in launch.argv
+        #: the tools the SDK MCP server lists (the binding's, once published)
         self._tools: tuple[ToolSpec, ...] = ()
-        self._tools_known = False
-        self._deferred_lists: list[ControlRequest] = []
+        #: the tools_key whose tools the CLI has taken (checked through mcp_status)
+        self._published: object = ()
         #: the CLI's tools/call requests not answered yet, by tool_use id
         self._tool_calls: dict[str, ControlRequest] = {}
         self._tool_call_arrived = trio.Event()
@@ -301,9 +327,6 @@ class ClaudeWorker:
             self._tool_call_arrived.set()
             self._tool_call_arrived = trio.Event()
             return
-        if method == "tools/list" and not self._tools_known:
-            self._deferred_lists.append(record)  # answered by bind, with the binding's tools
-            return
         reply = claude.mcp_reply(message, self._tools)
         if reply is not None:
             await self._send(claude.mcp_response_line(record.request_id, reply))
@@ -379,12 +402,6 @@ class ClaudeWorker:
         try:
             try:
                 if self.binding is None:
-                    # the tool set is fixed by the first tools/list answer (after initialize)
-                    self._tools = claude.tools_from_key(binding.tools_key)
-                    self._tools_known = True
-                    deferred, self._deferred_lists = self._deferred_lists, []
-                    for held in deferred:
-                        await self._on_mcp(held)
                     rid = self._next_id("init")
                     response = await self._control(
                         rid,
@@ -394,6 +411,8 @@ class ClaudeWorker:
                     if not response.ok:
                         self.healthy = False
                         raise BootError(f"claude refused initialize: {response.error}")
+                    if binding.tools_key != self._published:
+                        await self._publish_tools(binding.tools_key)
                     self.binding = Binding(binding.system, binding.tools_key, self.model or "")
                 elif self._dirty:
                     await self._clear()
@@ -414,6 +433,57 @@ class ClaudeWorker:
             self.binding = binding
         finally:
             self._busy = False
+
+    async def _publish_tools(self, tools_key: object) -> None:
+        """Make the CLI list ``tools_key``'s tools (module doc); WorkerUnusable if it won't."""
+        self._tools = claude.tools_from_key(tools_key)
+        for with_client in (False, True):
+            rid = self._next_id("servers")
+            response = await self._control(
+                rid, claude.mcp_set_servers_line(rid, with_client=with_client), "mcp_set_servers"
+            )
+            if not response.ok:
+                raise WorkerUnusable(
+                    f"claude worker {self.id}: mcp_set_servers refused: {response.error}"
+                )
+        want = sorted(t.name for t in self._tools)
+        listed: list[str] | None = None
+        with trio.move_on_after(self._pool.ready_timeout):
+            while True:
+                rid = self._next_id("tools")
+                status = await self._control(rid, claude.mcp_status_line(rid), "mcp_status")
+                listed = _listed_tools(status.response)
+                if listed == want:
+                    self._published = tools_key
+                    return
+                await trio.sleep(0.01)
+        self.healthy = False
+        raise WorkerUnusable(
+            f"claude worker {self.id} did not take the request's tools "
+            f"(wanted {want}, the CLI lists {listed})"
+        )
+
+    def _check_tools(self, init: SystemInit) -> None:
+        """The turn's ``system/init`` must list exactly the published client tools."""
+        names = init.raw.get("tools")
+        got = sorted(
+            str(n).removeprefix(CLIENT_TOOL_PREFIX)
+            for n in (names if isinstance(names, list) else [])
+            if str(n).startswith(CLIENT_TOOL_PREFIX)
+        )
+        want = sorted(t.name for t in self._tools)
+        if self._sdk_mcp and got != want:
+            self.healthy = False
+            log.warning(
+                "claude worker %d: the CLI's tools %s are not the request's %s; retiring it",
+                self.id,
+                got,
+                want,
+            )
+            raise ToolsUnavailable(
+                f"the claude CLI did not take the request's tools (it lists {got}, "
+                f"the request has {want})"
+            )
 
     async def _clear(self) -> None:
         timeout = self._pool.ready_timeout
@@ -502,6 +572,8 @@ class ClaudeWorker:
                         f"the claude CLI said nothing for {pool.stream_idle_timeout:g} s "
                         "(stream_idle_timeout)"
                     )
+                if isinstance(record, SystemInit) and not translator.started:
+                    self._check_tools(record)
                 try:
                     events = translator.feed(record)
                 except ProtocolError:
