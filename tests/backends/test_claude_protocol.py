@@ -26,6 +26,7 @@ from clibridge._backends.claude import (
     TurnTranslator,
     UserEcho,
 )
+from clibridge._backends.claude_render import TOOL_RESULTS_HEADER
 from clibridge._config import ClaudeConfig
 from clibridge._errors import (
     LoginExpired,
@@ -481,7 +482,8 @@ def test_render_pending_tool_result_is_the_latest_message() -> None:
     ]
     (block,) = claude.render_user_content(messages)
     assert block["text"].endswith(
-        'Latest user message:\n<tool_result id="c1" name="get_weather" is_error="true">boom</tool_result>'
+        f"</conversation_history>\n\n{TOOL_RESULTS_HEADER}\n"
+        '<tool_result id="c1" name="get_weather" is_error="true">boom</tool_result>'
     )
 
 

@@ -614,11 +614,10 @@ async def test_three_openclaw_sessions_on_two_workers(tmp_path: Path) -> None:
     under pressure (a reclaimed tool turn falls back to the full history); every stream of
     every session ends with a finish_reason, a usage chunk and ``[DONE]``.
 
-    The fake model follows directives only, and on the fallback path it reads them from the
-    whole replayed history, the first question's tool call included; so the tool result
-    carries a directive line that stops further calls -- what a real model does once it has
-    the result. On the resume path the result goes to the paused call and is not read for
-    directives.
+    The fake model follows directives only, and only those of the newest user turn: on the
+    resume path the answer after a tool result comes from the paused turn's directive, on
+    the fallback path (the replayed history is never read for directives) from the process
+    default. Both say "README read.", so the answer does not depend on the path taken.
     """
     pool = attrs.evolve(FAST_POOL, workers=2, spares=1, max_queue=4)
     slow = {"first_delay": 0.4, "chunk_chars": 6, "chunk_delay": 0.01}
@@ -627,9 +626,8 @@ async def test_three_openclaw_sessions_on_two_workers(tmp_path: Path) -> None:
 
     async def one(server: E2EServer, n: int) -> None:
         session = OpenClawSession.open(server.base_url, MODEL)
-        session.results["read"] = README + directive(tool_calls=[]) + "\n"
         try:
-            first = directive(tool_calls=READ, reply=f"Agent {n}: README read.", **slow)
+            first = directive(tool_calls=READ, **slow)
             second = directive(reply=f"Agent {n}: a demo project.", **slow)
             finals[n] = [
                 await agent_loop(session, f"{first}\n{ASK} (agent {n})"),
@@ -647,8 +645,9 @@ async def test_three_openclaw_sessions_on_two_workers(tmp_path: Path) -> None:
             with trio.move_on_after(0.02):
                 await done.wait()
 
+    scenario = {"default": {"reply": "README read."}}
     with trio.fail_after(60):
-        async with open_e2e_server(tmp_path, pool=pool) as server:
+        async with open_e2e_server(tmp_path, pool=pool, scenario=scenario) as server:
             await server.wait_stats(lambda s: s["idle"] >= 1, within=20)
             done = trio.Event()
             async with trio.open_nursery() as watchers:
@@ -662,7 +661,7 @@ async def test_three_openclaw_sessions_on_two_workers(tmp_path: Path) -> None:
     for n in range(3):
         answer, follow = finals[n]
         assert answer.finish == follow.finish == "stop"
-        assert answer.text == f"Agent {n}: README read."
+        assert answer.text == "README read."
         assert follow.text == f"Agent {n}: a demo project."
     # 3 sessions x (question, tool result, follow-up); a continuation whose parked worker
     # gave way under pressure is a resume miss and goes to a fresh worker with the history

@@ -10,9 +10,18 @@ ONE ``user`` message (:func:`render_user_content`):
   ``<conversation_history>`` with one ``<turn role="user|assistant">`` element per message
   (tool calls as ``<tool_call id=.. name=..>ARGS</tool_call>``, tool results as
   ``<tool_result id=.. name=..>TEXT</tool_result>``, images as image blocks at their place,
-  thinking dropped), then the latest user message (everything after the last assistant
-  message) rendered the same way after the line ``Latest user message:``. When the
-  conversation ends with an assistant message, the closing line asks the model to continue it.
+  thinking dropped), then the newest turn (every message after the last assistant
+  message) rendered the same way after the line ``Latest user message:`` -- or, when it
+  holds only tool results, after :data:`TOOL_RESULTS_HEADER`. When the conversation ends
+  with an assistant message, the closing line asks the model to continue it.
+
+The framing is built so the model cannot take an earlier request for a new one: the
+preamble says the quoted turns already happened (their requests answered, their tool calls
+made and returned), the history is ONE element closed by :data:`HISTORY_CLOSE` before the
+newest turn, and the newest turn comes last, labelled. Nothing after the last
+:data:`HISTORY_CLOSE` is history: the fake CLIs and the model stub rely on that to read
+their ``@fake`` / ``@stub`` directives from the newest turn only
+(:func:`clibridge.testing.scenario.directive_text`).
 
 Trade-off: the model sees its earlier turns as quoted text, not as real assistant turns, so
 prompt caching across requests does not apply and a client's assistant "prefill" is only
@@ -34,13 +43,20 @@ from .._events import (
     ToolResultPart,
 )
 
+HISTORY_OPEN: Final = "<conversation_history>"
+HISTORY_CLOSE: Final = "</conversation_history>"
 HISTORY_PREAMBLE: Final = (
-    "The conversation so far is quoted below, oldest turn first. Your own earlier replies "
-    'are the turns with role="assistant"; tool calls you made and the results you got are '
-    "shown inline. Answer the latest user message as the assistant, continuing this "
-    "conversation; do not mention this quoting."
+    "The conversation so far is quoted below as context, oldest turn first. Your own earlier "
+    'replies are the turns with role="assistant"; tool calls you made and the results you '
+    f"got are shown inline. Everything inside {HISTORY_OPEN} has already happened: its "
+    "requests were answered and its tool calls were made and returned their results. Respond "
+    "only to what follows the history, as the assistant continuing this conversation; do not "
+    "mention this quoting."
 )
 LATEST_HEADER: Final = "Latest user message:"
+TOOL_RESULTS_HEADER: Final = (
+    "Results of the tool calls in your last turn above (new; continue from them):"
+)
 CONTINUE_REQUEST: Final = (
     "The conversation ends with your own (assistant) turn: continue it exactly where it stops."
 )
@@ -97,6 +113,18 @@ def _render_parts(parts: Sequence[Part], out: _Blocks, tool_names: Mapping[str, 
             pass  # earlier reasoning is not replayed
 
 
+def _only_tool_results(messages: Sequence[Message]) -> bool:
+    """True when ``messages`` say nothing but tool results (blank text aside)."""
+    said = [
+        part
+        for message in messages
+        for part in message.parts
+        if not isinstance(part, ThinkingPart)
+        and not (isinstance(part, TextPart) and not part.text.strip())
+    ]
+    return bool(said) and all(isinstance(part, ToolResultPart) for part in said)
+
+
 def render_user_content(messages: Sequence[Message]) -> str | list[Block]:
     """The content of the one ``user`` line that carries ``messages`` (see module doc)."""
     if not messages:
@@ -123,15 +151,16 @@ def render_user_content(messages: Sequence[Message]) -> str | list[Block]:
     latest = messages[last_assistant + 1 :]
     out = _Blocks()
     if history:
-        out.text(HISTORY_PREAMBLE + "\n\n<conversation_history>\n")
+        out.text(f"{HISTORY_PREAMBLE}\n\n{HISTORY_OPEN}\n")
         for message in history:
             out.text(f'<turn role="{message.role}">\n')
             _render_parts(message.parts, out, tool_names)
             out.text("</turn>\n")
-        out.text("</conversation_history>\n\n")
+        out.text(f"{HISTORY_CLOSE}\n\n")
     if latest:
         if history:
-            out.text(LATEST_HEADER + "\n")
+            header = TOOL_RESULTS_HEADER if _only_tool_results(latest) else LATEST_HEADER
+            out.text(header + "\n")
         for message in latest:
             _render_parts(message.parts, out, tool_names)
     else:

@@ -41,6 +41,11 @@ What the real CLI does that the fake reproduces (observed, see the samples):
   ``notifications/cancelled``, then a rejected tool_result line and
   ``[Request interrupted by user for tool use]``.
 
+Directives (``@fake ...`` lines, :mod:`.scenario`) are read from the newest user turn
+only: a ``user`` line (or the lines merged into one turn) minus its quoted history (the
+``<conversation_history>`` clibridge renders when it replays a conversation into a fresh
+worker) and minus tool results. A directive in an earlier turn never fires again.
+
 The start path imports only the standard library; the scenario module (attrs, cattrs) is
 imported at the first turn, so the fake answers ``mcp_status`` in a few tens of ms.
 """
@@ -299,8 +304,12 @@ def _usage(inp: int, out: int, cache_read: int = 0) -> dict[str, Any]:
     }
 
 
-def _prompt_text(content: Any) -> str:
-    """The text of a user message's content; non-text blocks become short markers."""
+def _prompt_text(content: Any, *, tool_results: bool = True) -> str:
+    """The text of a user message's content; non-text blocks become short markers.
+
+    ``tool_results=False`` leaves ``tool_result`` blocks out: the text scanned for
+    directives (a tool result is not a user turn, see :mod:`.scenario`).
+    """
     if isinstance(content, str):
         return content
     parts = []
@@ -312,7 +321,7 @@ def _prompt_text(content: Any) -> str:
             parts.append(str(block.get("text", "")))
         elif kind == "image":
             parts.append(f"[image:{(block.get('source') or {}).get('media_type', '?')}]")
-        elif kind == "tool_result":
+        elif kind == "tool_result" and tool_results:
             parts.append(
                 f"[tool_result:{block.get('tool_use_id')}] {_prompt_text(block.get('content'))}"
             )
@@ -358,7 +367,8 @@ class FakeClaude:
         self.cwd = os.getcwd()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.eof = False
-        self.backlog: list[str] = []  # user prompts waiting for a turn
+        #: user prompts waiting for a turn: (prompt, the text scanned for directives)
+        self.backlog: list[tuple[str, str]] = []
         self.carry: list[str] = []  # prompts of failed turns, merged into the next one
         self.responses: dict[str, Any] = {}  # control_response payloads by request_id
         self.deferred: list[dict[str, Any]] | None = None  # control requests held at boot
@@ -467,7 +477,8 @@ class FakeClaude:
         kind = msg.get("type")
         if kind == "user":
             message = msg.get("message") or {}
-            self.backlog.append(_prompt_text(message.get("content", "")))
+            content = message.get("content", "")
+            self.backlog.append((_prompt_text(content), _prompt_text(content, tool_results=False)))
         elif kind == "control_response":
             body = msg.get("response") or {}
             self.responses[str(body.get("request_id"))] = body
@@ -626,9 +637,10 @@ class FakeClaude:
             self.boot()
             while True:
                 if self.backlog:
-                    prompt = "\n".join(self.backlog)
+                    prompt = "\n".join(p for p, _ in self.backlog)
+                    scanned = "\n".join(s for _, s in self.backlog)
                     self.backlog.clear()
-                    self.turn(prompt)
+                    self.turn(prompt, scanned=scanned)
                 else:
                     self.pump(None)
         except Exit as exc:
@@ -712,11 +724,13 @@ class FakeClaude:
             }
         )
 
-    def turn(self, raw_prompt: str) -> None:
+    def turn(self, raw_prompt: str, *, scanned: str | None = None) -> None:
+        """One turn; directives come from the newest user turn in ``scanned`` (see
+        :func:`.scenario.directive_text`: never from a replayed history or tool results)."""
         if raw_prompt.strip() == "/clear":
             self.clear()
             return
-        scenario, prompt = self.book().for_turn(raw_prompt)
+        scenario, prompt = self.book().for_turn(raw_prompt, scanned=scanned)
         prompt = "\n".join([*self.carry, prompt])
         self.scenario = scenario
         self.in_turn = True

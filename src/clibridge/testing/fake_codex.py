@@ -16,6 +16,9 @@ loopback model stub (``tests/testing/samples/codex_*.ndjson``):
 
 What a turn does is chosen by :mod:`clibridge.testing.scenario` from the turn's text
 (``@fake {...}`` / ``@fake:NAME``) over the process defaults in ``CLIBRIDGE_FAKE_SCENARIO``.
+Only the newest user turn counts: the ``turn/start`` input, never the history injected with
+``thread/inject_items`` nor the ``<conversation_so_far>`` quote of clibridge's transcript
+fallback (:func:`clibridge.testing.scenario.directive_text`).
 ``error_notification`` may name a ``codexErrorInfo`` with a prefix: ``"usageLimitExceeded:
 You've hit your usage limit"`` sends ``codexErrorInfo: "usageLimitExceeded"``; without a
 known prefix it is ``"other"``. ``api_error: 401 / 429 / 5xx`` reproduces what the real CLI

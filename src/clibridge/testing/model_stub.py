@@ -14,8 +14,7 @@ Theory of operation
 Each model request (messages or responses) picks one :class:`Reply`:
 
 1. the oldest reply queued with :meth:`ModelStub.push` (a FIFO shared by both APIs), else
-2. directives in the *last* user message's text (not an earlier one: after a tool call the
-   last user message holds the tool result, so a tool-calling directive cannot loop)::
+2. directives in the text of the *newest user turn*::
 
        @stub {"text": "hi", "chunk_chars": 2, "chunk_delay": 0.05}
        @stub:echo
@@ -24,6 +23,22 @@ Each model request (messages or responses) picks one :class:`Reply`:
    (``tool_calls`` as ``[{"name": ..., "input": {...}}]``), ``@stub:NAME`` applies a named
    preset (:data:`PRESETS`). Several directives merge in order. Else
 3. the stub's default reply.
+
+The newest user turn is every user message after the last assistant or tool message:
+
+- Anthropic Messages: a ``user`` message with a ``tool_result`` block is a tool message;
+- Responses: any input item but a ``user`` message ends the turn (``function_call``,
+  ``function_call_output``, assistant messages, reasoning ...), except ``developer`` /
+  ``system`` messages, which are skipped;
+
+(several user messages count: clients like OpenClaw send a context message after the
+user's), and of their text only :func:`clibridge.testing.scenario.directive_text`: nothing
+up to the end of a quoted history (``</conversation_history>``, ``</conversation_so_far>``:
+clibridge's replay of a conversation into a fresh CLI puts the earlier turns, directives
+and all, inside the newest user message) and no rendered ``<tool_result>``. So a directive
+acts in the turn that carries it and never again: a tool-calling directive cannot fire a
+second time after its tool result, nor from a replayed history (that looped: ~190 workers
+spawned in 2 minutes).
 
 The reply is rendered by pure functions (``_anthropic_*`` / ``_responses_*``) into a list of
 frames, each an encoded SSE event with the delay to wait before it; the server only sleeps and
@@ -37,9 +52,13 @@ Errors carry ``retry-after`` and, if asked, ``x-should-retry`` (the claude CLI o
 ``x-should-retry: false``: it gives up at once instead of retrying for minutes).
 
 Run it inside a nursery (``port = await nursery.start(stub.run)``), with
-``async with serve_model_stub() as stub:``, or standalone for benchmarks::
+``async with serve_model_stub() as stub:``, or standalone for benchmarks and by hand::
 
-    python -m clibridge.testing.model_stub --port 8701
+    python -m clibridge.testing.model_stub --port 8701 [--record requests.jsonl]
+
+``record=PATH`` (``--record PATH``) also appends every request to a file, one JSON line
+each: ``{"time": <unix seconds>, "method", "path", "query", "body"}`` (``raw_body`` as text
+instead when the body is not JSON). Headers are left out, so no API key is written.
 """
 
 from __future__ import annotations
@@ -56,6 +75,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl
 
@@ -64,6 +84,8 @@ import cattrs
 import hypercorn.config
 import hypercorn.trio
 import trio
+
+from .scenario import directive_text
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -184,6 +206,11 @@ class RecordedRequest:
         return _last_user_text(self.body) if isinstance(self.body, dict) else ""
 
     @property
+    def newest_user_text(self) -> str:
+        """The text of the newest user turn (module doc), quoted history included."""
+        return _newest_user_text(self.body) if isinstance(self.body, dict) else ""
+
+    @property
     def system_text(self) -> str:
         """The system prompt (Messages ``system``, Responses ``instructions``) as one text."""
         return _system_text(self.body) if isinstance(self.body, dict) else ""
@@ -236,6 +263,29 @@ def _last_user_text(body: Mapping[str, Any]) -> str:
     return ""
 
 
+def _has_tool_result(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") == "tool_result" for part in content
+    )
+
+
+def _newest_user_text(body: Mapping[str, Any]) -> str:
+    """The text of the user messages after the last assistant or tool message (module doc)."""
+    turn: list[str] = []
+    for item in reversed(_messages(body)):
+        if not isinstance(item, dict):
+            break
+        role = item.get("role")
+        # Messages entries have no "type"; Responses messages may omit it (EasyInputMessage)
+        is_message = item.get("type", "message") == "message"
+        if is_message and role in ("developer", "system"):
+            continue
+        if not is_message or role != "user" or _has_tool_result(item.get("content")):
+            break
+        turn.append(_content_text(item.get("content")))
+    return "\n".join(reversed(turn))
+
+
 def _system_text(body: Mapping[str, Any]) -> str:
     """Messages ``system``; Responses ``instructions`` plus ``developer`` / ``system`` items
     (codex sends its whole system prompt as developer messages, ``instructions`` empty)."""
@@ -283,7 +333,7 @@ def choose_reply(
         reply = queued.popleft()
     else:
         reply = default
-        for match in _DIRECTIVE.finditer(_last_user_text(body)):
+        for match in _DIRECTIVE.finditer(directive_text(_newest_user_text(body))):
             if match.group("name"):
                 if match.group("name") not in PRESETS:
                     raise ValueError(f"unknown @stub preset {match.group('name')!r}")
@@ -713,11 +763,18 @@ class ModelStub:
     """
 
     def __init__(
-        self, *, default: Reply | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        *,
+        default: Reply | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: Path | str | None = None,
     ) -> None:
         self.default = default or Reply()
         self.host = host
         self.requested_port = port
+        #: a file every request is appended to (module doc), or None
+        self.record_path = None if record is None else Path(record)
         #: the bound port, set once :meth:`run` reported started
         self.port: int | None = None
         #: every request received, oldest first
@@ -850,6 +907,8 @@ class ModelStub:
                 reply=reply,
             )
         )
+        if self.record_path is not None:
+            _append_to_record(self.record_path, scope, raw, body)
         self._notify()
 
     async def _answer(self, scope: _Scope, raw: bytes, receive: _Receive, send: _Send) -> None:
@@ -923,6 +982,23 @@ class ModelStub:
             nursery.cancel_scope.cancel()
 
 
+def _append_to_record(path: Path, scope: _Scope, raw: bytes, body: Any) -> None:
+    """One request as one JSON line of the ``record`` file (module doc)."""
+    # Why no headers: they carry the API key (x-api-key / authorization).
+    entry: dict[str, Any] = {
+        "time": time.time(),
+        "method": scope["method"],
+        "path": scope["path"],
+        "query": dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+        "body": body,
+    }
+    if body is None and raw:
+        entry["raw_body"] = raw.decode("utf-8", errors="replace")
+    # one small append per request: a stub's file IO, not worth a thread
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -952,10 +1028,10 @@ async def _cancel_on_disconnect(receive: _Receive, scope: trio.CancelScope) -> N
 
 @asynccontextmanager
 async def serve_model_stub(
-    *, default: Reply | None = None, port: int = 0
+    *, default: Reply | None = None, port: int = 0, record: Path | str | None = None
 ) -> AsyncIterator[ModelStub]:
     """A running :class:`ModelStub` for the body of the ``async with``."""
-    stub = ModelStub(default=default, port=port)
+    stub = ModelStub(default=default, port=port, record=record)
     async with trio.open_nursery() as nursery:
         await nursery.start(stub.run)
         try:
@@ -967,8 +1043,8 @@ async def serve_model_stub(
 # --------------------------------------------------------------------- standalone
 
 
-async def _main(port: int, host: str, default: Reply) -> None:
-    stub = ModelStub(default=default, host=host, port=port)
+async def _main(port: int, host: str, default: Reply, record: Path | None) -> None:
+    stub = ModelStub(default=default, host=host, port=port, record=record)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(stub.run)
@@ -988,9 +1064,16 @@ def main(argv: list[str] | None = None) -> None:
         default="{}",
         help='default reply as JSON, e.g. \'{"text": "hi", "chunk_chars": 3}\'',
     )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="append every request to FILE, one JSON line each (time, method, path, query, "
+        "body; no headers)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    trio.run(_main, args.port, args.host, reply_from_dict(json.loads(args.default)))
+    trio.run(_main, args.port, args.host, reply_from_dict(json.loads(args.default)), args.record)
     print(f"model stub stopped after {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 

@@ -14,6 +14,26 @@ A fake CLI (``clibridge-fake-claude``, ``clibridge-fake-codex``) behaves by a
                                                      bundled one from ``testing/scenarios``)
    Several directives apply in order; directive lines are not part of the echoed prompt.
 
+Directives apply to the newest user turn only
+---------------------------------------------
+Only the text of the *newest user turn* is scanned for directives (:func:`directive_text`):
+
+* **Quoted history is never scanned.** When clibridge cannot continue a conversation on a
+  worker that holds it, it replays the earlier turns inside the newest user message, as
+  ``<conversation_history>...</conversation_history>`` (claude,
+  ``_backends/claude_render.py``) or ``<conversation_so_far>...</conversation_so_far>``
+  (codex's transcript fallback, ``_backends/codex.py``). Everything up to and including the
+  *last* such closing tag (:data:`QUOTED_HISTORY_ENDS`) is quoted history.
+* **Tool results are not user turns.** Rendered ``<tool_result ...>...</tool_result>``
+  elements after the history (and native ``tool_result`` blocks, which the fakes leave out
+  of the scanned text) are not scanned.
+
+So a directive acts in the turn that carries it and never again: a tool-calling directive
+from an earlier turn cannot fire again when the history is replayed (that looped: ~190
+workers spawned in 2 minutes). The model stub (:mod:`.model_stub`) applies the same rule to
+the upstream request. Directive lines are removed from the echoed prompt everywhere,
+quoted history included.
+
 Recording: when ``CLIBRIDGE_FAKE_RECORD`` names a file, the fake appends one JSON line per
 fact: ``{"argv": [...], "env": {...}, "cwd": "...", "pid": N}`` at start, then
 ``{"stdin": <parsed JSON line or raw text>}`` for every stdin line it reads.
@@ -40,6 +60,21 @@ BUNDLED_DIR = Path(__file__).parent / "scenarios"
 DEFAULT_REPLY = "Hello from the fake CLI."
 
 _DIRECTIVE = re.compile(r"^[ \t]*@fake(?::(?P<name>[\w.-]+)|[ \t]+(?P<json>\{.*\}))[ \t]*$", re.M)
+
+#: closing tags of the quoted history clibridge renders into a replayed user message:
+#: claude (``_backends/claude_render.py``), codex's fallback (``_backends/codex.py``)
+QUOTED_HISTORY_ENDS = ("</conversation_history>", "</conversation_so_far>")
+_RENDERED_TOOL_RESULT = re.compile(r"<tool_result\b[^>]*>.*?</tool_result>", re.S)
+
+
+def directive_text(text: str) -> str:
+    """The part of a user turn's ``text`` whose directive lines apply (see module doc).
+
+    Everything up to and including the last closing tag of a quoted history is cut, and
+    rendered ``<tool_result>`` elements are dropped. Shared by both fakes and the model stub.
+    """
+    cut = max((text.rfind(end) + len(end) for end in QUOTED_HISTORY_ENDS if end in text), default=0)
+    return _RENDERED_TOOL_RESULT.sub("", text[cut:])
 
 
 @attrs.frozen
@@ -144,10 +179,14 @@ class ScenarioBook:
             return data
         raise KeyError(f"unknown fake scenario {name!r}")
 
-    def for_turn(self, text: str) -> tuple[Scenario, str]:
-        """The scenario for a turn whose user text is ``text``, and the text minus directives."""
+    def for_turn(self, text: str, *, scanned: str | None = None) -> tuple[Scenario, str]:
+        """The scenario for a turn whose user text is ``text``, and the text minus directives.
+
+        Directives are read from :func:`directive_text` of ``scanned`` (default: ``text``;
+        a fake passes the text without native tool results), never from quoted history.
+        """
         scenario = self.default
-        for match in _DIRECTIVE.finditer(text):
+        for match in _DIRECTIVE.finditer(directive_text(text if scanned is None else scanned)):
             if match.group("name"):
                 scenario = scenario_from_dict(self.lookup(match.group("name")), scenario)
             else:
