@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -27,6 +29,7 @@ from clibridge.testing.model_stub import (
     StubToolCall,
     choose_reply,
     directive,
+    serve_model_stub,
 )
 
 MESSAGES = "/v1/messages"
@@ -470,3 +473,62 @@ async def test_standalone_module_serves_and_stops_on_sigterm() -> None:
         process.kill()
         await process.wait()
         await process.stdout.aclose()  # type: ignore[union-attr]
+
+
+async def test_record_file_gets_every_request_without_headers(tmp_path: Path) -> None:
+    record = tmp_path / "requests.jsonl"
+    async with (
+        serve_model_stub(record=record) as stub,
+        httpx.AsyncClient(base_url=stub.base_url, headers={"x-api-key": "sk-secret"}) as http,
+    ):
+        body = anthropic_body("hi", stream=False)
+        await http.post(MESSAGES + "?beta=true", json=body)
+        await http.post(RESPONSES, content=b"not json", headers={"authorization": "Bearer sk-x"})
+        assert len(stub.requests) == 2
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(e["method"], e["path"], e["query"]) for e in lines] == [
+        ("POST", MESSAGES, {"beta": "true"}),
+        ("POST", RESPONSES, {}),
+    ]
+    assert lines[0]["body"] == body and "raw_body" not in lines[0]
+    assert lines[1]["body"] is None and lines[1]["raw_body"] == "not json"
+    assert all(abs(e["time"] - time.time()) < 60 for e in lines)
+    assert "sk-secret" not in record.read_text() and "sk-x" not in record.read_text()
+    assert all("headers" not in e for e in lines)
+
+
+async def test_standalone_module_records_with_record_flag(tmp_path: Path) -> None:
+    record = tmp_path / "rec" / "requests.jsonl"
+    record.parent.mkdir()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "clibridge.testing.model_stub", "--record", str(record)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(20):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive_some(1)
+        base_url = line.decode().split()[-1]
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            for text in ("one", "two"):
+                response = await http.post(
+                    RESPONSES,
+                    json=responses_body(text, stream=False),
+                    headers={"authorization": "Bearer sk-stub-secret"},
+                )
+                assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        await process.wait()
+        await process.stdout.aclose()  # type: ignore[union-attr]
+    entries = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [e["path"] for e in entries] == [RESPONSES, RESPONSES]
+    assert [e["body"]["input"][0]["content"][0]["text"] for e in entries] == ["one", "two"]
+    assert entries[0]["time"] <= entries[1]["time"]
+    assert "sk-stub-secret" not in record.read_text()
