@@ -120,7 +120,7 @@ async def conversation(continuation: bool, clis: Any, tmp: Path) -> dict[str, An
                     )
                 )
         wall = time.perf_counter() - started
-        stats = pool.statistics()
+        stats = supervisor.statistics()["claude"]
         bodies = [r.raw_body for r in stub.model_calls()]
         shares = [common_prefix(a, b) / len(b) for a, b in itertools.pairwise(bodies)]
         breaks = [
@@ -138,7 +138,7 @@ async def conversation(continuation: bool, clis: Any, tmp: Path) -> dict[str, An
         "upstream_bytes": sum(len(b) for b in bodies),
         "prefix_reuse_mean": round(sum(shares) / len(shares), 3) if shares else 0.0,
         "prefix_reuse_min": round(min(shares), 3) if shares else 0.0,
-        "resume_hits": stats.resume_hits,
+        "resume_hits": stats["resume_hits"],
         "workers_spawned": len(workers),
         "first_difference": breaks[:3],
     }

@@ -1,36 +1,44 @@
-"""Conversations across HTTP requests: canonical form, prefix fingerprints, tool call ids.
+"""Conversations across HTTP requests: canonical items, alignment, tool call ids.
 
 Theory of operation
 -------------------
-Model APIs are stateless: every request carries the whole conversation. A claude worker
-is stateful: after a turn it holds the conversation (as native turns, tool blocks
-included), and after a tool call it even holds the turn itself, waiting for the result.
-The supervisor parks such a worker under the *fingerprint* of what it has seen, and a
-later request whose messages extend exactly that resumes it and sends only the new
-messages. Pure: no trio, no IO.
+Model APIs are stateless: every request carries the whole conversation. A CLI worker is
+stateful: after a turn it holds the conversation (as native turns, tool blocks included),
+and after a tool call it even holds the turn itself, waiting for the result. The
+supervisor parks such a worker with the conversation it holds, and a later request that
+*continues* it resumes the worker and sends only what is new. Pure: no trio, no IO.
 
-Canonical form. Clients re-serialise what they replay: JSON arguments re-encoded, text
-trimmed, thinking dropped, ids rewritten. So a message is compared by a canonical form
-(:func:`canonical_message`): text parts trimmed and joined, thinking dropped, images by
-digest, tool call arguments as sorted compact JSON, and tool call ids reduced to their
-lowercase letters and digits (:func:`normalize_id`). A message with nothing left (an
-empty assistant turn) does not count.
+Items. Clients re-serialise what they replay: JSON arguments re-encoded, text trimmed,
+thinking dropped, ids rewritten, consecutive messages of one role merged or split. So a
+conversation is compared as a sequence of *items*, one per part (:func:`items`): a text
+part trimmed, an image by digest, a tool call with its arguments as sorted compact JSON,
+a tool result; thinking and empty text count for nothing. Each item is the hash of its
+role and canonical form.
 
-Fingerprints. ``fingerprints(setup, messages)[i]`` is a SHA-256 chain over the setup
-(system prompt, tool set, model) and the canonical forms of the first ``i`` messages, so a
-request's every prefix is looked up in O(n).
+Ids. The model's tool_use ids never reach the client: each call gets a fresh id
+``call`` + 24 hex (:func:`new_call_id`). Clients rewrite ids they replay -- OpenClaw
+turns ``call_1`` into ``call1`` in chat completions and wraps ours as
+``call_<ours>_fc_<hex>_<hex>`` in the Responses API -- so an id is compared by
+:func:`canonical_id`: lowercase letters and digits only, and when one of our ids stands
+inside that, just our id.
 
-Ids. The model's tool_use ids (``toolu_01...``) never reach the client: each call gets a
-fresh id of lowercase letters and digits only (:func:`new_call_id`, ``call`` + 24 hex), so
-a client that strips ``_`` (OpenClaw replays ``call_1`` as ``call1``), changes case or
-otherwise keeps only the alphanumerics replays an id that still matches; results are
-matched by the normalized id and mapped back to the CLI's id.
+Alignment. Real clients add transient context to each request and drop it from the next
+one: OpenClaw appends a user message ``<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>...`` after the
+user's own message (or after the tool results) and replays the history without it. A
+request continues a parked conversation when the parked items can be walked in order
+against the request's items, where a parked item the request lacks may be skipped only if
+it is *droppable*: user text or image that follows another user item (never the first
+item of a user turn, never a tool result or anything the model wrote). The request's
+items after the walk are the new ones; they must start on a message boundary.
+:meth:`ConversationTable.take` tries every parked conversation of the request's setup
+(system prompt, tools, model) and takes the one that aligns furthest.
 
-Decisions (:func:`plan`): a parked mid-turn worker is resumed only when the new messages
-are exactly the results of its pending calls (any order, each once); a parked finished
-turn only when the new messages are user messages (an assistant message written by the
-client cannot be put into the worker's history faithfully). Anything else: a fresh worker
-with the full history.
+Decisions (:func:`plan`): a worker paused mid-turn is resumed only when the new messages
+are user messages carrying exactly the results of its pending calls (any order, each once);
+text after the results (the client's context for this round) is appended to the last
+result, as the model would have seen it right after the results in one user turn. A
+parked finished turn takes new messages that are all user messages. Anything else: a
+fresh worker with the full history, and the parked worker is let go at once.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from ._events import (
 )
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
+_OUR_ID = re.compile(r"call[0-9a-f]{24}")
 
 
 def normalize_id(call_id: str) -> str:
@@ -63,8 +72,15 @@ def normalize_id(call_id: str) -> str:
     return _NOT_ALNUM.sub("", call_id.lower())
 
 
+def canonical_id(call_id: str) -> str:
+    """The id a client's rewritten id stands for: ours when it carries one (module doc)."""
+    normal = normalize_id(call_id)
+    found = _OUR_ID.search(normal)
+    return found.group() if found else normal
+
+
 def new_call_id() -> str:
-    """A client-visible tool call id that rewriting leaves intact (``call`` + 24 hex)."""
+    """A client-visible tool call id that rewriting leaves findable (``call`` + 24 hex)."""
     return "call" + secrets.token_hex(12)
 
 
@@ -76,56 +92,67 @@ def _canonical_json(text: str) -> Any:
 
 
 def _canonical_part(part: Part) -> list[Any] | None:
+    if isinstance(part, ThinkingPart):
+        return None
+    if isinstance(part, TextPart):
+        text = part.text.strip()
+        return ["text", text] if text else None
     if isinstance(part, ImagePart):
         digest = hashlib.sha256((part.data or part.url or "").encode()).hexdigest()
         return ["image", part.media_type if part.data is not None else "", digest]
     if isinstance(part, ToolCallPart):
-        return ["call", normalize_id(part.id), part.name, _canonical_json(part.arguments)]
+        return ["call", canonical_id(part.id), part.name, _canonical_json(part.arguments)]
     if isinstance(part, ToolResultPart):
-        return ["result", normalize_id(part.tool_call_id), part.content.strip(), part.is_error]
+        return ["result", canonical_id(part.tool_call_id), part.content.strip(), part.is_error]
     return None
 
 
-def canonical_message(message: Message) -> bytes | None:
-    """The bytes a message is compared by (None: it carries nothing that counts)."""
-    items: list[Any] = []
-    texts: list[str] = []
-    for part in message.parts:
-        if isinstance(part, ThinkingPart):
-            continue
-        if isinstance(part, TextPart):
-            if part.text.strip():
-                texts.append(part.text.strip())
-            continue
-        if texts:
-            items.append(["text", "\n".join(texts)])
-            texts = []
-        items.append(_canonical_part(part))
-    if texts:
-        items.append(["text", "\n".join(texts)])
-    if not items:
-        return None
-    return json.dumps(
-        [message.role, items], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+@attrs.frozen
+class Item:
+    """One part of a conversation as compared: its digest, and whether a client may drop it."""
+
+    digest: str
+    droppable: bool
+    #: the index of the message it belongs to
+    message: int
 
 
-def fingerprints(setup: Hashable, messages: Sequence[Message]) -> list[str]:
-    """``result[i]``: the fingerprint of ``setup`` plus the first ``i`` messages."""
-    digest = hashlib.sha256(repr(setup).encode()).hexdigest()
-    out = [digest]
-    for message in messages:
-        digest = extend_fingerprint(digest, message)
-        out.append(digest)
+def items(messages: Sequence[Message], start: int = 0) -> list[Item]:
+    """The items of ``messages`` (message indexes counted from ``start``)."""
+    out: list[Item] = []
+    previous_role: str | None = None
+    for index, message in enumerate(messages, start):
+        for part in message.parts:
+            canonical = _canonical_part(part)
+            if canonical is None:
+                continue
+            blob = json.dumps(
+                [message.role, canonical],
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            droppable = (
+                message.role == "user"
+                and previous_role == "user"
+                and canonical[0] in ("text", "image")
+            )
+            out.append(Item(hashlib.sha256(blob.encode()).hexdigest(), droppable, index))
+            previous_role = message.role
     return out
 
 
-def extend_fingerprint(digest: str, message: Message) -> str:
-    """The fingerprint of a conversation whose fingerprint is ``digest`` plus ``message``."""
-    canonical = canonical_message(message)
-    if canonical is None:
-        return digest
-    return hashlib.sha256(digest.encode() + b"\n" + canonical).hexdigest()
+def setup_digest(setup: Hashable) -> str:
+    """The digest of what must be equal for two requests to share a conversation."""
+    return hashlib.sha256(repr(setup).encode()).hexdigest()
+
+
+def conversation_key(setup: str, held: Sequence[Item]) -> str:
+    """A parked conversation's key: its setup and every item it holds."""
+    digest = hashlib.sha256(setup.encode())
+    for item in held:
+        digest.update(item.digest.encode())
+    return digest.hexdigest()
 
 
 def assistant_message(completion: Completion) -> Message:
@@ -144,15 +171,37 @@ def assistant_message(completion: Completion) -> Message:
 class Conversation:
     """What the supervisor remembers about a parked worker."""
 
-    #: the fingerprint of everything the worker has seen (its park key)
+    #: the pool's park key (:func:`conversation_key`)
     key: str
-    #: the pending calls of a turn waiting for results: (normalized client id, CLI id)
+    setup: str
+    #: the items of the conversation the worker holds, as the client last sent them
+    held: tuple[Item, ...]
+    #: the pending calls of a turn waiting for results: (canonical client id, CLI id)
     pending: tuple[tuple[str, str], ...]
     since: float
 
     @property
     def mid_turn(self) -> bool:
         return bool(self.pending)
+
+
+def align(held: Sequence[Item], request: Sequence[Item]) -> tuple[int, int] | None:
+    """Walk ``held`` against ``request`` (module doc): (request items used, held dropped).
+
+    None when ``held`` is not the start of ``request`` modulo dropped context, or when the
+    walk ends inside a message.
+    """
+    j = dropped = 0
+    for item in held:
+        if j < len(request) and request[j].digest == item.digest:
+            j += 1
+        elif item.droppable:
+            dropped += 1
+        else:
+            return None
+    if 0 < j < len(request) and request[j].message == request[j - 1].message:
+        return None
+    return j, dropped
 
 
 @attrs.frozen
@@ -173,32 +222,50 @@ Plan: TypeAlias = ToolResume | Continue
 
 
 def plan(conversation: Conversation, new: Sequence[Message]) -> Plan | None:
-    """How the parked worker can take ``new`` (the messages after its fingerprint), or None."""
-    if not new:
+    """How the parked worker can take ``new`` (the messages after what it holds), or None."""
+    if not new or any(message.role != "user" for message in new):
         return None
-    if conversation.mid_turn:
-        by_id = dict(conversation.pending)
-        results: dict[str, ToolResultPart] = {}
-        for message in new:
-            if message.role != "user":
-                return None
-            for part in message.parts:
-                if not isinstance(part, ToolResultPart):
-                    return None
-                cli_id = by_id.get(normalize_id(part.tool_call_id))
-                if cli_id is None or cli_id in results:
-                    return None
+    if not conversation.mid_turn:
+        return Continue(tuple(new))
+    by_id = dict(conversation.pending)
+    results: dict[str, ToolResultPart] = {}
+    context: list[str] = []
+    for message in new:
+        for part in message.parts:
+            if isinstance(part, ToolResultPart):
+                cli_id = by_id.get(canonical_id(part.tool_call_id))
+                if cli_id is None or cli_id in results or context:
+                    return None  # unknown, answered twice, or after the context
                 results[cli_id] = part
-        if len(results) != len(by_id):
-            return None
-        return ToolResume(results)
-    if any(message.role != "user" for message in new):
+            elif isinstance(part, TextPart):
+                if part.text.strip():
+                    context.append(part.text.strip())
+            elif not isinstance(part, ThinkingPart):
+                return None  # an image or a call after tool results: not for an MCP result
+    if len(results) != len(by_id):
         return None
-    return Continue(tuple(new))
+    if context:
+        last = conversation.pending[-1][1]
+        part = results[last]
+        results[last] = attrs.evolve(part, content="\n\n".join([part.content, *context]))
+    return ToolResume(results)
+
+
+@attrs.frozen
+class Match:
+    """A parked conversation a request continues: what to send it, or why it can't."""
+
+    conversation: Conversation
+    #: the request's messages the worker has not seen
+    new: tuple[Message, ...]
+    #: context messages the worker holds that the client no longer sends
+    dropped: int
+    #: None when the worker cannot take ``new`` faithfully (let it go, use a fresh worker)
+    plan: Plan | None
 
 
 class ConversationTable:
-    """Parked conversations by fingerprint (the pool holds the workers under the same key)."""
+    """Parked conversations by key (the pool holds the workers under the same key)."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
@@ -211,13 +278,27 @@ class ConversationTable:
         self._by_key.pop(conversation.key, None)
         self._by_key[conversation.key] = conversation
 
-    def take_longest(self, prints: Sequence[str]) -> tuple[int, Conversation] | None:
-        """Remove and return the parked conversation that is the longest proper prefix."""
-        for i in range(len(prints) - 2, 0, -1):
-            found = self._by_key.pop(prints[i], None)
-            if found is not None:
-                return i, found
-        return None
+    def take(
+        self, setup: str, messages: Sequence[Message], request: Sequence[Item]
+    ) -> Match | None:
+        """Remove and return the parked conversation ``request`` continues furthest."""
+        best: tuple[int, Conversation, int, int] | None = None
+        for conversation in self._by_key.values():
+            if conversation.setup != setup:
+                continue
+            walked = align(conversation.held, request)
+            if walked is None:
+                continue
+            used, dropped = walked
+            if best is None or used > best[0]:
+                best = (used, conversation, used, dropped)
+        if best is None:
+            return None
+        _, conversation, used, dropped = best
+        del self._by_key[conversation.key]
+        start = request[used].message if used < len(request) else len(messages)
+        new = tuple(messages[start:])
+        return Match(conversation, new, dropped, plan(conversation, new))
 
     def prune(self, now: float) -> None:
         """Forget entries the pool has surely reclaimed (older than its park_ttl)."""

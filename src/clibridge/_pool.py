@@ -115,8 +115,6 @@ class PoolStatistics:
     crashes: int
     timeouts: int
     draining: bool
-    resume_hits: int = 0  # requests that found their parked conversation
-    resume_misses: int = 0
     reclaimed: int = 0  # parked leases ended by park_ttl, pressure or drain
 
 
@@ -194,8 +192,6 @@ class WorkerPool:
         self._wanting = 0
         self._changed = trio.Event()  # fired (and replaced) on every state change
         self._parked: dict[Hashable, _Parked] = {}
-        self._resume_hits = 0
-        self._resume_misses = 0
         self._reclaimed = 0
         self._maintainer_wake = trio.Event()  # set on changes and when someone wants a worker
         self._nursery: trio.Nursery | None = None
@@ -266,12 +262,10 @@ class WorkerPool:
         """Take up the lease parked under ``key``; yields None when there is none (any more)."""
         parked = self._parked.pop(key, None)
         if parked is None or parked.slot.state is SlotState.RETIRING:
-            self._resume_misses += 1
             if parked is not None:  # its worker died while parked
                 self._release_permit()
             yield None
             return
-        self._resume_hits += 1
         slot = parked.slot
         slot.state = SlotState.BUSY
         lease = Lease(self, slot)
@@ -687,8 +681,6 @@ class WorkerPool:
             crashes=self._crashes,
             timeouts=self._timeouts,
             draining=self._draining,
-            resume_hits=self._resume_hits,
-            resume_misses=self._resume_misses,
             reclaimed=self._reclaimed,
         )
 

@@ -17,6 +17,7 @@ worker's event stream.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -38,12 +39,13 @@ from ._conversations import (
     ConversationTable,
     ToolResume,
     assistant_message,
-    extend_fingerprint,
-    fingerprints,
+    canonical_id,
+    conversation_key,
+    items,
     new_call_id,
-    normalize_id,
-    plan,
+    setup_digest,
 )
+from ._errors import ToolsUnavailable
 from ._events import Event, Finished, FinishReason, Request, ToolCallStart, collect
 from ._models import ModelTable
 from ._pool import Lease, WorkerFactory, WorkerPool
@@ -85,6 +87,10 @@ class Supervisor:
             for name, pool in self.pools.items()
             if name in CONTINUABLE_BACKENDS
         }
+        #: continuation outcomes per backend: "hits", and misses by reason
+        self._resumes: dict[str, collections.Counter[str]] = {
+            name: collections.Counter() for name in self.pools
+        }
 
     @asynccontextmanager
     async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
@@ -120,25 +126,33 @@ class Supervisor:
         )
         table = self._conversations.get(route.backend) if self.continuation else None
         if table is None:
-            async with pool.lease(binding) as lease:
-                events = lease.worker.turn(request)
-                try:
-                    yield events
-                finally:
-                    aclose = getattr(events, "aclose", None)
-                    if aclose is not None:
-                        # the worker's own cleanup (interrupt, grace) is shielded and bounded
-                        await aclose()
+            events = self._fresh(pool, binding, request, None, None)
+            try:
+                yield events
+            finally:
+                await events.aclose()
             return
         table.prune(trio.current_time())
         tracker = _Tracker(binding, request)
-        found = table.take_longest(tracker.prints)
-        if found is not None:
-            index, parked = found
-            step = plan(parked, request.messages[index:])
+        match = table.take(tracker.setup, request.messages, tracker.items)
+        counts = self._resumes[route.backend]
+        miss = "not_parked"
+        if match is not None:
+            parked = match.conversation
+            step = match.plan
             async with pool.resume(parked.key) as lease:
                 if lease is not None and step is not None:
                     worker: Any = lease.worker
+                    counts["hits"] += 1
+                    log.info(
+                        "%s worker %d: resumed a parked conversation (%s, %d new messages, "
+                        "%d dropped context)",
+                        route.backend,
+                        worker.id,
+                        "tool results" if isinstance(step, ToolResume) else "next turn",
+                        len(match.new),
+                        match.dropped,
+                    )
                     if isinstance(step, ToolResume):
                         source = worker.turn(request, tool_results=step.results)
                     else:
@@ -150,21 +164,65 @@ class Supervisor:
                         await events.aclose()
                         tracker.park(lease, table)
                     return
+                miss = "gone" if lease is None else "cannot_continue"
                 if lease is not None:
-                    log.info("parked conversation does not continue this way: fresh worker")
                     drop = getattr(lease.worker, "drop_paused_calls", None)
                     if drop is not None:
                         # multiplexed: end only the paused thread, not the process
                         drop(cli for _, cli in parked.pending)
                     else:
                         lease.retire_on_release = parked.mid_turn
-        async with pool.lease(binding) as lease:
-            events = tracker.events(lease.worker.turn(request))
-            try:
-                yield events
-            finally:
-                await events.aclose()
-                tracker.park(lease, table)
+        if any(m.role == "assistant" for m in request.messages):
+            counts["misses"] += 1
+            counts["miss:" + miss] += 1
+            log.info(
+                "%s: continuation miss (%s): %s; a fresh worker gets the whole history",
+                route.backend,
+                miss,
+                _MISS_REASONS[miss],
+            )
+        events = self._fresh(pool, binding, request, tracker, table)
+        try:
+            yield events
+        finally:
+            await events.aclose()
+
+    async def _fresh(
+        self,
+        pool: WorkerPool,
+        binding: Binding,
+        request: Request,
+        tracker: _Tracker | None,
+        table: ConversationTable | None,
+    ) -> AsyncGenerator[Event, None]:
+        """The turn on a freshly leased worker (the whole history).
+
+        A worker whose CLI did not take the request's tools
+        (:class:`~clibridge._errors.ToolsUnavailable`, raised before any event) is retired
+        and the turn runs once more on another; a second failure reaches the client.
+        """
+        for attempt in (1, 2):
+            async with pool.lease(binding) as lease:
+                source = lease.worker.turn(request)
+                events = source if tracker is None else tracker.events(source)
+                started = False
+                try:
+                    async with aclosing(events):  # type: ignore[type-var]
+                        async for event in events:
+                            started = True
+                            yield event
+                    return
+                except ToolsUnavailable:
+                    if started or attempt == 2:
+                        raise
+                    log.warning(
+                        "%s worker %d lost its tools: retrying on another",
+                        pool.name,
+                        lease.worker.id,
+                    )
+                finally:
+                    if tracker is not None and table is not None:
+                        tracker.park(lease, table)
 
     def models(self) -> Sequence[ModelInfo]:
         return self.table.listing()
@@ -178,7 +236,18 @@ class Supervisor:
         return Readiness(ready=ready, reason=reason, fake=self.fake)
 
     def statistics(self) -> Mapping[str, Any]:
-        return {name: pool.statistics_dict() for name, pool in self.pools.items()}
+        out: dict[str, Any] = {}
+        for name, pool in self.pools.items():
+            stats = out[name] = pool.statistics_dict()
+            counts = self._resumes[name]
+            stats["resume_hits"] = counts["hits"]
+            stats["resume_misses"] = counts["misses"]
+            stats["resume_miss_reasons"] = {
+                key.removeprefix("miss:"): n
+                for key, n in sorted(counts.items())
+                if key.startswith("miss:")
+            }
+        return out
 
     def begin_drain(self) -> None:
         for pool in self.pools.values():
@@ -188,6 +257,17 @@ class Supervisor:
         for pool in self.pools.values():
             await pool.wait_idle()
 
+
+#: why a request with history did not continue a parked worker (logged, and counted in
+#: /v1/stats ``resume_miss_reasons``)
+_MISS_REASONS = {
+    "not_parked": "no parked conversation of this setup is continued by it (never parked, "
+    "expired after park_ttl, reclaimed, or the client changed earlier messages)",
+    "gone": "its parked worker was reclaimed or died meanwhile",
+    "cannot_continue": "the new messages cannot be given to the parked worker faithfully "
+    "(an assistant message from the client, or tool results that do not answer its calls); "
+    "the parked worker was let go",
+}
 
 #: backends whose workers keep a conversation between requests (``turn(messages=...,
 #: tool_results=...)``, ``paused``)
@@ -200,7 +280,8 @@ class _Tracker:
     def __init__(self, binding: Binding, request: Request) -> None:
         self._binding = binding
         self._request = request
-        self.prints = fingerprints(binding, request.messages)
+        self.setup = setup_digest(binding)
+        self.items = items(request.messages)
         self._parked: Conversation | None = None
 
     async def events(self, source: AsyncIterator[Event]) -> AsyncGenerator[Event, None]:
@@ -220,14 +301,18 @@ class _Tracker:
         completion = collect(self._request.model, seen)
         if completion.finish.reason is FinishReason.CANCELLED:
             return
-        # the conversation the worker now holds: the request's plus this reply
-        key = extend_fingerprint(self.prints[-1], assistant_message(completion))
+        # the conversation the worker now holds, as the client will replay it
+        held = (
+            *self.items,
+            *items([assistant_message(completion)], len(self._request.messages)),
+        )
         pending: tuple[tuple[str, str], ...] = ()
         if completion.finish.reason is FinishReason.TOOL_USE:
             pending = tuple(
-                (normalize_id(call.id), cli_ids[i]) for i, call in enumerate(completion.tool_calls)
+                (canonical_id(call.id), cli_ids[i]) for i, call in enumerate(completion.tool_calls)
             )
-        self._parked = Conversation(key, pending, trio.current_time())
+        key = conversation_key(self.setup, held)
+        self._parked = Conversation(key, self.setup, held, pending, trio.current_time())
 
     def park(self, lease: Lease, table: ConversationTable) -> None:
         """Park the lease's worker if the turn ended where a next request can take it up."""

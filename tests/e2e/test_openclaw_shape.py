@@ -583,8 +583,9 @@ async def test_openclaw_session_on_fake_codex(tmp_path: Path) -> None:
             assert t[4].text == "Only notes.md."
             stats = await server.assert_full_capacity()
     # the tool results resumed the paused threads; finished turns are not continued on
-    # codex: each new user message got a fresh thread with the history injected
-    assert (stats["resume_hits"], stats["resume_misses"]) == (2, 0), stats
+    # codex: each new user message got a fresh thread with the history injected, and
+    # /v1/stats counts those follow-ups as misses with their reason
+    assert (stats["resume_hits"], stats["resume_miss_reasons"]) == (2, {"not_parked": 2}), stats
     starts = server.sent("thread/start")
     assert len(starts) == len(server.sent("turn/start")) == 3
     for start in starts:

@@ -193,7 +193,11 @@ async def test_other_threads_go_on_while_one_is_parked(tmp_path: Path) -> None:
             )
             assert done.choices[0].message.content == "changed my mind"
             stats = await server.assert_full_capacity()
-            assert stats["resume_hits"] == 1 and stats["crashes"] == 0
+            assert (stats["resume_hits"], stats["resume_miss_reasons"]) == (
+                0,
+                {"cannot_continue": 1},
+            )
+            assert stats["crashes"] == 0
             assert tool_replies(server) == [
                 {
                     "contentItems": [{"type": "inputText", "text": "no result: call abandoned"}],

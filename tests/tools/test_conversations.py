@@ -8,11 +8,16 @@ from clibridge._backends import claude
 from clibridge._conversations import (
     Continue,
     Conversation,
+    ConversationTable,
+    Item,
     ToolResume,
-    fingerprints,
+    align,
+    canonical_id,
+    conversation_key,
+    items,
     new_call_id,
-    normalize_id,
     plan,
+    setup_digest,
 )
 from clibridge._errors import UnsupportedFeature
 from clibridge._events import (
@@ -27,6 +32,10 @@ from clibridge._events import (
 )
 
 
+def user(*texts: str) -> Message:
+    return Message("user", tuple(TextPart(t) for t in texts))
+
+
 def convo(call_id: str, args: str, text: str = "hi") -> list[Message]:
     return [
         Message("user", (TextPart(text),)),
@@ -34,33 +43,99 @@ def convo(call_id: str, args: str, text: str = "hi") -> list[Message]:
     ]
 
 
-def test_rewriting_and_reserialising_keep_the_fingerprint() -> None:
+def digests(messages: list[Message]) -> list[str]:
+    return [i.digest for i in items(messages)]
+
+
+def test_rewriting_and_reserialising_keep_the_items() -> None:
     """OpenClaw replays call_1 as call1; clients re-encode JSON and trim text."""
     cid = new_call_id()
-    assert normalize_id(cid) == cid
-    a = fingerprints("setup", convo(cid, '{"a": 1, "b": [1, 2]}'))
-    b = fingerprints("setup", convo("CALL_" + cid[4:].upper(), '{"b":[1,2],"a":1}', " hi\n"))
+    assert canonical_id(cid) == cid
+    a = digests(convo(cid, '{"a": 1, "b": [1, 2]}'))
+    b = digests(convo("CALL_" + cid[4:].upper(), '{"b":[1,2],"a":1}', " hi\n"))
     assert a == b
-    assert (
-        fingerprints("other", convo(cid, "{}"))[-1] != fingerprints("setup", convo(cid, "{}"))[-1]
-    )
-    assert (
-        fingerprints("setup", convo(cid, "{}", "bye"))[-1]
-        != fingerprints("setup", convo(cid, "{}"))[-1]
+    assert digests(convo(cid, "{}", "bye")) != digests(convo(cid, "{}"))
+
+
+def test_responses_api_call_ids_wrapped_by_openclaw_still_match() -> None:
+    """Regression: OpenClaw (openai-responses) sends our id back as
+    call_<ours>_fc_<16 hex>_<10 hex>; normalize_id alone could not match it."""
+    ours = "calla413163d5b8d8edc273f9734"
+    assert canonical_id(f"call_{ours}_fc_1850090dbb71a236_4df5d13e13") == ours
+    assert canonical_id("call_1") == "call1"  # a foreign id keeps its alphanumerics
+    assert digests(convo(ours, "{}")) == digests(
+        convo(f"call_{ours}_fc_1850090dbb71a236_4df5d13e13", "{}")
     )
 
 
 def test_plans() -> None:
-    mid = Conversation("k", (("calla", "toolu_1"), ("callb", "toolu_2")), 0.0)
+    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")), 0.0)
     results = Message("user", (ToolResultPart("call_B", "2"), ToolResultPart("callA", "1")))
     step = plan(mid, [results])
     assert isinstance(step, ToolResume) and set(step.results) == {"toolu_1", "toolu_2"}
     assert plan(mid, [Message("user", (ToolResultPart("calla", "1"),))]) is None  # one missing
-    assert plan(mid, [results, Message("user", (TextPart("and?"),))]) is None
-    done = Conversation("k", (), 0.0)
-    assert isinstance(plan(done, [Message("user", (TextPart("next"),))]), Continue)
+    done = Conversation("k", "s", (), (), 0.0)
+    assert isinstance(plan(done, [user("next")]), Continue)
     assert plan(done, [Message("assistant", (TextPart("x"),))]) is None
     assert plan(done, []) is None
+
+
+def test_context_after_tool_results_goes_to_the_last_result() -> None:
+    """Regression: OpenClaw sends its internal context message after the tool results;
+    plan() accepted only tool results, so no tool round trip ever resumed."""
+    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")), 0.0)
+    results = Message("user", (ToolResultPart("callb", "2"), ToolResultPart("calla", "1")))
+    step = plan(mid, [results, user("<<<CTX>>> now 12:00")])
+    assert isinstance(step, ToolResume)
+    assert step.results["toolu_1"].content == "1"
+    assert step.results["toolu_2"].content == "2\n\n<<<CTX>>> now 12:00"
+    # results after the context, or a call by the client: not faithful
+    late = Message("user", (TextPart("ctx"), ToolResultPart("calla", "1")))
+    assert plan(mid, [late, Message("user", (ToolResultPart("callb", "2"),))]) is None
+
+
+def test_alignment_drops_trailing_context_but_nothing_else() -> None:
+    cid = new_call_id()
+    call = Message("assistant", (ToolCallPart(cid, "read", "{}"),))
+    result = Message("user", (ToolResultPart(cid, "file"),))
+    held = items([user("do it"), user("<<<CTX 1>>>"), call])
+    # request 2: the client replays without its first context, adds a new one
+    request = items([user("do it"), call, result, user("<<<CTX 2>>>")])
+    assert align(held, request) == (2, 1)
+    # the user's own message is never dropped
+    assert align(held, items([user("other"), call, result])) is None
+    # the first item of a user turn is not droppable, in one message or two
+    assert [i.droppable for i in items([user("a", "b"), call, result, user("c")])] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
+    # the model's own turn must be there
+    assert align(held, items([user("do it"), result])) is None
+
+
+def test_table_takes_the_conversation_that_aligns_furthest() -> None:
+    setup = setup_digest("setup")
+    short = tuple(items([user("a"), Message("assistant", (TextPart("b"),))]))
+    longer = (*short, *items([user("c"), Message("assistant", (TextPart("d"),))], 2))
+    table = ConversationTable(ttl=60)
+    for held in (short, longer):
+        table.add(Conversation(conversation_key(setup, held), setup, held, (), 0.0))
+    messages = [
+        user("a"),
+        Message("assistant", (TextPart("b"),)),
+        user("c"),
+        Message("assistant", (TextPart("d"),)),
+        user("e"),
+    ]
+    match = table.take(setup, messages, items(messages))
+    assert match is not None and match.conversation.held == longer
+    assert match.new == (user("e"),) and isinstance(match.plan, Continue)
+    assert len(table) == 1
+    assert table.take(setup_digest("other"), messages, items(messages)) is None
+    assert isinstance(short[0], Item)
 
 
 def test_check_tools() -> None:

@@ -17,8 +17,18 @@ the two apart on the paths clibridge uses:
 
 What the real CLI does that the fake reproduces (observed, see the samples):
 
-* ``mcp_status`` answers ``{"mcpServers": []}`` once booted (even with a connected
-  SDK server).
+* ``mcp_status`` answers ``{"mcpServers": [...]}`` once booted, listing each SDK server
+  whose ``tools/list`` was answered, with its tools (``[]`` before that).
+* The CLI times out its own MCP requests after 30 s (``mcp_timeout`` in the process
+  scenario shortens it): it sends ``notifications/cancelled`` (``McpError: MCP error
+  -32001: Request timed out``), ignores a late answer, and a server whose ``tools/list``
+  timed out stays connected with no tools (observed, FINDINGS.md).
+* ``mcp_set_servers`` sets the dynamic servers: one it no longer names is dropped, one it
+  adds (``"type": "sdk"``) is answered first and then connected anew (``initialize``,
+  ``notifications/initialized``, ``tools/list``).
+* A model call of a tool no server lists is rejected by the CLI itself: a ``user``
+  tool_result ``<tool_use_error>Error: No such tool available: NAME</tool_use_error>``
+  with ``is_error``, and the turn goes on.
 * SDK MCP servers named in ``--mcp-config`` (``"type": "sdk"``) are connected at boot
   *through the host*: ``initialize`` (JSON-RPC id 0) is sent before anything is answered,
   then ``notifications/initialized`` and ``tools/list`` (id 1). ``tools/call`` ids go on
@@ -373,6 +383,7 @@ class FakeClaude:
         self.responses: dict[str, Any] = {}  # control_response payloads by request_id
         self.deferred: list[dict[str, Any]] | None = None  # control requests held at boot
         self.servers: dict[str, list[str]] = {}  # connected SDK MCP server -> tool names
+        self.listed: set[str] = set()  # servers whose tools/list was answered (or timed out)
         self.mcp_ids: dict[str, int] = {}
         self.in_turn = False
         self.scenario: Scenario | None = None
@@ -494,7 +505,23 @@ class FakeClaude:
         request = msg.get("request") or {}
         subtype = request.get("subtype")
         if subtype == "mcp_status":
-            self.control_success(request_id, {"mcpServers": []})
+            self.control_success(
+                request_id,
+                {
+                    "mcpServers": [
+                        {
+                            "name": name,
+                            "status": "connected",
+                            "scope": "dynamic",
+                            "tools": [{"name": t, "annotations": {}} for t in tools],
+                        }
+                        for name, tools in self.servers.items()
+                        if name in self.listed
+                    ]
+                },
+            )
+        elif subtype == "mcp_set_servers":
+            self.set_servers(request_id, request.get("servers") or {})
         elif subtype == "initialize":
             delay = float(self.process_scenario.get("initialize_delay") or 0)
             if delay:
@@ -582,14 +609,41 @@ class FakeClaude:
             message["params"] = params
         message.update({"jsonrpc": "2.0", "id": msg_id})
         request_id = self.mcp_send(server, message)
+        deadline = time.monotonic() + float(self.process_scenario.get("mcp_timeout") or 30.0)
         while request_id not in self.responses:
             self.check_interrupt()
-            self.pump(None)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # Observed: the CLI gives up on its own request and ignores a late answer.
+                self.mcp_send(
+                    server,
+                    {
+                        "method": "notifications/cancelled",
+                        "params": {
+                            "requestId": msg_id,
+                            "reason": "McpError: MCP error -32001: Request timed out",
+                        },
+                        "jsonrpc": "2.0",
+                    },
+                )
+                return {"error": {"code": -32001, "message": "Request timed out"}}
+            self.pump(left)
         body = self.responses.pop(request_id)
         reply = (body.get("response") or {}).get("mcp_response") or {}
         if body.get("subtype") == "error":
             return {"error": {"message": str(body.get("error"))}}
         return dict(reply)
+
+    def set_servers(self, request_id: str, servers: dict[str, Any]) -> None:
+        wanted = [n for n, c in servers.items() if isinstance(c, dict) and c.get("type") == "sdk"]
+        removed = [n for n in self.servers if n not in wanted]
+        added = [n for n in wanted if n not in self.servers]
+        for name in removed:
+            del self.servers[name]
+            self.listed.discard(name)
+        self.control_success(request_id, {"added": added, "removed": removed, "errors": {}})
+        for name in added:
+            self.connect(name)
 
     def connect(self, server: str) -> None:
         self.mcp_ids[server] = 0
@@ -601,7 +655,9 @@ class FakeClaude:
         self.mcp_send(server, {"method": "notifications/initialized", "jsonrpc": "2.0"})
         reply = self.mcp_call(server, "tools/list")
         tools = (reply.get("result") or {}).get("tools") or []
-        self.servers[server] = [str(t.get("name")) for t in tools if isinstance(t, dict)]
+        if server in self.servers:  # not dropped meanwhile
+            self.servers[server] = [str(t.get("name")) for t in tools if isinstance(t, dict)]
+            self.listed.add(server)
 
     def boot(self) -> None:
         """Connect the SDK servers of --mcp-config, holding control requests until then."""
@@ -1041,6 +1097,10 @@ class Turn:
         self, tool_id: str, server: str, tool: str, arguments: dict[str, Any]
     ) -> None:
         fake = self.fake
+        if tool not in fake.servers.get(server, ()):
+            # the CLI rejects it by itself (the full name where the server would be)
+            self.pending_tool = (tool_id, -1, f"mcp__{server}__{tool}", "")
+            return
         msg_id = fake.mcp_ids.get(server, 2)
         fake.mcp_ids[server] = msg_id + 1
         request_id = fake.mcp_send(
@@ -1062,6 +1122,14 @@ class Turn:
         fake = self.fake
         assert self.pending_tool is not None
         request_id = self.pending_tool[3]
+        if not request_id:
+            name = self.pending_tool[2]
+            self.pending_tool = None
+            return {
+                "content": f"<tool_use_error>Error: No such tool available: {name}"
+                "</tool_use_error>",
+                "isError": True,
+            }
         while request_id not in fake.responses:
             fake.check_interrupt()
             fake.pump(None)
