@@ -12,7 +12,9 @@ import trio
 from clibridge._config import Config, ServerConfig
 from clibridge._events import TextDelta, TurnStarted
 from clibridge._http import banner
+from clibridge._models import ModelTable
 from clibridge._service import Readiness
+from clibridge._supervisor import Supervisor
 
 from .conftest import MODEL, Script, ScriptedService, Sleep, ThreadedServer, open_server
 from .helpers import PATHS, body_for, parse_sse
@@ -65,6 +67,20 @@ def test_banner_fake_notice_and_auth_curl() -> None:
     assert "FAKE" not in text.replace("(via", "")  # no notice for a real backend
     assert '"Authorization: Bearer $CLIBRIDGE_API_KEY"' in text
     assert "s3cret" not in text
+
+
+def test_banner_says_the_fake_was_chosen_on_purpose_with_backend_fake() -> None:
+    """Regression: ``--backend fake`` printed "no logged-in claude / codex was found"."""
+    supervisor = Supervisor({}, ModelTable(["claude"], fake_backends=["claude"]), fake=True)
+    assert supervisor.readiness().fake
+    text = banner(Config(backend="fake"), "127.0.0.1", 7483, supervisor)
+    assert "chosen on purpose" in text and "FAKE CLI" in text
+    assert "no logged-in" not in text and "no login" not in text
+    assert "pool:                FAKE CLI (backend = fake, chosen on purpose): " in text
+    # auto without a login: the fake is a fallback, and the banner says so
+    text = banner(Config(backend="auto"), "127.0.0.1", 7483, supervisor)
+    assert "no logged-in claude / codex was found" in text
+    assert "chosen on purpose" not in text
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -18,6 +18,11 @@ from .._service import TurnService
 
 log = logging.getLogger("clibridge.http")
 
+#: what ``Supervisor.readiness`` puts before the reason whenever the fake serves; wrong when
+#: the fake was chosen with ``backend = "fake"``, so the banner says why instead
+_NO_LOGIN_PREFIX = "FAKE CLI (no logged-in claude/codex found): "
+_ON_PURPOSE_PREFIX = "FAKE CLI (backend = fake, chosen on purpose): "
+
 
 def hypercorn_config(config: ServerConfig) -> HyperConfig:
     """Hypercorn settings for ``config``: one bind, quiet, graceful for ``drain_timeout``."""
@@ -72,7 +77,11 @@ async def serve_http(
 
 
 def banner(config: Config, host: str, port: int, service: TurnService) -> str:
-    """The startup banner: URL, backends, a loud fake-CLI notice, pool state, a curl to try."""
+    """The startup banner: URL, backends, a loud fake-CLI notice, pool state, a curl to try.
+
+    The fake notice says why the fake serves: no login found (``backend = "auto"``), or
+    chosen on purpose (``backend = "fake"``).
+    """
     readiness = service.readiness()
     url_host = f"[{host}]" if ":" in host else host
     base = f"http://{url_host}:{port}"
@@ -81,26 +90,36 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
     model = next((m.id for m in models if not m.fake), None) or (
         models[0].id if models else "default"
     )
+    on_purpose = config.backend == "fake"
+    pool = readiness.reason
+    if on_purpose and pool.startswith(_NO_LOGIN_PREFIX):
+        pool = _ON_PURPOSE_PREFIX + pool.removeprefix(_NO_LOGIN_PREFIX)
     lines = [
         "",
         f"clibridge is listening on {base}",
         f"  OpenAI base URL:     {base}/v1",
         f"  Anthropic base URL:  {base}",
         f"  backends:            {', '.join(backends)} ({config.backend})",
-        f"  pool:                {readiness.reason}",
+        f"  pool:                {pool}",
         f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
     ]
     if readiness.fake:
         bar = "!" * 72
-        lines += [
-            "",
-            bar,
-            "!!  FAKE CLI: no logged-in claude / codex was found, so clibridge answers",
-            "!!  with the bundled FAKE CLI. Replies are canned test data, not a model.",
-            "!!  Log in (`claude setup-token`, then set CLAUDE_CODE_OAUTH_TOKEN) and restart,",
-            "!!  or choose explicitly with --backend claude|codex.",
-            bar,
-        ]
+        if on_purpose:
+            notice = [
+                "!!  FAKE CLI: the fake backend was chosen on purpose (--backend fake, or",
+                "!!  backend = fake in CLIBRIDGE_BACKEND / the config file), so clibridge",
+                "!!  answers with the bundled FAKE CLIs. Replies are canned test data, not a",
+                "!!  model. For real replies start with --backend auto|claude|codex|both.",
+            ]
+        else:
+            notice = [
+                "!!  FAKE CLI: no logged-in claude / codex was found, so clibridge answers",
+                "!!  with the bundled FAKE CLI. Replies are canned test data, not a model.",
+                "!!  Log in (`claude setup-token`, then set CLAUDE_CODE_OAUTH_TOKEN) and restart,",
+                "!!  or choose explicitly with --backend claude|codex.",
+            ]
+        lines += ["", bar, *notice, bar]
     body = (
         '{"model": "' + model + '", "stream": true, '
         '"messages": [{"role": "user", "content": "Say hello"}]}'
