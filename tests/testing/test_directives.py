@@ -92,6 +92,31 @@ def test_the_renderers_close_their_history_with_a_known_end_marker() -> None:
     assert any(head.rstrip().endswith(end) for end in QUOTED_HISTORY_ENDS)
 
 
+def test_replay_frames_the_history_as_past_context_and_the_new_request_last() -> None:
+    """The model must not take an earlier request for a new one: the preamble says the
+    quoted turns already happened, ONE history element holds every earlier turn, and after
+    it comes only the labelled newest turn."""
+    messages = [
+        user("Book a table for two."),
+        assistant(ToolCallPart("c1", "book", '{"people": 2}')),
+        user(ToolResultPart("c1", "booked")),
+        assistant("Done: booked."),
+        user("Now what time is it?"),
+    ]
+    text = text_of(render_user_content(messages))
+    preamble, rest = text.split("<conversation_history>\n", 1)
+    assert "already happened" in preamble and "Respond only to what follows" in preamble
+    quoted, new = rest.rsplit(HISTORY_CLOSE, 1)
+    assert "Book a table" in quoted and "booked" in quoted and "<tool_call" in quoted
+    assert new == f"\n\n{LATEST_HEADER}\nNow what time is it?"
+    assert text.count(HISTORY_CLOSE) == 1
+    # a round that ends with tool results says so, instead of calling them a user message
+    text = text_of(render_user_content(messages[:3]))
+    assert text.rsplit(HISTORY_CLOSE, 1)[1] == (
+        f'\n\n{TOOL_RESULTS_HEADER}\n<tool_result id="c1" name="book">booked</tool_result>'
+    )
+
+
 # --------------------------------------------------------------------------- the fakes
 
 
