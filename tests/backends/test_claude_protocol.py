@@ -61,6 +61,8 @@ POLICY = RetryPolicy()
 
 def sample(name: str) -> list[dict[str, Any]]:
     path = SAMPLES / name
+    if not path.exists():
+        path = SAMPLES.parent / name  # recorded here, next to the shared ones
     if not path.exists():  # pragma: no cover - the recordings live outside the repo
         pytest.skip(f"{path} not available")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -125,6 +127,41 @@ def test_two_turns_with_set_model() -> None:
     assert second[0] == TurnStarted("claude-haiku-4-5")
     # the aggregate assistant message did not double the text
     assert collect("x", second).text == "Hello from the fake upstream."
+
+
+def test_a_call_the_cli_rejected_is_not_a_tool_call() -> None:
+    """Regression: the model called a tool the CLI did not list (its tools/list had timed
+    out); the CLI answered the call itself with "No such tool available" and went on, but
+    clibridge still streamed finish_reason "tool_calls" and paused the worker."""
+    records = out_records("claude_sdk_mcp_unlisted_tool_rejected.ndjson")
+    (turn,) = turn_records(records)
+    tr = TurnTranslator(POLICY, pause_on_tool_use=True)
+    events: list[Event] = []
+    for rec in turn:
+        events += tr.feed(rec)
+    assert tr.done and not tr.paused
+    assert not [e for e in events if isinstance(e, ToolCallStart)]
+    done = collect("x", events)
+    assert done.tool_calls == () and done.finish.reason is FinishReason.END_TURN
+    assert done.text == "done"
+
+
+def test_publishing_tools_the_cli_lists_them() -> None:
+    """The recorded publish: mcp_set_servers without and with the SDK server makes the
+    real CLI connect anew and list tools again, and the next turn has them."""
+    recorded = sample("claude_mcp_set_servers_publish.ndjson")
+    lists = [
+        e["msg"]["request"]["message"]["method"]
+        for e in recorded
+        if e["dir"] == "out" and e["msg"].get("request", {}).get("subtype") == "mcp_message"
+    ]
+    assert lists.count("tools/list") == 2
+    (init,) = [
+        r
+        for r in out_records("claude_mcp_set_servers_publish.ndjson")
+        if isinstance(r, claude.SystemInit)
+    ]
+    assert init.raw["tools"] == ["mcp__client__get_weather"]
 
 
 def test_sdk_mcp_tool_call_turn() -> None:

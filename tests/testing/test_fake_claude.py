@@ -280,6 +280,8 @@ NAMED = {
         ]
     },
     "think": {"thinking": "Let me think."},
+    # the model calls a tool by its full name although the host listed none
+    "unlisted": {"tool_calls": [{"name": "mcp__client__get_weather", "arguments": {"city": "x"}}]},
     "hang429": {"api_error": 429, "retry_delay_ms": 30, "api_error_then": "hang"},
     "hang529": {"api_error": 529, "retry_delay_ms": 30, "api_error_then": "hang"},
     "e429": {"api_error": 429, "api_retries": 2, "retry_delay_ms": 1},
@@ -297,6 +299,7 @@ PROMPTS = {
     "MODE:error401": "e401",
     "MODE:error529": "e529",
     "hello": "e401",  # merged with the failed MODE:error401 prompt upstream
+    "weather?": "tool",
 }
 SAMPLES = {
     # name: (file, extra args, prompt overrides)
@@ -320,6 +323,16 @@ SAMPLES = {
         {},
     ),
     "upstream_error_result": (LOCAL_SAMPLES / "claude_upstream_error_result.ndjson", [], {}),
+    "mcp_set_servers_publish": (
+        LOCAL_SAMPLES / "claude_mcp_set_servers_publish.ndjson",
+        MCP_ARGS,
+        {},
+    ),
+    "unlisted_tool_rejected": (
+        LOCAL_SAMPLES / "claude_sdk_mcp_unlisted_tool_rejected.ndjson",
+        MCP_ARGS,
+        {"weather?": "unlisted"},
+    ),
     "529_idle_interrupt": (
         LOCAL_SAMPLES / "claude_upstream_529_result_idle_interrupt.ndjson",
         ["--tools", ""],
@@ -370,6 +383,15 @@ async def test_replays_sample_structure(tmp_path: Path, name: str) -> None:
                 continue  # handshake replies: the test answers the fake's own requests
         steps.append((len(comparable(outs)), msg))
     expected = comparable(outs)
+    # the tools the sample's host listed last (the real CLI went on with those)
+    list_ids = {m["request_id"] for m in outs if mcp_method(m) == "tools/list"}
+    listed = [
+        r["msg"]["response"]["response"]["mcp_response"]["result"]["tools"]
+        for r in sample
+        if r["dir"] == "in"
+        and r["msg"]["type"] == "control_response"
+        and r["msg"]["response"]["request_id"] in list_ids
+    ]
 
     async with fake_claude(
         tmp_path,
@@ -378,6 +400,8 @@ async def test_replays_sample_structure(tmp_path: Path, name: str) -> None:
         named=NAMED,
         env={"CLAUDE_CODE_MAX_RETRIES": "2"},
     ) as fake:
+        if listed:
+            fake.tools = listed[-1]
         got: list[Msg] = []
         fake_calls: list[Msg] = []
 

@@ -106,3 +106,38 @@ async def test_real_claude_park_timeout_then_result_uses_the_fallback(
     assert "weather in Tokyo?" in text
     assert f'<tool_call id="{cid}" name="get_weather">{{"city": "Tokyo"}}</tool_call>' in text
     assert f'<tool_result id="{cid}" name="get_weather">sunny in Tokyo</tool_result>' in text
+
+
+async def test_real_claude_spare_idle_past_the_mcp_timeout_keeps_the_tools(
+    tmp_path: Path, claude_binary: Path, model_stub: ModelStub
+) -> None:
+    """Regression: a spare that idled past the CLI's own 30 s MCP request timeout before
+    its first request went upstream with no tools for its whole life (the worker held
+    the CLI's tools/list back until bind), and a call of the lost tool was still reported
+    to the client as a tool call."""
+    model_stub.push(Reply(tool_calls=(CALL,)), Reply(text="It is sunny in Tokyo."))
+    pool = attrs.evolve(FAST_POOL, workers=1, spares=1)
+    with trio.fail_after(110):
+        async with (
+            open_real_server(tmp_path, claude_binary, model_stub, pool=pool) as server,
+            openai.AsyncOpenAI(
+                base_url=server.base_url + "/v1", api_key="x", max_retries=0
+            ) as client,
+        ):
+            await server.wait_stats(lambda s: s["idle"] >= 1, within=20)
+            await trio.sleep(33)  # past the CLI's MCP request timeout (30 s)
+            convo: list[Any] = [{"role": "user", "content": "weather in Tokyo?"}]
+            calls, _, finish = await _loops.chat_round(client, convo, stream=True, model=MODEL)
+            assert finish == "tool_calls"
+            assert [(n, a) for _, n, a in calls] == [("get_weather", {"city": "Tokyo"})]
+            _loops.chat_results(convo, calls)
+            _, text, finish = await _loops.chat_round(client, convo, stream=True, model=MODEL)
+            assert (text, finish) == ("It is sunny in Tokyo.", "stop")
+            stats = await server.stats()
+            assert stats["resume_hits"] == 1 and stats["crashes"] == 0
+    upstream = model_stub.model_calls()
+    assert [[t["name"] for t in c.body["tools"]] for c in upstream] == [
+        ["mcp__client__get_weather"]
+    ] * 2
+    results = [b for b in content_blocks(upstream[-1].body["messages"][-1])]
+    assert [b.get("is_error", False) for b in results if b["type"] == "tool_result"] == [False]

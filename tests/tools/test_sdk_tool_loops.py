@@ -211,3 +211,28 @@ async def test_tool_choice_and_bad_schemas_are_clear_400s(tmp_path: Path) -> Non
             assert (
                 done.choices[0].finish_reason == "stop" and not done.choices[0].message.tool_calls
             )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_worker_whose_cli_lost_the_tools_is_retired_and_the_turn_retried(
+    tmp_path: Path, stream: bool
+) -> None:
+    """Regression: a CLI whose system/init listed none of the request's tools still served
+    the turn, silently tool-less (the model's calls were rejected by the CLI). Now the
+    mismatch retires the worker and the turn runs again on another one."""
+    marker = tmp_path / "lose-tools"
+    marker.write_text("")
+    scenario = {"default": {"lose_tools_once": str(marker)}}
+    with trio.fail_after(90):
+        async with open_e2e_server(tmp_path, scenario=scenario) as server:
+            first, text, _ = await tool_loop(server, "chat", stream=stream, calls=ONE)
+            assert [(n, a) for _, n, a in first] == [("get_weather", ONE[0]["arguments"])]
+            assert "] sunny in Tokyo" in text
+            assert not marker.exists()  # one worker did lose its tools
+            stats = await server.stats()
+            assert stats["resume_hits"] == 1 and stats["crashes"] == 0, stats
+            # the prompt went to two workers: the one that lost its tools, then another
+            users = [
+                m for m in server.stdin_lines() if isinstance(m, dict) and m.get("type") == "user"
+            ]
+            assert len(users) == 2, users

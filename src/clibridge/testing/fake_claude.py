@@ -704,8 +704,9 @@ class FakeClaude:
 
     def system_init(self) -> None:
         tools = self.args.base_tools()
-        for server, names in self.servers.items():
-            tools += [f"mcp__{server}__{n}" for n in names]
+        if not self._lose_tools():
+            for server, names in self.servers.items():
+                tools += [f"mcp__{server}__{n}" for n in names]
         self.emit(
             {
                 "type": "system",
@@ -734,6 +735,18 @@ class FakeClaude:
                 "fast_mode_state": "off",
             }
         )
+
+    def _lose_tools(self) -> bool:
+        """``lose_tools_once: PATH`` (process scenario): the first process to remove PATH
+        lists no MCP tools in this ``system/init``, like a CLI whose tools/list timed out."""
+        path = self.process_scenario.get("lose_tools_once")
+        if not path:
+            return False
+        try:
+            os.remove(str(path))
+        except FileNotFoundError:
+            return False
+        return True
 
     def clear(self) -> None:
         self.session_id = _uuid()
@@ -831,6 +844,8 @@ class Turn:
         #: the tools/call in flight: (tool_use id, JSON-RPC id, server, control request id)
         self.pending_tool: tuple[str, int, str, str] | None = None
         self.tool_uses: list[dict[str, Any]] = []
+        #: calls of tools no server lists: the CLI rejected them itself
+        self.rejected: set[str] = set()
 
     # -- pieces
 
@@ -942,9 +957,9 @@ class Turn:
         for call in calls:
             server = tool = None
             if call.name.startswith("mcp__"):
+                # a full name is called even when no server lists it: the model may (a
+                # hallucination, or tools the CLI lost); the CLI then rejects the call
                 _, server, tool = call.name.split("__", 2)
-                if tool not in self.fake.servers.get(server, []):
-                    server = None
             else:
                 for name, tools in self.fake.servers.items():
                     if call.name in tools:
@@ -1098,8 +1113,17 @@ class Turn:
     ) -> None:
         fake = self.fake
         if tool not in fake.servers.get(server, ()):
-            # the CLI rejects it by itself (the full name where the server would be)
-            self.pending_tool = (tool_id, -1, f"mcp__{server}__{tool}", "")
+            # Observed: the CLI rejects it by itself as soon as the block is complete
+            self.pending_tool = None
+            self.rejected.add(tool_id)
+            self.tool_result(
+                tool_id,
+                {
+                    "content": f"<tool_use_error>Error: No such tool available: "
+                    f"mcp__{server}__{tool}</tool_use_error>",
+                    "isError": True,
+                },
+            )
             return
         msg_id = fake.mcp_ids.get(server, 2)
         fake.mcp_ids[server] = msg_id + 1
@@ -1122,14 +1146,6 @@ class Turn:
         fake = self.fake
         assert self.pending_tool is not None
         request_id = self.pending_tool[3]
-        if not request_id:
-            name = self.pending_tool[2]
-            self.pending_tool = None
-            return {
-                "content": f"<tool_use_error>Error: No such tool available: {name}"
-                "</tool_use_error>",
-                "isError": True,
-            }
         while request_id not in fake.responses:
             fake.check_interrupt()
             fake.pump(None)
@@ -1150,30 +1166,36 @@ class Turn:
         for n, (tool_id, server, tool, arguments) in enumerate(calls):
             if n:
                 self.send_tool_call(tool_id, server, tool, arguments)
+            if tool_id in self.rejected:
+                continue
             result = self.await_tool_call()
             results.append((tool_id, result))
             self.num_turns += 1
         for tool_id, result in results:
-            content = result.get("content", [])
-            block: dict[str, Any] = {
-                "tool_use_id": tool_id,
-                "type": "tool_result",
-                "content": content,
+            self.tool_result(tool_id, result)
+
+    def tool_result(self, tool_id: str, result: dict[str, Any]) -> None:
+        """The ``user`` line with one call's result, as the CLI prints it."""
+        content = result.get("content", [])
+        block: dict[str, Any] = {
+            "tool_use_id": tool_id,
+            "type": "tool_result",
+            "content": content,
+        }
+        if result.get("isError"):
+            block["is_error"] = True
+        self.tool_uses.append(block)
+        self.fake.emit(
+            {
+                "type": "user",
+                "message": {"role": "user", "content": [block]},
+                "parent_tool_use_id": None,
+                "session_id": self.fake.session_id,
+                "uuid": _uuid(),
+                "timestamp": _now_iso(),
+                "tool_use_result": content,
             }
-            if result.get("isError"):
-                block["is_error"] = True
-            self.tool_uses.append(block)
-            self.fake.emit(
-                {
-                    "type": "user",
-                    "message": {"role": "user", "content": [block]},
-                    "parent_tool_use_id": None,
-                    "session_id": self.fake.session_id,
-                    "uuid": _uuid(),
-                    "timestamp": _now_iso(),
-                    "tool_use_result": content,
-                }
-            )
+        )
 
     def result(self, reply: str) -> None:
         fake, sc = self.fake, self.sc

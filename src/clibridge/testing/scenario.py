@@ -5,9 +5,9 @@ A fake CLI (``clibridge-fake-claude``, ``clibridge-fake-codex``) behaves by a
 
 1. Process-wide defaults come from the JSON file named by ``CLIBRIDGE_FAKE_SCENARIO``
    (its ``"default"`` object; its ``"named"`` object maps names to further scenarios).
-   Process-level fields (``boot_delay``, ``initialize_delay``, ``crash_at_boot``, ``hang_at_boot``,
-   ``ignore_sigterm``, ``spawn_grandchild``) are read from there only, since no prompt
-   exists at boot.
+   Process-level fields (``boot_delay``, ``initialize_delay``, ``mcp_timeout``,
+   ``lose_tools_once``, ``crash_at_boot``, ``hang_at_boot``, ``ignore_sigterm``,
+   ``spawn_grandchild``) are read from there only, since no prompt exists at boot.
 2. A turn's user text may carry directives that override fields for that turn only:
      ``@fake {"reply": "hi", "chunk_chars": 2}``   (a JSON object on the rest of the line)
      ``@fake:NAME``                                 (a named scenario from the file, or a
@@ -131,6 +131,11 @@ class Scenario:
     # --- process-level (scenario file ``default`` only)
     boot_delay: float = 0.0
     initialize_delay: float = 0.0  # claude: seconds before answering ``initialize``
+    #: claude: the CLI's own timeout of its MCP requests (the real one: 30 s)
+    mcp_timeout: float = 30.0
+    #: claude: the first process to remove this file lists no MCP tools in that turn's
+    #: ``system/init`` (a CLI whose tools/list timed out)
+    lose_tools_once: str | None = None
     crash_at_boot: bool = False
     hang_at_boot: bool = False
     ignore_sigterm: bool = False
