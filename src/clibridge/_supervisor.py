@@ -583,7 +583,8 @@ def _claude_factory(
     *,
     fake: bool,
 ) -> WorkerFactory:
-    from ._backends.claude_worker import ClaudeWorker
+    from ._backends.claude_worker import ClaudeWorker, SpawnModel
+    from ._models import BUILTIN
     from ._spawn_home import prepare_claude_home
 
     claude = attrs.evolve(config.claude, command=command)
@@ -592,7 +593,11 @@ def _claude_factory(
         spawn_home = attrs.evolve(spawn_home, env=_fake_env({**spawn_home.env}, True, environ))
     log.info("claude spawn home: %s (work dir %s)", spawn_home.home, spawn_home.workdir)
 
+    spawn_model = SpawnModel(BUILTIN["sonnet"][1])
+
     def factory(worker_id: int) -> ClaudeWorker:
-        return ClaudeWorker(worker_id, claude, claude.pool, spawn_home, janitor)
+        return ClaudeWorker(
+            worker_id, claude, claude.pool, spawn_home, janitor, spawn_model=spawn_model
+        )
 
     return factory

@@ -141,3 +141,26 @@ async def test_real_claude_spare_idle_past_the_mcp_timeout_keeps_the_tools(
     ] * 2
     results = [b for b in content_blocks(upstream[-1].body["messages"][-1])]
     assert [b.get("is_error", False) for b in results if b["type"] == "tool_result"] == [False]
+
+
+async def test_real_claude_first_request_carries_no_cli_command_noise(
+    tmp_path: Path, claude_binary: Path, model_stub: ModelStub
+) -> None:
+    """Regression: every fresh worker's first upstream message carried a /model command
+    echo behind a <local-command-caveat> (the model was set with set_model at bind)."""
+    model_stub.push(Reply(text="hi"))
+    with trio.fail_after(60):
+        async with (
+            open_real_server(tmp_path, claude_binary, model_stub) as server,
+            openai.AsyncOpenAI(
+                base_url=server.base_url + "/v1", api_key="x", max_retries=0
+            ) as client,
+        ):
+            done = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "say hi"}]
+            )
+            assert done.choices[0].message.content == "hi"
+    (call,) = model_stub.model_calls()
+    sent = json.dumps(call.body["messages"])
+    assert "say hi" in sent
+    assert "<command-name>/model" not in sent and "local-command-caveat" not in sent

@@ -113,6 +113,18 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
+@attrs.define
+class SpawnModel:
+    """The ``--model`` new workers of a pool are spawned with: the last one bound.
+
+    Why: a worker whose first bind needs ``set_model`` makes the CLI put a ``/model``
+    command echo behind a ``<local-command-caveat>`` in front of the first upstream message
+    (observed with 2.1.197); spawned with the model the requests ask for, it needs none.
+    """
+
+    model: str
+
+
 class _Waiter:
     __slots__ = ("done", "response")
 
@@ -167,6 +179,7 @@ class ClaudeWorker:
         janitor: Janitor | None = None,
         *,
         model: str | None = None,
+        spawn_model: SpawnModel | None = None,
     ) -> None:
         """``launch`` is a ready :class:`ChildSpec` (argv, env, cwd), or a
         :class:`SpawnHome` from which the argv is built with ``model`` (optional: without it
@@ -180,10 +193,11 @@ class ClaudeWorker:
         self._config = config
         self._pool = pool
         self._janitor = janitor
+        self._spawn_model = spawn_model
         if isinstance(launch, SpawnHome):
             argv = claude.build_argv(
                 config.command,
-                model=model,
+                model=model or (spawn_model.model if spawn_model else None),
                 enable_cli_tools=config.enable_cli_tools,
                 host_client_tools=True,
             )
@@ -426,6 +440,8 @@ class ClaudeWorker:
                             f"the claude CLI refused model {binding.model!r}: {response.error}"
                         )
                     self.model = binding.model
+                if self._spawn_model is not None:
+                    self._spawn_model.model = binding.model
             except TurnTimeout as exc:
                 raise BootError(
                     f"claude worker {self.id} could not be bound: {exc.message}"
