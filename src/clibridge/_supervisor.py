@@ -75,11 +75,14 @@ class Supervisor:
         table: ModelTable,
         *,
         fake: bool = False,
+        fake_on_purpose: bool = False,
         continuation: bool = True,
     ) -> None:
         self.pools = dict(pools)
         self.table = table
         self.fake = fake
+        #: the fake serves because ``backend = "fake"`` asked for it, not for want of a login
+        self.fake_on_purpose = fake_on_purpose
         #: park workers between requests (tool round trips, follow-up turns); see turn()
         self.continuation = continuation
         self._conversations = {
@@ -232,7 +235,12 @@ class Supervisor:
         ready = any(ok for ok, _ in states.values())
         reason = "; ".join(reason for _, reason in states.values()) or "no backend configured"
         if self.fake:
-            reason = "FAKE CLI (no logged-in claude/codex found): " + reason
+            why = (
+                "backend = fake, chosen on purpose"
+                if self.fake_on_purpose
+                else "no logged-in claude/codex found"
+            )
+            reason = f"FAKE CLI ({why}): " + reason
         return Readiness(ready=ready, reason=reason, fake=self.fake)
 
     def statistics(self) -> Mapping[str, Any]:
@@ -515,7 +523,9 @@ async def serve(
             overrides=config.models,
             fake_backends=list(pools) if choice.fake else (),
         )
-        service = Supervisor(pools, table, fake=choice.fake)
+        service = Supervisor(
+            pools, table, fake=choice.fake, fake_on_purpose=config.backend == "fake"
+        )
         app = create_app(service, config.server)
         async with trio.open_nursery() as root:
             for pool in pools.values():

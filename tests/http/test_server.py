@@ -71,13 +71,16 @@ def test_banner_fake_notice_and_auth_curl() -> None:
 
 def test_banner_says_the_fake_was_chosen_on_purpose_with_backend_fake() -> None:
     """Regression: ``--backend fake`` printed "no logged-in claude / codex was found"."""
-    supervisor = Supervisor({}, ModelTable(["claude"], fake_backends=["claude"]), fake=True)
+    table = ModelTable(["claude"], fake_backends=["claude"])
+    supervisor = Supervisor({}, table, fake=True, fake_on_purpose=True)
     assert supervisor.readiness().fake
+    assert "chosen on purpose" in supervisor.readiness().reason  # /readyz says it too
     text = banner(Config(backend="fake"), "127.0.0.1", 7483, supervisor)
     assert "chosen on purpose" in text and "FAKE CLI" in text
     assert "no logged-in" not in text and "no login" not in text
     assert "pool:                FAKE CLI (backend = fake, chosen on purpose): " in text
     # auto without a login: the fake is a fallback, and the banner says so
+    supervisor = Supervisor({}, table, fake=True)
     text = banner(Config(backend="auto"), "127.0.0.1", 7483, supervisor)
     assert "no logged-in claude / codex was found" in text
     assert "chosen on purpose" not in text

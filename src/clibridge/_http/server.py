@@ -18,10 +18,6 @@ from .._service import TurnService
 
 log = logging.getLogger("clibridge.http")
 
-#: what ``Supervisor.readiness`` puts before the reason whenever the fake serves; wrong when
-#: the fake was chosen with ``backend = "fake"``, so the banner says why instead
-_NO_LOGIN_PREFIX = "FAKE CLI (no logged-in claude/codex found): "
-_ON_PURPOSE_PREFIX = "FAKE CLI (backend = fake, chosen on purpose): "
 
 
 def hypercorn_config(config: ServerConfig) -> HyperConfig:
@@ -92,8 +88,6 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
     )
     on_purpose = config.backend == "fake"
     pool = readiness.reason
-    if on_purpose and pool.startswith(_NO_LOGIN_PREFIX):
-        pool = _ON_PURPOSE_PREFIX + pool.removeprefix(_NO_LOGIN_PREFIX)
     lines = [
         "",
         f"clibridge is listening on {base}",
