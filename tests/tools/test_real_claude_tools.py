@@ -22,6 +22,7 @@ from tests.e2e.conftest import FAST_POOL, MODEL, open_real_server
 from tests.tools import _loops
 
 pytestmark = [
+    pytest.mark.realcli,
     pytest.mark.filterwarnings("ignore:Async generator:ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]

@@ -1,0 +1,104 @@
+"""OpenClaw's recorded requests replayed against the server: every tool round and every
+second session turn must continue the parked worker.
+
+The samples (``tests/testing/samples/openclaw``, see its README) are real
+``openclaw@2026.9.6`` traffic: OpenClaw appends a ``<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>``
+user message to each request and drops it from the next, rewrites our call ids in the
+Responses API (``call_<ours>_fc_<hex>_<hex>``), and re-serialises earlier messages. The
+request bodies are sent as recorded; only the call ids of the recorded run are mapped to the
+ones this run issued. The fake claude plays the model exactly as in the recording.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.e2e.conftest import open_e2e_server
+
+SAMPLES = Path(__file__).parents[1] / "testing" / "samples" / "openclaw"
+APIS = ["openai-completions", "openai-responses", "anthropic-messages"]
+OUR_ID = re.compile(r"call[0-9a-f]{24}")
+CONTEXT = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>"
+
+
+def exchanges(name: str) -> list[dict[str, Any]]:
+    path = SAMPLES / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def first_seen(text: str) -> list[str]:
+    return list(dict.fromkeys(OUR_ID.findall(text)))
+
+
+async def replay(client: httpx.AsyncClient, recorded: dict[str, Any], ids: dict[str, str]) -> str:
+    body = json.dumps(recorded["request"])
+    for old, new in ids.items():
+        body = body.replace(old, new)
+    headers = {"content-type": "application/json"}
+    if "anthropic-version" in recorded["headers"]:
+        headers["anthropic-version"] = recorded["headers"]["anthropic-version"]
+    response = await client.post(recorded["path"], content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def user_lines(stdin: list[Any]) -> list[str]:
+    return [
+        json.dumps(m["message"]) for m in stdin if isinstance(m, dict) and m.get("type") == "user"
+    ]
+
+
+def tool_answers(stdin: list[Any]) -> list[str]:
+    """The MCP tools/call results the server sent the fake claude."""
+    out = []
+    for m in stdin:
+        if isinstance(m, dict) and m.get("type") == "control_response":
+            reply = m["response"].get("response", {}).get("mcp_response", {})
+            content = (reply.get("result") or {}).get("content")
+            if reply.get("id", 0) >= 2 and content:  # ids 0, 1: the MCP handshake
+                out.append("".join(c.get("text", "") for c in content))
+    return out
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("cell", ["tool_loop", "session"])
+async def test_openclaw_requests_continue_the_parked_worker(
+    tmp_path: Path, api: str, cell: str
+) -> None:
+    """Regression: with OpenClaw no request ever resumed a parked worker (resume_hits 0):
+    its trailing context message, and in the Responses API its rewritten call ids, made
+    request 2 differ from what the worker held."""
+    first, second = exchanges(f"{api}_{cell}")
+    with trio.fail_after(60):
+        async with (
+            open_e2e_server(tmp_path) as server,
+            httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
+        ):
+            answer = await replay(client, first, {})
+            ids = dict(
+                zip(first_seen(json.dumps(second["request"])), first_seen(answer), strict=True)
+            )
+            assert len(ids) == (1 if cell == "tool_loop" else 0)
+            await replay(client, second, ids)
+            stats = await server.stats()
+            assert (stats["resume_hits"], stats["resume_misses"]) == (1, 0), stats
+            stdin = server.stdin_lines()
+    users = user_lines(stdin)
+    # one user line per user turn: request 2 wrote only what was new, never the history
+    assert len(users) == (1 if cell == "tool_loop" else 2), users
+    if cell == "session":
+        assert "What is my name?" in users[1] and CONTEXT in users[1]
+        assert "Please remember" not in users[1]
+        return
+    (result,) = tool_answers(stdin)
+    assert "PAPAYA-42" in result
+    # the context OpenClaw sent after the result reached the model with it (in the
+    # Responses API OpenClaw keeps request 1's context in place and sends none after)
+    assert (CONTEXT in result) == (api != "openai-responses")
