@@ -16,10 +16,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 
+from clibridge._conversations import (
+    Continue,
+    Conversation,
+    ConversationTable,
+    ToolResume,
+    conversation_key,
+    items,
+    setup_digest,
+)
+from clibridge._events import Message, ToolCallPart
+from clibridge._wire import anthropic_messages, openai_chat, openai_responses
 from tests.e2e.conftest import open_e2e_server
 
 SAMPLES = Path(__file__).parents[1] / "testing" / "samples" / "openclaw"
@@ -102,3 +114,51 @@ async def test_openclaw_requests_continue_the_parked_worker(
     # the context OpenClaw sent after the result reached the model with it (in the
     # Responses API OpenClaw keeps request 1's context in place and sends none after)
     assert (CONTEXT in result) == (api != "openai-responses")
+
+
+# ------------------------------------------------------------- the matcher alone (pure)
+
+DECODERS = {
+    "openai-completions": openai_chat.decode_request,
+    "openai-responses": openai_responses.decode_request,
+    "anthropic-messages": anthropic_messages.decode_request,
+}
+
+
+def as_sent(message: Message) -> Message:
+    """The assistant message the bridge sent: our ids, not the client's rewriting of them."""
+    parts = tuple(
+        attrs.evolve(p, id=found.group())
+        if isinstance(p, ToolCallPart) and (found := OUR_ID.search(p.id))
+        else p
+        for p in message.parts
+    )
+    return Message(message.role, parts)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("cell", ["tool_loop", "session"])
+def test_matcher_on_openclaw_requests(api: str, cell: str) -> None:
+    """The pure matcher on the recorded bodies: request 2 aligns with what the worker
+    holds after request 1 and its reply, dropping only OpenClaw's context message."""
+    first, second = (DECODERS[api](x["request"]) for x in exchanges(f"{api}_{cell}"))
+    assert first.system == second.system  # one session: the same system prompt
+    reply_at = max(i for i, m in enumerate(second.messages) if m.role == "assistant")
+    reply = as_sent(second.messages[reply_at])
+    held = (*items(first.messages), *items([reply], len(first.messages)))
+    setup = setup_digest("setup")
+    pending = tuple((p.id, "toolu_1") for p in reply.parts if isinstance(p, ToolCallPart))
+    table = ConversationTable(ttl=60)
+    table.add(Conversation(conversation_key(setup, held), setup, held, pending, 0.0))
+    match = table.take(setup, second.messages, items(second.messages))
+    assert match is not None
+    # OpenClaw's context of request 1 is dropped, except where the Responses API keeps it
+    assert match.dropped == (0 if (api, cell) == ("openai-responses", "tool_loop") else 1)
+    new_text = "".join(m.text() for m in match.new)
+    if cell == "session":
+        assert isinstance(match.plan, Continue)
+        assert "What is my name?" in new_text and CONTEXT in new_text
+    else:
+        assert isinstance(match.plan, ToolResume)
+        (result,) = match.plan.results.values()
+        assert "PAPAYA-42" in result.content
