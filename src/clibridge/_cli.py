@@ -1,4 +1,4 @@
-"""The command line: ``clibridge serve | config | login | version``.
+"""The command line: ``clibridge serve | config | login | openclaw-config | version``.
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -142,7 +143,67 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
     )
+    oc = sub.add_parser(
+        "openclaw-config",
+        help="print the OpenClaw provider block for a running clibridge, or merge it into "
+        "an OpenClaw config file",
+        description="Ask a running clibridge for its models and print OpenClaw's provider "
+        "block (models.providers.clibridge), or merge it into OpenClaw's config with --write "
+        "(the old file is copied to FILE.bak-<time> first).",
+    )
+    oc.add_argument(
+        "--api",
+        choices=("openai-completions", "openai-responses", "anthropic-messages"),
+        default="openai-completions",
+        help="the API OpenClaw speaks to clibridge [default: openai-completions]",
+    )
+    oc.add_argument("--url", help="the running clibridge [default: from the config's host/port]")
+    oc.add_argument(
+        "--key",
+        help="the key OpenClaw sends [default: the server's auth token, else a placeholder "
+        "(no auth on loopback)]",
+    )
+    oc.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="merge into this OpenClaw config (e.g. ~/.openclaw/openclaw.json)",
+    )
+    oc.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
     return parser
+
+
+def _openclaw_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import _openclaw
+
+    config = load_config({}, environ, args.config)
+    host = config.server.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}"
+    key = args.key or config.server.auth_token
+    try:
+        models = _openclaw.fetch_models(url, key)
+        block = _openclaw.provider_block(url, args.api, key or "clibridge-local", models)
+        if args.write is None:
+            print(
+                json.dumps(
+                    {"models": {"mode": "merge", "providers": {_openclaw.PROVIDER: block}}},
+                    indent=2,
+                )
+            )
+            return 0
+        backup = _openclaw.write_merged(args.write.expanduser(), block)
+    except _openclaw.OpenClawConfigError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
+    saved = f" (the old one is {backup})" if backup else ""
+    print(
+        f"clibridge: wrote provider {_openclaw.PROVIDER!r} ({len(block['models'])} models, "
+        f"{args.api} at {block['baseUrl']}) into {args.write}{saved}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -213,9 +274,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
-    if args.command == "login":
+    if args.command in ("login", "openclaw-config"):
         try:
-            return _login(args, env)
+            return (_login if args.command == "login" else _openclaw_config)(args, env)
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
