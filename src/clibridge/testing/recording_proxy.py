@@ -9,7 +9,7 @@ as samples (``tests/testing/samples/openclaw/``)::
 or in-process, in a trio test::
 
     async with open_recording_proxy("http://127.0.0.1:7483", record=path) as proxy:
-        ...  # point the client at proxy.base_url; read proxy.exchanges
+        ...  # point the client at proxy.base_url; read proxy.exchanges (wait_for_exchanges)
 
 Theory of operation
 -------------------
@@ -146,6 +146,7 @@ class RecordingProxy:
         #: every finished exchange, in completion order
         self.exchanges: list[Exchange] = []
         self._seq = 0
+        self._changed = trio.Event()
 
     @property
     def base_url(self) -> str:
@@ -203,6 +204,12 @@ class RecordingProxy:
         self._seq += 1
         await self._forward(client, self._seq, scope, bytes(raw), receive, send)
 
+    async def wait_for_exchanges(self, count: int) -> list[Exchange]:
+        """Wait until ``count`` exchanges were recorded; returns them."""
+        while len(self.exchanges) < count:
+            await self._changed.wait()
+        return list(self.exchanges)
+
     async def _forward(
         self,
         client: httpx.AsyncClient,
@@ -221,65 +228,85 @@ class RecordingProxy:
             for k, v in scope["headers"]
             if k.decode("latin-1").lower() not in _NOT_FORWARDED
         ]
-        status = 502
-        response_headers: dict[str, str] = {}
-        body = bytearray()
-        error: str | None = None
+        got = _Relayed()
         try:
             request = client.build_request(
                 scope["method"], self.upstream + path, headers=headers, content=raw
             )
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            error = f"upstream unreachable: {exc!r}"
-            body += json.dumps({"error": {"message": f"recording proxy: {error}"}}).encode()
-            await _send_all(send, 502, [(b"content-type", b"application/json")], bytes(body))
-        else:
-            status = response.status_code
-            response_headers = dict(response.headers)
-            out = [
-                (k, v) for k, v in response.headers.raw if k.lower().decode() not in _NOT_FORWARDED
-            ]
-            completed = False
-            try:
-                await send({"type": "http.response.start", "status": status, "headers": out})
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    # Why here: the client may hang up as soon as it has the last byte
-                    completed = True
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    nursery.cancel_scope.cancel()
-                if not completed:
-                    error = "client disconnected"
-            except httpx.HTTPError as exc:
-                error = f"upstream failed mid-response: {exc!r}"
-            finally:
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-        request_json, request_text = _body_fields(raw, None)
-        response_json, response_text = _body_fields(bytes(body), self.max_response_bytes)
-        exchange = Exchange(
-            seq=seq,
-            method=scope["method"],
-            path=path,
-            headers={k: v for k, v in headers if k.lower() not in SECRET_HEADERS},
-            request=request_json,
-            request_text=request_text,
-            status=status,
-            response_headers={
-                k: v for k, v in response_headers.items() if k.lower() not in SECRET_HEADERS
-            },
-            response=response_json,
-            response_text=response_text,
-            duration=round(time.monotonic() - started, 3),
-            error=error,
-        )
-        self.exchanges.append(exchange)
-        if self.record is not None:
-            _append_line(self.record, exchange.to_json())
+            await _relay(client, request, receive, send, got)
+        finally:
+            # Why in ``finally`` (and no await): the exchange is kept even when the proxy is
+            # cancelled right after the client got its last byte (a test ending)
+            request_json, request_text = _body_fields(raw, None)
+            response_json, response_text = _body_fields(bytes(got.body), self.max_response_bytes)
+            exchange = Exchange(
+                seq=seq,
+                method=scope["method"],
+                path=path,
+                headers={k: v for k, v in headers if k.lower() not in SECRET_HEADERS},
+                request=request_json,
+                request_text=request_text,
+                status=got.status,
+                response_headers={
+                    k: v for k, v in got.headers.items() if k.lower() not in SECRET_HEADERS
+                },
+                response=response_json,
+                response_text=response_text,
+                duration=round(time.monotonic() - started, 3),
+                error=got.error,
+            )
+            self.exchanges.append(exchange)
+            if self.record is not None:
+                _append_line(self.record, exchange.to_json())
+            self._changed.set()
+            self._changed = trio.Event()
+
+
+@attrs.define
+class _Relayed:
+    """What came back so far (filled in by :func:`_relay` as it goes)."""
+
+    status: int = 502
+    headers: dict[str, str] = attrs.field(factory=dict)
+    body: bytearray = attrs.field(factory=bytearray)
+    error: str | None = "the proxy stopped mid-exchange"
+
+
+async def _relay(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    receive: _Receive,
+    send: _Send,
+    got: _Relayed,
+) -> None:
+    """Send ``request`` upstream and copy the response to the client as it arrives."""
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        got.error = f"upstream unreachable: {exc!r}"
+        got.body += json.dumps({"error": {"message": f"recording proxy: {got.error}"}}).encode()
+        await _send_all(send, 502, [(b"content-type", b"application/json")], bytes(got.body))
+        return
+    got.status = response.status_code
+    got.headers = dict(response.headers)
+    out = [(k, v) for k, v in response.headers.raw if k.lower().decode() not in _NOT_FORWARDED]
+    try:
+        await send({"type": "http.response.start", "status": got.status, "headers": out})
+        got.error = "client disconnected"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            async for chunk in response.aiter_raw():
+                got.body += chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Why before the last send: the client may hang up as soon as it has the last byte
+            got.error = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
+    except httpx.HTTPError as exc:
+        got.error = f"upstream failed mid-response: {exc!r}"
+    finally:
+        with trio.CancelScope(shield=True):
+            await response.aclose()
 
 
 async def _send_all(
