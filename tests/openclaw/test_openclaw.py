@@ -197,7 +197,15 @@ def openclaw_matrix(
     # Why trio.run in a sync fixture: pytest-trio's async fixtures are per test, and the
     # matrix is too slow to run per test
     root = tmp_path_factory.mktemp("openclaw")
-    return trio.run(_run_matrix, openclaw_install, root)
+    matrix = trio.run(_run_matrix, openclaw_install, root)
+    # shown with -rP (captured output of the first test's setup)
+    print(f"OpenClaw matrix: {matrix.seconds:.1f} s")
+    for (api, scenario), cell in sorted(matrix.cells.items()):
+        times = ", ".join(f"{run.seconds:.1f} s" for run in cell.runs)
+        roles = " / ".join(" ".join(role_sequence(body)) for body in cell.bodies())
+        print(f"  {api} {scenario}: {times}; {roles}")
+    print(f"  stats: { {k: v for k, v in matrix.stats.items() if k != 'workers'} }")
+    return matrix
 
 
 def _text(value: Any) -> str:
