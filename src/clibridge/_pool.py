@@ -17,7 +17,9 @@ Two limits, two mechanisms:
 
 Checkout with a permit in hand: an idle worker already bound to the same system prompt and
 tool set (``bind`` then does ``/clear`` + ``set_model``), else a booted spare (``bind``
-initializes it), else wait until the maintainer produces one.
+initializes it), else the worker of the least recently parked *finished* conversation of
+the same setup (a cache of a conversation that may never continue: it gives way rather
+than make the request wait for a boot), else wait until the maintainer produces one.
 
 Every worker's life runs in a task of the pool's nursery: ``worker.run`` spawns, answers the
 readiness handshake and then lives until the pool cancels its scope (retire) or the
@@ -413,6 +415,8 @@ class WorkerPool:
                         self._release(slot, retire=True)
                         continue
                     return slot
+                if self._reclaim_finished_for(binding):
+                    continue  # its worker is idle now: the next _pick takes it
                 if self._crash_looping():
                     raise UnavailableError(
                         f"the {self.name} CLI keeps failing: {self._last_error}", retry_after=30
@@ -428,6 +432,30 @@ class WorkerPool:
             + (f" (last error: {self._last_error})" if self._last_error else ""),
             retry_after=5,
         )
+
+    def _reclaim_finished_for(self, binding: Binding) -> bool:
+        """End the least recently parked finished conversation of ``binding``'s setup.
+
+        Why: such a worker is only a cache of a conversation that may never continue;
+        a request that would otherwise wait for a CLI to boot takes it at once.
+        """
+        for parked in self._parked.values():  # insertion order: the oldest first
+            bound = parked.slot.worker.binding
+            if (
+                parked.reusable
+                and bound is not None
+                and bound.same_conversation_setup(binding)
+                and parked.slot.active == 1
+            ):
+                del self._parked[parked.key]
+                log.debug(
+                    "%s worker %d: its finished conversation gives way to a new request",
+                    self.name,
+                    parked.slot.worker.id,
+                )
+                self._reclaim(parked)
+                return True
+        return False
 
     def _pick(self, binding: Binding) -> _Slot | None:
         same: _Slot | None = None

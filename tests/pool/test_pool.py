@@ -427,3 +427,22 @@ async def test_a_turn_parked_on_a_tool_call_keeps_its_worker_for_park_grace(
     async with h.pool.resume("conversation") as gone:
         assert gone is None
     assert h.pool.statistics().reclaimed == 1
+
+
+async def test_a_new_request_takes_a_finished_conversation_rather_than_wait_for_a_boot(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Regression: one sequential client's next request waited ~1 s for a spare to boot
+    while the worker of its previous, finished conversation sat parked (p95 784 ms)."""
+    h = await start(nursery, Harness(PoolConfig(workers=4, spares=1, park_ttl=60)))
+    await trio.sleep(1.1)  # the first spare
+    for n in range(3):
+        t0 = trio.current_time()
+        async with h.pool.lease(A) as lease:
+            assert trio.current_time() - t0 == 0  # never a boot on the request path
+            async for _ in lease.worker.turn(REQ):
+                pass
+            lease.park(f"conv-{n}", reusable=True)
+    # the second request took the first worker back (the new spare was still booting)
+    assert [wid for _, wid in h.events("turn")][:2] == [1, 1]
+    assert h.pool.statistics().crashes == 0
