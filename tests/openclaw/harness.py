@@ -7,6 +7,8 @@ Used by the tests in this package and by :mod:`tests.openclaw.record_samples`.
 - :func:`make_home` builds an isolated ``HOME`` for one OpenClaw "user": its
   ``~/.openclaw/openclaw.json`` names clibridge as the only model provider, with one of the three
   API types OpenClaw speaks, and a workspace directory its file tools work in.
+- :func:`make_home_with_cli` does the same with the config written by ``clibridge
+  openclaw-config --write`` (the command users run) against a running clibridge.
 - :func:`run_exec` (``openclaw agent exec``: one isolated turn) and :func:`run_session_turn`
   (``openclaw agent --local --session-id``: a turn of a kept session) run it as a subprocess in
   its own process group with a deadline; whatever is left of the group afterwards is killed and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -172,6 +175,44 @@ def make_home(home: Path, api: str, base_url: str, model: str = "sonnet") -> Ope
     (home / "tmp").mkdir(exist_ok=True)
     # JSON is JSON5: both `agent exec --config` and `agent --local` read this file
     made.config.write_text(json.dumps(provider_config(api, base_url, model), indent=2) + "\n")
+    return made
+
+
+#: what :func:`make_home_with_cli` writes before clibridge merges its provider block in
+BASE_CONFIG: Mapping[str, Any] = {
+    "update": {"checkOnStart": False},
+    "telemetry": {"enabled": False},
+}
+
+
+def clibridge_command() -> list[str]:
+    """The venv's ``clibridge`` executable (``python -m clibridge`` when there is none)."""
+    exe = Path(sys.executable).with_name("clibridge")
+    return [str(exe)] if os.access(exe, os.X_OK) else [sys.executable, "-m", "clibridge"]
+
+
+async def make_home_with_cli(home: Path, api: str, server: str, model: str) -> OpenClawHome:
+    """Like :func:`make_home`, but the provider block is written by clibridge itself.
+
+    Runs ``clibridge openclaw-config --url SERVER --api API --write <HOME>/.openclaw/
+    openclaw.json`` (a subprocess: it asks the running ``server`` for ``/v1/models``) over a
+    config holding only :data:`BASE_CONFIG`, so the merge path is the one users run. Raises
+    AssertionError with the command's output when it fails.
+    """
+    made = OpenClawHome(home=home, api=api, model=model)
+    made.workspace.mkdir(parents=True, exist_ok=True)
+    (home / "tmp").mkdir(exist_ok=True)
+    made.config.write_text(json.dumps(BASE_CONFIG, indent=2) + "\n")
+    argv = [*clibridge_command(), "openclaw-config", "--url", server, "--api", api]
+    argv += ["--write", str(made.config)]
+    # an allow-list environment: no CLIBRIDGE_* setting of the caller may change the result
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "NO_PROXY": "127.0.0.1,localhost"}
+    done = await trio.run_process(
+        argv, env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert done.returncode == 0, (
+        f"{' '.join(argv)} exited {done.returncode}: {done.stdout!r} {done.stderr!r}"
+    )
     return made
 
 
