@@ -7,8 +7,9 @@ Sources, later ones winning: defaults here < TOML file (``--config`` / ``CLIBRID
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -19,7 +20,26 @@ DEFAULT_PORT = 7483
 
 BackendName = Literal["claude", "codex"]
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#@]+/?", re.IGNORECASE)
+_HOST_NAME = re.compile(r"[^/\s?#@]+")
 
+
+def _origins(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+    for origin in value:
+        if origin != "null" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"{origin!r} is not an origin: expected scheme://host[:port] as a browser sends "
+                "it (http://localhost:5173, app://my-app), or null"
+            )
+
+
+def _host_names(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+    for host in value:
+        if "://" in host or not _HOST_NAME.fullmatch(host):
+            raise ValueError(
+                f"{host!r} is not a host name: expected a name as the Host header carries it "
+                "(myhost.lan, clibridge.example.com; a :port is ignored), or * for any"
+            )
 
 
 @attrs.frozen
@@ -106,6 +126,12 @@ class ServerConfig:
     keepalive_interval: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     #: on SIGTERM, how long in-flight turns may run before they are cancelled
     drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: browser origins (scheme://host[:port]) allowed to call the API with CORS; a request
+    #: with any other Origin header gets 403
+    cors_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
+    #: host names the Host header may carry besides the bind address and localhost /
+    #: loopback addresses (a reverse proxy's public name); * accepts any
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), validator=_host_names)
 
 
 @attrs.frozen

@@ -157,7 +157,13 @@ def _flag_for(key: str) -> str:
     elif parts[0] in ("claude", "codex") and len(parts) == 3:  # claude.pool.workers
         parts = [parts[0], parts[2]]
     name = "-".join(parts).replace("_", "-")
-    return {"models": "--model", "codex-overrides": "--codex-override"}.get(name, f"--{name}")
+    singular = {
+        "models": "--model",
+        "codex-overrides": "--codex-override",
+        "cors-origins": "--cors-origin",
+        "allowed-hosts": "--allowed-host",
+    }
+    return singular.get(name, f"--{name}")
 
 
 def _env_for(key: str, flag: str) -> tuple[str, ...]:

@@ -9,8 +9,11 @@ these at layer boundaries only.
     ├── RequestError                  400  invalid_request   the client sent something wrong
     │   ├── UnsupportedFeature        400  invalid_request   valid, but cannot be honoured
     │   ├── RequestTooLarge           413  invalid_request   body / prompt / message count
+    │   ├── UnsupportedMediaType      415  invalid_request   a JSON endpoint got no JSON content type
     │   └── ModelNotFound             404  not_found         unknown model name
     ├── AuthError                     401  authentication    missing or wrong clibridge key
+    ├── Forbidden                     403  permission        an Origin not in server.cors_origins
+    │   └── MisdirectedRequest        421  permission        a Host header not naming this server
     ├── NotFound                      404  not_found         unknown path
     ├── MethodNotAllowed              405  invalid_request
     ├── CapacityError                 429  rate_limit        clibridge's own backpressure
@@ -86,6 +89,10 @@ class RequestTooLarge(RequestError):
     status = 413
 
 
+class UnsupportedMediaType(RequestError):
+    status = 415
+
+
 class ModelNotFound(RequestError):
     status = 404
     kind = ErrorKind.NOT_FOUND
@@ -94,6 +101,19 @@ class ModelNotFound(RequestError):
 class AuthError(BridgeError):
     status = 401
     kind = ErrorKind.AUTHENTICATION
+
+
+class Forbidden(BridgeError):
+    """A browser page (a foreign ``Origin``) may not use this server."""
+
+    status = 403
+    kind = ErrorKind.PERMISSION
+
+
+class MisdirectedRequest(Forbidden):
+    """The ``Host`` header names another server (DNS rebinding, or a name not allowed)."""
+
+    status = 421
 
 
 class NotFound(BridgeError):

@@ -147,7 +147,9 @@ async def test_body_too_large_closes_the_connection_and_the_next_request_works()
                 yield b"x" * 500
             yield b'"}]}'
 
-        r = await client.post(PATHS["openai_chat"], content=chunks())  # chunked: no length
+        r = await client.post(  # chunked: no length
+            PATHS["openai_chat"], content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413
         r = await client.get("/healthz")
         assert r.status_code == 200

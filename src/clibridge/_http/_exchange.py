@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any, Protocol
 
 import attrs
 import trio
+
+from ._guard import refuse_websocket
 
 log = logging.getLogger("clibridge.http")
 
@@ -85,13 +88,35 @@ def _find_transport() -> trio.SocketStream | None:
     return None
 
 
+async def _send_end_shielded(send: Send, message: Any) -> None:
+    """Send ``message``; the last one of a response under a shield.
+
+    With ``Connection: close`` Hypercorn closes the socket inside the app's send of the
+    last body chunk, after telling the app ``http.disconnect``, on which Quart-Trio
+    cancels the app: the send in progress, so the close. When the request body was not
+    read (a 401 / 403 / 413 / 415 answered before reading it) the socket then stayed open
+    until the client gave up. Hypercorn's socket writes are shielded anyway.
+    """
+    if message.get("type") == "http.response.body" and not message.get("more_body", False):
+        with trio.CancelScope(shield=True):
+            await send(message)
+    else:
+        await send(message)
+
+
 class ExchangeMiddleware:
-    """ASGI middleware that gives each HTTP request an :class:`Exchange`."""
+    """ASGI middleware that gives each HTTP request an :class:`Exchange` (and refuses
+    WebSocket upgrades)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # Quart would route it, find no websocket route, and then fail in our
+            # request-context error handlers with a 500 and a traceback
+            await refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
@@ -99,7 +124,7 @@ class ExchangeMiddleware:
             exchange = Exchange(nursery, _find_transport())
             scope[EXCHANGE_KEY] = exchange
             try:
-                await self._app(scope, receive, send)
+                await self._app(scope, receive, partial(_send_end_shielded, send))
             finally:
                 # a body generator that never ran never abandoned its producer
                 for producer in exchange.producers:

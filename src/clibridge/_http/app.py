@@ -41,7 +41,6 @@ import trio
 from quart import Response, g, request
 from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
@@ -69,10 +68,19 @@ from .._events import (
 )
 from .._events import collect as collect_events
 from .._service import ModelInfo, TurnService
-from .._wire.errors import Dialect, dialect_for_path, error_body, error_status
+from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
+from . import _logsafe
 from ._codecs import codec_for
 from ._exchange import EXCHANGE_KEY, Exchange, ExchangeMiddleware
+from ._guard import (
+    OPEN_PATHS,
+    Guard,
+    check_framing,
+    check_json_content_type,
+    dialect_of,
+    is_preflight,
+)
 from ._turns import (
     DrainState,
     InternalError,
@@ -85,8 +93,6 @@ from ._turns import (
 log = logging.getLogger("clibridge.http")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-#: paths that never need the auth token (probes)
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 #: count_tokens: characters per token, and what one image is counted as
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 1600
@@ -123,6 +129,8 @@ class BridgeApp(QuartTrio):
 
     service: TurnService
     server_config: ServerConfig
+    #: the Host / Origin policy (:mod:`._guard`)
+    guard: Guard
     drain: DrainState
     #: set by the supervisor when the server shuts down: open streams finish with a final
     #: error event within ``drain_timeout`` instead of being cut
@@ -132,19 +140,6 @@ class BridgeApp(QuartTrio):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def dialect_of(path: str, headers: Headers | Mapping[str, str]) -> Dialect:
-    """The API family whose envelope a response to ``path`` uses.
-
-    Shared paths (``/v1/models``, unknown ones) answer Anthropic clients, recognised by
-    the ``anthropic-version`` header every Anthropic SDK sends, in Anthropic's shape.
-    """
-    dialect = dialect_for_path(path)
-    shared = dialect == "openai_chat" and not path.startswith(("/v1/chat/", "/chat/"))
-    if shared and headers.get("anthropic-version"):
-        return "anthropic_messages"
-    return dialect
 
 
 def request_id() -> str:
@@ -221,9 +216,19 @@ def _from_http_exception(exc: HTTPException) -> BridgeError:
     return _HttpError(exc.description or exc.name, code)
 
 
+def _body_unread() -> bool:
+    """Whether the request declared a body the app has not read (it must not be parsed
+    as the next request on the connection)."""
+    if g.get("body_read"):
+        return False
+    return bool(request.content_length) or "Transfer-Encoding" in request.headers
+
+
 async def _read_json() -> dict[str, Any]:
-    """The request body as a JSON object; 400 / 413 in the dialect's shape otherwise."""
+    """The request body as a JSON object; 400 / 413 / 415 in the dialect's shape otherwise."""
+    check_json_content_type(request.headers.get("Content-Type"))
     raw = await request.get_data(cache=False)
+    g.body_read = True
     if not raw.strip():
         raise RequestError("the request body is empty; send a JSON object", param="$")
     try:
@@ -240,6 +245,24 @@ async def _read_json() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object", param="$")
     return body
+
+
+def _authenticate(token: str | None) -> None:
+    """Raise :class:`AuthError` unless the request carries ``token`` (if one is set)."""
+    if token is None or request.path in OPEN_PATHS:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = credentials.strip()
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise AuthError(
+            "missing or wrong API key: send the clibridge auth token as "
+            "'Authorization: Bearer <token>' or 'x-api-key: <token>'"
+            if given is None
+            else "wrong API key: it does not match the clibridge auth token"
+        )
 
 
 def prompt_chars(req: Request) -> int:
@@ -309,6 +332,8 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
     app = BridgeApp("clibridge")
     app.service = service
     app.server_config = config
+    app.guard = guard = Guard.from_config(config)
+    _logsafe.install()
     grace = max(config.drain_timeout - 1.0, config.drain_timeout * 0.8)
     app.drain = DrainState(grace=grace)
     app.draining = app.drain.draining
@@ -319,7 +344,8 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         RESPONSE_TIMEOUT=max(60.0, config.send_timeout),
         # a client has this long to upload its body
         BODY_TIMEOUT=max(60.0, config.send_timeout),
-        PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS here: OPTIONS gets a 405 in the API's shape
+        # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
+        PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
 
@@ -328,29 +354,36 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         app.nursery.start_soon(app.drain.watch)
 
     @app.before_request
-    async def _authenticate() -> None:
+    async def _admit() -> Response | None:
+        """Framing, Host, Origin (see :mod:`._guard`), CORS preflights, then the token."""
         request_id()
-        token = config.auth_token
-        if token is None or request.path in _OPEN_PATHS:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() == "bearer":
-                given = credentials.strip()
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            raise AuthError(
-                "missing or wrong API key: send the clibridge auth token as "
-                "'Authorization: Bearer <token>' or 'x-api-key: <token>'"
-                if given is None
-                else "wrong API key: it does not match the clibridge auth token"
-            )
+        headers = request.headers
+        try:
+            check_framing(headers)
+        except BridgeError:
+            g.close_connection = True
+            raise
+        if request.path not in OPEN_PATHS:
+            guard.check_host(headers.get("Host"))
+            guard.check_origin(headers.get("Origin"))
+        if is_preflight(request.method, headers):
+            origin = headers["Origin"]
+            guard.check_origin(origin)
+            return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
+        _authenticate(config.auth_token)
+        return None
 
     @app.after_request
     async def _stamp(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
         if response.status_code in (429, 503, 529) and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = "1"
+        if guard.origins:
+            response.headers.update(guard.cors_headers(request.headers.get("Origin")))
+            if "Vary" not in response.headers:
+                response.headers["Vary"] = "Origin"
+        if g.get("close_connection") or (response.status_code >= 400 and _body_unread()):
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(BridgeError)

@@ -19,7 +19,6 @@ from .._service import TurnService
 log = logging.getLogger("clibridge.http")
 
 
-
 def hypercorn_config(config: ServerConfig) -> HyperConfig:
     """Hypercorn settings for ``config``: one bind, quiet, graceful for ``drain_timeout``."""
     hyper = HyperConfig()

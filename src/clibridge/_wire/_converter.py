@@ -20,6 +20,8 @@ classes, by their ``type`` tag. Detailed validation records the path of every fa
 
 from __future__ import annotations
 
+import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -278,8 +280,106 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
     return cattrs.v.format_exception(exc, tp)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SCAN_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+def _path_text(parts: list[str | int]) -> str:
+    out = ["$"]
+    for part in parts:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif _IDENTIFIER.fullmatch(part):
+            out.append(f".{part}")
+        else:
+            out.append(f"[{json.dumps(part)}]")
+    return "".join(out)
+
+
+def _has_surrogate(text: str) -> bool:
+    # isascii() is O(1); only non-ASCII text is searched
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def find_lone_surrogate(value: object) -> str | None:
+    """The JSON path of the first string or object key holding a lone UTF-16 surrogate.
+
+    ``json.loads`` turns a ``"\\ud800"`` escape without its pair (or the bytes of an
+    encoded surrogate) into a lone surrogate, which is not Unicode text: it cannot be
+    encoded as UTF-8 for a CLI's stdin. Python strings keep a valid pair as one code
+    point, so any surrogate left in a decoded string is a lone one.
+
+    Re-encoding the whole value in C (to JSON, then UTF-8, which fails on a surrogate)
+    costs about what ``json.loads`` did, a Python walk several times more: the walk that
+    finds the path runs only when there is something to find.
+    """
+    try:
+        text = _SCAN_ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        pass  # not plain JSON data: walk it
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # find it
+        else:
+            return None
+    return _walk_for_surrogate(value)
+
+
+def _walk_for_surrogate(value: object) -> str | None:
+    # iterative, so a deep body cannot overflow the stack; ``trail`` holds (parent index,
+    # path part) per visited child, so the path is built only for the hit
+    trail: list[tuple[int, str | int]] = []
+    stack: list[tuple[object, int]] = [(value, -1)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return _trail_path(trail, at)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                trail.append((at, key))
+                if isinstance(key, str) and _has_surrogate(key):
+                    return _trail_path(trail, len(trail) - 1)
+                if isinstance(child, str | list | dict):
+                    stack.append((child, len(trail) - 1))
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                if isinstance(child, str | list | dict):
+                    trail.append((at, index))
+                    stack.append((child, len(trail) - 1))
+    return None
+
+
+def _trail_path(trail: list[tuple[int, str | int]], at: int) -> str:
+    parts: list[str | int] = []
+    while at >= 0:
+        at, part = trail[at]
+        parts.append(part)
+    return _path_text(parts[::-1])
+
+
+def check_text(body: object) -> None:
+    """Raise a RequestError naming the field if ``body`` holds a lone surrogate anywhere."""
+    path = find_lone_surrogate(body)
+    if path is not None:
+        raise RequestError(
+            f"{path}: contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape without "
+            "its pair), which is not valid Unicode and cannot be passed to the model; send "
+            "well-formed text (pair the surrogate, or replace it with U+FFFD)",
+            param=path,
+        )
+
+
 def structure(body: object, cls: type[T]) -> T:
-    """Structure a decoded JSON value into ``cls``, or raise a path-naming RequestError."""
+    """Structure a decoded JSON value into ``cls``, or raise a path-naming RequestError.
+
+    Text anywhere in ``body`` must be valid Unicode (:func:`check_text`), so that no field
+    that reaches a CLI can fail to encode on the way there.
+    """
+    check_text(body)
     try:
         return converter.structure(body, cls)
     except (cattrs.BaseValidationError, WireValueError) as exc:
