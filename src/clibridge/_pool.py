@@ -16,10 +16,11 @@ Two limits, two mechanisms:
   that was used least recently (it is bound to a conversation setup nobody wants now).
 
 Checkout with a permit in hand: an idle worker already bound to the same system prompt and
-tool set (``bind`` then does ``/clear`` + ``set_model``), else a booted spare (``bind``
-initializes it), else the worker of the least recently parked *finished* conversation of
-the same setup (a cache of a conversation that may never continue: it gives way rather
-than make the request wait for a boot), else wait until the maintainer produces one.
+tool set (``bind`` then does ``/clear`` + ``set_model``), else the worker of the least
+recently parked *finished* conversation of the same setup (only a cache of a conversation
+that may never continue: it gives way, so one client's new conversations reuse workers
+instead of consuming spares and booting more), else a booted spare (``bind`` initializes
+it), else wait until the maintainer produces one.
 
 Every worker's life runs in a task of the pool's nursery: ``worker.run`` spawns, answers the
 readiness handshake and then lives until the pool cancels its scope (retire) or the
@@ -400,6 +401,10 @@ class WorkerPool:
         with trio.move_on_after(self.config.ready_timeout):
             while True:
                 slot = self._pick(binding)
+                if (slot is None or slot.worker.binding is None) and self._reclaim_finished_for(
+                    binding
+                ):
+                    continue  # reuse before a spare: its worker is idle now, _pick takes it
                 if slot is not None:
                     slot.state = SlotState.BUSY
                     slot.active += 1
@@ -415,8 +420,6 @@ class WorkerPool:
                         self._release(slot, retire=True)
                         continue
                     return slot
-                if self._reclaim_finished_for(binding):
-                    continue  # its worker is idle now: the next _pick takes it
                 if self._crash_looping():
                     raise UnavailableError(
                         f"the {self.name} CLI keeps failing: {self._last_error}", retry_after=30
@@ -437,7 +440,7 @@ class WorkerPool:
         """End the least recently parked finished conversation of ``binding``'s setup.
 
         Why: such a worker is only a cache of a conversation that may never continue;
-        a request that would otherwise wait for a CLI to boot takes it at once.
+        a request of that setup takes it rather than a spare or a boot.
         """
         for parked in self._parked.values():  # insertion order: the oldest first
             bound = parked.slot.worker.binding
