@@ -72,23 +72,18 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
 import cattrs
-import hypercorn.config
-import hypercorn.trio
 import trio
 
+from ._asgi import Receive, Scope, Send, read_request, serve_loopback
 from .scenario import directive_text
-
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
 
 __all__ = [
     "DEFAULT_TEXT",
@@ -747,9 +742,6 @@ def responses_stream(
 
 # --------------------------------------------------------------------- the server
 
-_Scope = Mapping[str, Any]
-_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-_Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -847,52 +839,25 @@ class ModelStub:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port once it accepts connections."""
-        config = hypercorn.config.Config()
-        config.bind = [f"{self.host}:{self.requested_port}"]
-        config.accesslog = None
-        config.errorlog = None
-        # Why: a stub must stop at once when its test ends; streams in flight are test debris.
-        config.graceful_timeout = 0.1
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                partial(
-                    hypercorn.trio.serve,
-                    cast("ASGIFramework", self._app),
-                    config,
-                    shutdown_trigger=trio.sleep_forever,
-                )
+            self.port = await nursery.start(
+                serve_loopback, self._app, self.host, self.requested_port
             )
-            self.port = int(binds[0].rsplit(":", 1)[1])
             task_status.started(self.port)
 
-    async def _app(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await read_request(scope, receive, send)
+        if raw is None:
             return
-        raw = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         try:
-            await self._answer(scope, bytes(raw), receive, send)
+            await self._answer(scope, raw, receive, send)
         finally:
             self._in_flight -= 1
             self._notify()
 
-    def _record(self, scope: _Scope, raw: bytes, body: Any, reply: Reply | None) -> None:
+    def _record(self, scope: Scope, raw: bytes, body: Any, reply: Reply | None) -> None:
         self.requests.append(
             RecordedRequest(
                 method=scope["method"],
@@ -911,7 +876,7 @@ class ModelStub:
             _append_to_record(self.record_path, scope, raw, body)
         self._notify()
 
-    async def _answer(self, scope: _Scope, raw: bytes, receive: _Receive, send: _Send) -> None:
+    async def _answer(self, scope: Scope, raw: bytes, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         anthropic = path.startswith("/v1/messages")
         try:
@@ -982,7 +947,7 @@ class ModelStub:
             nursery.cancel_scope.cancel()
 
 
-def _append_to_record(path: Path, scope: _Scope, raw: bytes, body: Any) -> None:
+def _append_to_record(path: Path, scope: Scope, raw: bytes, body: Any) -> None:
     """One request as one JSON line of the ``record`` file (module doc)."""
     # Why no headers: they carry the API key (x-api-key / authorization).
     entry: dict[str, Any] = {
@@ -1004,7 +969,7 @@ def _number(value: float) -> str:
 
 
 async def _send_json(
-    send: _Send, status: int, data: Any, extra_headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, data: Any, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = json.dumps(data).encode()
     headers = [
@@ -1016,12 +981,12 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
-async def _until_disconnect(receive: _Receive) -> None:
+async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _cancel_on_disconnect(receive: _Receive, scope: trio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     await _until_disconnect(receive)
     scope.cancel()
 

@@ -39,20 +39,17 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import attrs
 import httpx
-import hypercorn.config
-import hypercorn.trio
 import trio
 
-if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework
+from ._asgi import Receive, Scope, Send, read_request, serve_loopback
 
 __all__ = ["SECRET_HEADERS", "Exchange", "RecordingProxy", "open_recording_proxy"]
 
@@ -74,10 +71,6 @@ _NOT_FORWARDED = frozenset(
         "content-length",
     }
 )
-
-_Scope = Mapping[str, Any]
-_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-_Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 @attrs.frozen
@@ -157,52 +150,25 @@ class RecordingProxy:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port once it accepts connections."""
-        config = hypercorn.config.Config()
-        config.bind = [f"{self.host}:{self.requested_port}"]
-        config.accesslog = None
-        config.errorlog = None
-        config.graceful_timeout = 0.1
         # Why no read timeout: an SSE stream may stay silent for as long as clibridge allows.
         timeout = httpx.Timeout(10.0, read=None)
         async with (
             httpx.AsyncClient(timeout=timeout, trust_env=False) as client,
             trio.open_nursery() as nursery,
         ):
-            app = partial(self._app, client)
-            binds: list[str] = await nursery.start(
-                partial(
-                    hypercorn.trio.serve,
-                    cast("ASGIFramework", app),
-                    config,
-                    shutdown_trigger=trio.sleep_forever,
-                )
+            self.port = await nursery.start(
+                serve_loopback, partial(self._app, client), self.host, self.requested_port
             )
-            self.port = int(binds[0].rsplit(":", 1)[1])
             task_status.started(self.port)
 
     async def _app(
-        self, client: httpx.AsyncClient, scope: _Scope, receive: _Receive, send: _Send
+        self, client: httpx.AsyncClient, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        raw = await read_request(scope, receive, send)
+        if raw is None:
             return
-        raw = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
         self._seq += 1
-        await self._forward(client, self._seq, scope, bytes(raw), receive, send)
+        await self._forward(client, self._seq, scope, raw, receive, send)
 
     async def wait_for_exchanges(self, count: int) -> list[Exchange]:
         """Wait until ``count`` exchanges were recorded; returns them."""
@@ -214,10 +180,10 @@ class RecordingProxy:
         self,
         client: httpx.AsyncClient,
         seq: int,
-        scope: _Scope,
+        scope: Scope,
         raw: bytes,
-        receive: _Receive,
-        send: _Send,
+        receive: Receive,
+        send: Send,
     ) -> None:
         started = time.monotonic()
         path: str = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
@@ -275,8 +241,8 @@ class _Relayed:
 async def _relay(
     client: httpx.AsyncClient,
     request: httpx.Request,
-    receive: _Receive,
-    send: _Send,
+    receive: Receive,
+    send: Send,
     got: _Relayed,
 ) -> None:
     """Send ``request`` upstream and copy the response to the client as it arrives."""
@@ -310,13 +276,13 @@ async def _relay(
 
 
 async def _send_all(
-    send: _Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _cancel_on_disconnect(receive: _Receive, scope: trio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
