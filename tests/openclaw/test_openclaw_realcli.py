@@ -14,7 +14,7 @@ Cells (OpenClaw runs of a stage run concurrently, at most :data:`CONCURRENT_RUNS
 - **tool loop** (``openclaw agent exec``): an ``@stub`` line makes the model call OpenClaw's
   ``read`` on a workspace file (named ``mcp__client__read`` upstream of claude, ``read``
   upstream of codex); OpenClaw runs it and sends the content back; the stub then answers
-  with its default text. claude: all three API types; codex: ``openai-completions``.
+  with its default text. All three API types, on both CLIs.
 - **session** (``openclaw agent --local --session-id``, ``openai-completions``): two turns,
   each answered by an ``@stub`` line.
 
@@ -91,7 +91,7 @@ SESSION_REPLIES = ("Nice to meet you, Ada.", "Your name is Ada.")
 #: (backend, api, scenario), in the order they start
 CELLS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "claude": (*((api, "tool_loop") for api in API_TYPES), (SESSION_API, "session")),
-    "codex": ((SESSION_API, "tool_loop"), (SESSION_API, "session")),
+    "codex": (*((api, "tool_loop") for api in API_TYPES), (SESSION_API, "session")),
 }
 #: every conversation of the claude stage stays parked (4) next to a spare
 CLAUDE_POOL = attrs.evolve(
@@ -529,11 +529,12 @@ def test_claude_resumes_every_tool_round_trip_and_the_second_turn(
 def test_codex_resumes_the_tool_round_trip_not_the_finished_turn(
     realcli_results: Results,
 ) -> None:
-    """codex: the tool result resumes the paused thread (a hit); a finished turn is not
-    kept, so the session's second turn is a miss (``not_parked``) and runs on a fresh
-    thread with the history injected (what the model saw: the session test)."""
+    """codex: each tool result (3 API types) resumes its paused thread (a hit); a finished
+    turn is not kept, so the session's second turn is a miss (``not_parked``) and runs on a
+    fresh thread with the history injected (what the model saw: the session test)."""
     stats = realcli_results.stages["codex"].stats
-    assert stats["resume_hits"] == 1, brief_stats(stats)
+    tool_rounds = sum(1 for _, scenario in CELLS["codex"] if scenario == "tool_loop")
+    assert stats["resume_hits"] == tool_rounds, brief_stats(stats)
     assert stats["resume_misses"] == 1, brief_stats(stats)
     assert stats["resume_miss_reasons"] == {"not_parked": 1}, brief_stats(stats)
 
