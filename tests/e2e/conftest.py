@@ -239,13 +239,14 @@ def make_config(
     pool: PoolConfig = FAST_POOL,
     claude: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
+    backend: str = "fake",
 ) -> Config:
     server_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 5.0}
     server_kwargs.update(server or {})
     return Config(
         server=ServerConfig(**server_kwargs),
         claude=ClaudeConfig(pool=pool, **(claude or {})),
-        backend="fake",
+        backend=backend,
         state_dir=tmp / "state",
     )
 
@@ -274,7 +275,9 @@ async def open_e2e_server(
             path.write_text(json.dumps(scenario))
             env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
     env.update(environ or {})
-    config = make_config(tmp, pool=pool, claude=claude, server=server)
+    served = [name for name, cmd in (("claude", command), ("codex", codex)) if cmd is not None]
+    backend = "fake" if fake else ("both" if len(served) == 2 else served[0])
+    config = make_config(tmp, pool=pool, claude=claude, server=server, backend=backend)
     choice = BackendChoice(claude=command, codex=codex, fake=fake, notes=())
     shutdown = trio.Event()
     before = set(children_of(os.getpid()))

@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from clibridge.testing.realcli import package_version
 from clibridge.testing.scenario import directive
 
 OPENCLAW_VERSION = "2026.9.6"
@@ -83,14 +84,6 @@ class OpenClawInstall:
     problem: str | None = None
 
 
-def _package_version(package_dir: Path) -> str | None:
-    try:
-        version = json.loads((package_dir / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return str(version)
-
-
 def find_openclaw(environ: Mapping[str, str] | None = None) -> OpenClawInstall:
     """Locate the pinned install (file-system look-ups only; nothing is started)."""
     env = os.environ if environ is None else environ
@@ -105,7 +98,7 @@ def find_openclaw(environ: Mapping[str, str] | None = None) -> OpenClawInstall:
         (install.node_bin / "node", node_package, NODE_VERSION),
         (install.openclaw, client_modules / "openclaw", OPENCLAW_VERSION),
     ):
-        version = _package_version(package)
+        version = package_version(package)
         if not os.access(exe, os.X_OK):
             problem = f"no executable {exe}: {INSTALL_HINT}"
         elif version != pinned:

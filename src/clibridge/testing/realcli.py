@@ -78,7 +78,8 @@ class RealClis:
         return self.problems.get(name)
 
 
-def _package_version(package_dir: Path) -> str | None:
+def package_version(package_dir: Path) -> str | None:
+    """The ``version`` of the npm package installed in ``package_dir``, None when unreadable."""
     try:
         version = json.loads((package_dir / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
@@ -105,7 +106,7 @@ def find_real_clis(environ: Mapping[str, str] | None = None) -> RealClis:
         if not os.access(exe, os.X_OK):
             problems[name] = f"no executable {exe}: {INSTALL_HINT}"
             return None
-        version = _package_version(package)
+        version = package_version(package)
         if version != pinned:
             problems[name] = f"{exe} is version {version}, pinned {pinned}: {INSTALL_HINT}"
             return None
