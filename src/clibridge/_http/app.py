@@ -24,6 +24,7 @@ the wire layer; features that cannot be honoured get a 400 there.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -96,6 +97,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: count_tokens: characters per token, and what one image is counted as
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 1600
+
+#: how long a request that is refused with ``Connection: close`` may take to arrive whole
+_SETTLE_TIMEOUT = 1.0
 
 _json_converter = cattrs.Converter()
 _NOTHING = object()
@@ -222,6 +226,21 @@ def _body_unread() -> bool:
     if g.get("body_read"):
         return False
     return bool(request.content_length) or "Transfer-Encoding" in request.headers
+
+
+async def _settle_before_close() -> None:
+    """Let Hypercorn finish reading this request before a ``Connection: close`` answer.
+
+    With a request pipelined behind this one, h11 raises as soon as the answer says
+    ``close`` while Hypercorn's reader is still between this request's last event and
+    its pause, and Hypercorn then drops the connection before the answer's body is
+    written. Reading the body and yielding once lets the reader reach its pause first.
+    """
+    # only a body already on its way matters; a client that sends none is answered soon
+    with trio.move_on_after(_SETTLE_TIMEOUT), contextlib.suppress(HTTPException):
+        await request.get_data(cache=False)
+    g.body_read = True
+    await trio.lowlevel.checkpoint()
 
 
 async def _read_json() -> dict[str, Any]:
@@ -362,6 +381,7 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             check_framing(headers)
         except BridgeError:
             g.close_connection = True
+            await _settle_before_close()
             raise
         if request.path not in OPEN_PATHS:
             guard.check_host(headers.get("Host"))
