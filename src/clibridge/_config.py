@@ -20,7 +20,7 @@ DEFAULT_PORT = 7483
 
 BackendName = Literal["claude", "codex"]
 
-_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#@]+/?", re.IGNORECASE)
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#@]*/?", re.IGNORECASE)
 _HOST_NAME = re.compile(r"[^/\s?#@]+")
 
 
