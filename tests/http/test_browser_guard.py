@@ -307,6 +307,8 @@ def test_the_settings_as_flags_env_and_toml(tmp_path: Any) -> None:
     toml.write_text('[server]\ncors_origins = ["null"]\nallowed_hosts = ["*"]\n')
     config = load_config({}, {}, toml)
     assert config.server.cors_origins == ("null",) and config.server.allowed_hosts == ("*",)
+    config = load_config({"server.cors_origins": ("file://",)}, {}, None)  # Electron
+    assert Guard.from_config(config.server).origin_allowed("file://")
     with pytest.raises(ConfigError, match=r"server.cors_origins .*flag --cors-origin.*origin"):
         load_config({"server.cors_origins": ("localhost:5173",)}, {}, None)
     with pytest.raises(ConfigError, match=r"server.allowed_hosts .*not a host name"):
