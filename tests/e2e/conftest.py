@@ -23,7 +23,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import httpx
@@ -239,7 +239,7 @@ def make_config(
     pool: PoolConfig = FAST_POOL,
     claude: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
-    backend: str = "fake",
+    backend: Literal["claude", "codex", "fake", "both"] = "fake",
 ) -> Config:
     server_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 5.0}
     server_kwargs.update(server or {})
@@ -275,8 +275,11 @@ async def open_e2e_server(
             path.write_text(json.dumps(scenario))
             env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
     env.update(environ or {})
-    served = [name for name, cmd in (("claude", command), ("codex", codex)) if cmd is not None]
-    backend = "fake" if fake else ("both" if len(served) == 2 else served[0])
+    backend: Literal["claude", "codex", "fake", "both"] = "fake"
+    if not fake:
+        backend = "both" if codex is not None and command is not None else "claude"
+        if command is None:
+            backend = "codex"
     config = make_config(tmp, pool=pool, claude=claude, server=server, backend=backend)
     choice = BackendChoice(claude=command, codex=codex, fake=fake, notes=())
     shutdown = trio.Event()

@@ -454,3 +454,27 @@ def role_sequence(body: Mapping[str, Any]) -> list[str]:
         else:
             out.append(f"{kind}({_length(content)})")
     return out
+
+
+class RecordedCell:
+    """What the cells of both OpenClaw test modules share: OpenClaw's runs and the traffic.
+
+    Subclasses are attrs classes with ``runs`` and ``exchanges`` and a ``tag``.
+    """
+
+    runs: tuple[OpenClawRun, ...]
+    exchanges: tuple[Any, ...]
+
+    @property
+    def tag(self) -> str:
+        raise NotImplementedError
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """OpenClaw's model requests (JSON bodies), in arrival order: one per model round."""
+        return [e.request for e in model_requests(self.exchanges)]
+
+    def describe(self) -> str:
+        runs = "\n".join(run.describe() for run in self.runs)
+        roles = [role_sequence(b) for b in self.bodies()]
+        statuses = [(e.path, e.status, e.error) for e in self.exchanges]
+        return f"{self.tag}: requests {roles}, exchanges {statuses}\n{runs}"

@@ -47,8 +47,8 @@ from .harness import (
     OpenClawHome,
     OpenClawInstall,
     OpenClawRun,
+    RecordedCell,
     make_home,
-    model_requests,
     role_sequence,
     run_exec,
     run_session_turn,
@@ -89,7 +89,7 @@ def plain_message(api: str) -> str:
 
 
 @attrs.frozen
-class Cell:
+class Cell(RecordedCell):
     """One API type x scenario: OpenClaw's runs and the HTTP exchanges they made."""
 
     api: str
@@ -98,15 +98,9 @@ class Cell:
     runs: tuple[OpenClawRun, ...]
     exchanges: tuple[Exchange, ...]
 
-    def bodies(self) -> list[dict[str, Any]]:
-        """The model requests' JSON bodies, in arrival order."""
-        return [e.request for e in model_requests(self.exchanges)]
-
-    def describe(self) -> str:
-        runs = "\n".join(run.describe() for run in self.runs)
-        roles = [role_sequence(b) for b in self.bodies()]
-        statuses = [(e.path, e.status, e.error) for e in self.exchanges]
-        return f"{self.api} {self.scenario}: requests {roles}, exchanges {statuses}\n{runs}"
+    @property
+    def tag(self) -> str:
+        return f"{self.api} {self.scenario}"
 
 
 @attrs.frozen

@@ -65,9 +65,9 @@ from .harness import (
     OpenClawHome,
     OpenClawInstall,
     OpenClawRun,
+    RecordedCell,
     make_home_with_cli,
     model_requests,
-    role_sequence,
     run_exec,
     run_session_turn,
 )
@@ -137,7 +137,7 @@ def messages_for(backend: str, scenario: str, tag: str) -> list[str]:
 
 
 @attrs.frozen
-class Cell:
+class Cell(RecordedCell):
     """One conversation: OpenClaw's runs, what it sent, what the model got."""
 
     backend: str
@@ -152,16 +152,6 @@ class Cell:
     @property
     def tag(self) -> str:
         return tag_of(self.backend, self.api, self.scenario)
-
-    def bodies(self) -> list[dict[str, Any]]:
-        """OpenClaw's model requests (JSON bodies), in arrival order: one per model round."""
-        return [e.request for e in model_requests(self.exchanges)]
-
-    def describe(self) -> str:
-        runs = "\n".join(run.describe() for run in self.runs)
-        roles = [role_sequence(b) for b in self.bodies()]
-        statuses = [(e.path, e.status, e.error) for e in self.exchanges]
-        return f"{self.tag}: requests {roles}, exchanges {statuses}\n{runs}"
 
 
 @attrs.frozen
