@@ -188,3 +188,12 @@ def test_dump_round_trips_and_redacts(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text(dump_toml(config, redact=False))
     assert load_config({}, {}, file) == config
+
+
+def test_pass_env_takes_names_not_a_comma_list() -> None:
+    """Regression: ``--claude-pass-env A,B`` became one variable named "A,B", so neither
+    reached the CLI and the real claude answered "Not logged in"."""
+    with pytest.raises(ConfigError, match="is not an environment variable name"):
+        load_config({"claude.pass_env": ("ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL",)}, {})
+    config = load_config({}, {"CLIBRIDGE_CLAUDE_PASS_ENV": "ANTHROPIC_API_KEY ANTHROPIC_BASE_URL"})
+    assert config.claude.pass_env == ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")

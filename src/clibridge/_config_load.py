@@ -42,6 +42,7 @@ import inspect
 import ipaddress
 import logging
 import math
+import re
 import shlex
 import tomllib
 import types
@@ -519,8 +520,17 @@ def _check(setting: Setting, value: Any, raw: _Raw) -> None:
                 raise ConfigError(f"{exc} (from {raw.source})") from None
     if setting.key.endswith(".command") and not value:
         raise ConfigError(f"{where}: the command must not be empty")
+    if setting.key.endswith(".pass_env"):
+        for name in value:
+            if not _ENV_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{where}: {name!r} is not an environment variable name "
+                    "(give each name on its own: --claude-pass-env A --claude-pass-env B, "
+                    "or a TOML list)"
+                )
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _converter = cattrs.Converter(forbid_extra_keys=True)
 _converter.register_structure_hook(Path, lambda v, _: Path(v))
 
