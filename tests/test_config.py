@@ -194,6 +194,7 @@ def test_pass_env_takes_names_not_a_comma_list() -> None:
     """Regression: ``--claude-pass-env A,B`` became one variable named "A,B", so neither
     reached the CLI and the real claude answered "Not logged in"."""
     with pytest.raises(ConfigError, match="is not an environment variable name"):
-        load_config({"claude.pass_env": ("ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL",)}, {})
-    config = load_config({}, {"CLIBRIDGE_CLAUDE_PASS_ENV": "ANTHROPIC_API_KEY ANTHROPIC_BASE_URL"})
+        load_config({"claude.pass_env": ("ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL",)}, {}, None)
+    env = {"CLIBRIDGE_CLAUDE_PASS_ENV": "ANTHROPIC_API_KEY ANTHROPIC_BASE_URL"}
+    config = load_config({}, env, None)
     assert config.claude.pass_env == ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
