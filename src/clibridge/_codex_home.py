@@ -20,6 +20,9 @@ The environment is an allow-list like the claude one (:data:`clibridge._spawn_ho
 minus the claude token): ``OPENAI_API_KEY`` / ``CODEX_API_KEY`` / ``OPENAI_BASE_URL`` (they
 would switch billing or the upstream) and ``CLIBRIDGE_*`` never pass unless named in
 ``pass_env``.
+
+Its directories are 0700 (:mod:`clibridge._state_dir`) and codex runs with umask 077, so its
+login and session transcripts are the user's alone.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import attrs
 
 from ._config import CodexConfig
 from ._process import ChildSpec
-from ._spawn_home import ALLOWED_ENV, allow_listed_env, default_state_dir
+from ._spawn_home import ALLOWED_ENV, allow_listed_env
+from ._state_dir import default_state_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +88,10 @@ def prepare_codex_home(
 ) -> CodexHome:
     """Create the codex spawn home and return it (blocking file IO: call once at startup)."""
     source = os.environ if environ is None else environ
-    base = (state_dir or default_state_dir()) / "codex"
-    workdir = base / "work"
-    user_home = base / "user"
-    for path in (workdir, user_home):
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = state_dir or default_state_dir()
+    base = root / "codex"
+    workdir = private_dir(base / "work", under=root)
+    user_home = private_dir(base / "user", under=root)
     if config.use_real_home:
         codex_home = real_codex_home(source)
         log.warning(
@@ -99,8 +102,7 @@ def prepare_codex_home(
         return CodexHome(
             codex_home, workdir, child_env(config, codex_home, user_home, source), True
         )
-    codex_home = base / "home"
-    codex_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    codex_home = private_dir(base / "home", under=root)
     home = CodexHome(codex_home, workdir, child_env(config, codex_home, user_home, source))
     return home
 

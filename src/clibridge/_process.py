@@ -19,15 +19,17 @@ down, shielded from cancellation and bounded in time:
    grandchildren may still hold the group (and our pipes) open;
 4. wait for the exit, unregister the group from the janitor.
 
+Children run with umask 077 (:data:`CHILD_UMASK`): the transcripts and login files a CLI
+writes under clibridge's state dir are the user's alone. How a group is signalled and
+when it counts as empty is platform business, kept in :mod:`clibridge._process_groups`.
+
 ``PR_SET_PDEATHSIG`` is deliberately not used (see STACK_NOTES: with trio it fires when
 the spawning *thread* exits); the janitor covers hard parent death instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +40,9 @@ import attrs
 import trio
 
 from ._janitor import Janitor
+from ._process_groups import group_alive, live_group_members, signal_group
+
+__all__ = ["ChildProcess", "ChildSpec", "LineTooLong", "live_group_members", "open_child"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 _READ_SIZE = 65536
 #: after SIGKILL a process is gone within milliseconds; this only bounds the unthinkable
 _AFTER_KILL_WAIT = 5.0
+#: the umask CLI children run with: what they create (the claude transcripts under the
+#: spawn home, codex's sessions and refreshed login) is readable by this user only
+CHILD_UMASK = 0o077
 
 
 class LineTooLong(Exception):
@@ -56,11 +64,12 @@ class LineTooLong(Exception):
 
 @attrs.frozen
 class ChildSpec:
-    """Everything needed to start one child: argv, the complete environment, cwd."""
+    """Everything needed to start one child: argv, the complete environment, cwd, umask."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: Path | None = None
+    umask: int = CHILD_UMASK
 
 
 class ChildProcess:
@@ -177,30 +186,24 @@ class ChildProcess:
 
     # ------------------------------------------------------------------ teardown
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        # ESRCH: the group is already empty; EPERM: what Linux returns when only
-        # zombies remain in it
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-
     async def _teardown(self, kill_grace: float) -> None:
         """Shielded and bounded: stdin EOF, TERM the group, grace, KILL the group."""
         with trio.CancelScope(shield=True):
             if self._process.stdin is not None:
                 await self._process.stdin.aclose()
             if self._process.returncode is None:
-                self._signal_group(signal.SIGTERM)
+                signal_group(self.pgid, signal.SIGTERM)
                 with trio.move_on_after(kill_grace):
                     await self._process.wait()
             # even after a clean exit: grandchildren may remain in the group
-            self._signal_group(signal.SIGKILL)
+            signal_group(self.pgid, signal.SIGKILL)
             with trio.move_on_after(_AFTER_KILL_WAIT):
                 await self._process.wait()
                 # killpg returns before the signalled processes are gone; wait until the
                 # group is empty so that "torn down" means "no process left"
-                while live_group_members(self.pgid):  # noqa: ASYNC110 - no event for a non-child dying
+                while group_alive(self.pgid):  # noqa: ASYNC110 - no event for a non-child dying
                     await trio.sleep(0.005)
-            if self._process.returncode is None or live_group_members(self.pgid):
+            if self._process.returncode is None or group_alive(self.pgid):
                 log.error("group %d survived SIGKILL for %.0f s", self.pgid, _AFTER_KILL_WAIT)
 
 
@@ -226,6 +229,7 @@ async def open_child(
         env=dict(spec.env),
         cwd=spec.cwd,
         start_new_session=True,
+        umask=spec.umask,
     )
     child = ChildProcess(process, max_line)
     if janitor is not None:
@@ -247,29 +251,3 @@ async def open_child(
         if janitor is not None:
             janitor.unregister(child.pgid)
         log.debug("child %d gone, returncode %s", child.pid, process.returncode)
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of the living (non-zombie) processes in group ``pgid``, read from /proc.
-
-    Linux only; an empty list elsewhere. Tests use it to prove that no process survived.
-    """
-    members: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return members
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name (field 2) may contain spaces and parens: split after the last ")"
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in (b"Z", b"X"):
-            members.append(int(entry))
-    return members

@@ -16,14 +16,29 @@ The settings file is rewritten on every start (an operator edit there is not hon
 the settings are part of what clibridge guarantees). ``.claude.json`` is merged, because
 the CLI itself writes into it (caches, counters).
 
-The child environment is built from an allow-list (:data:`ALLOWED_ENV`, ``LC_*`` and the
-configured ``pass_env``), never from the inbound environment wholesale: clibridge's own
+The child environment is built from an allow-list (:data:`ALLOWED_ENV` and the configured
+``pass_env``), never from the inbound environment wholesale: clibridge's own
 ``CLIBRIDGE_*`` settings (which hold its API keys) never reach the CLI, and neither do
 ``ANTHROPIC_API_KEY`` (it would switch the login to API billing), ``ANTHROPIC_BASE_URL``
 or ``CLAUDECODE`` unless the operator lists them in ``pass_env`` on purpose.
 ``CLAUDE_CODE_OAUTH_TOKEN`` (from ``claude setup-token``) is passed when set: it is how a
 subscription login reaches a spawn home without copying a refreshable credentials file
 (which this module never does).
+
+Locale: only ``LANG``, ``LANGUAGE``, ``LC_ALL`` and ``LC_CTYPE`` pass. ``LC_*`` is an open
+namespace -- Debian's and Ubuntu's ssh pass ``LC_*`` from client to server by default
+(``SendEnv`` / ``AcceptEnv``), so people tunnel arbitrary values through it, and terminals
+set ``LC_TERMINAL`` -- and of it the CLIs read (claude 2.1.197, codex
+0.169.0, checked in their binaries) ``LC_ALL`` and ``LC_CTYPE`` (text encoding, also of
+the commands a tool-enabled claude runs), ``LC_TIME`` (how the claude UI formats dates)
+and ``LC_TERMINAL`` (iTerm2 key hints in the claude UI); codex reads only ``LANG`` and
+``LANGUAGE``. Encoding matters to a headless worker; date formats and terminal hints are
+for a screen it does not have, and a worker should behave the same on every machine.
+Name others in ``pass_env`` to pass them.
+
+Everything this module creates under the state dir is the user's alone: directories 0700
+and the files it writes 0600 (see :mod:`clibridge._state_dir`); the CLI runs with umask
+077, so its transcripts under ``home/.claude/projects`` are 0600 too.
 
 ``use_real_home`` runs the CLI with the operator's real HOME (and its login, settings and
 CLAUDE.md files); it is explicit in the config and logged as a warning. The neutral work
@@ -47,18 +62,33 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import platformdirs
 
 from ._config import ClaudeConfig
 from ._process import ChildSpec
+from ._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
+
+__all__ = [
+    "ALLOWED_ENV",
+    "DENIED_ENV",
+    "FORCED_ENV",
+    "SETTINGS",
+    "SpawnHome",
+    "allow_listed_env",
+    "child_env",
+    "default_state_dir",
+    "prepare_claude_home",
+]
 
 log = logging.getLogger(__name__)
 
 #: variables copied from the server's environment when set
 ALLOWED_ENV: Final = (
     "PATH",
+    # locale: what the CLIs use (see the module doc); not LC_* wholesale
     "LANG",
     "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
     "TERM",
     "TZ",
     "TMPDIR",
@@ -105,10 +135,6 @@ SETTINGS: Final[Mapping[str, Any]] = {
 }
 
 
-def default_state_dir() -> Path:
-    return Path(platformdirs.user_state_dir("clibridge"))
-
-
 @attrs.frozen
 class SpawnHome:
     """Where and with what environment claude workers run."""
@@ -127,16 +153,16 @@ class SpawnHome:
 def allow_listed_env(
     source: Mapping[str, str], allowed: Iterable[str], pass_env: Iterable[str]
 ) -> dict[str, str]:
-    """The variables of ``source`` a CLI child may see: ``allowed``, ``LC_*`` and the
-    operator's ``pass_env``; never ``CLIBRIDGE_*``. Anything else -- the ``DENIED_ENV`` API
-    keys and base URLs included -- reaches a child only when named in ``pass_env``."""
+    """The variables of ``source`` a CLI child may see: ``allowed`` and the operator's
+    ``pass_env``; never ``CLIBRIDGE_*``. Anything else -- the ``DENIED_ENV`` API keys and
+    base URLs, other ``LC_*`` variables -- reaches a child only when named in ``pass_env``."""
     allowed = frozenset(allowed)
     passed = frozenset(pass_env)
     return {
         name: value
         for name, value in source.items()
         if not name.startswith("CLIBRIDGE_")
-        and (name in allowed or name.startswith("LC_") or name in passed)
+        and (name in allowed or name in passed)
     }
 
 
@@ -154,8 +180,10 @@ def child_env(
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with open(fd, "w") as f:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # a leftover .tmp may have had another mode
+        f.write(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -166,9 +194,9 @@ def prepare_claude_home(
 ) -> SpawnHome:
     """Create (or refresh) the claude spawn home and return it. Blocking file IO: call it
     once at startup, or through ``trio.to_thread.run_sync``."""
-    base = (state_dir or default_state_dir()) / "claude"
-    workdir = base / "work"
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = state_dir or default_state_dir()
+    base = root / "claude"
+    workdir = private_dir(base / "work", under=root)
     if config.use_real_home:
         home = Path(os.path.expanduser("~"))
         log.warning(
@@ -178,7 +206,7 @@ def prepare_claude_home(
         )
         return SpawnHome(home, workdir, child_env(config, home, environ))
     home = base / "home"
-    (home / ".claude").mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(home / ".claude", under=root)
     state_file = home / ".claude.json"
     try:
         state: dict[str, Any] = json.loads(state_file.read_text())

@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -51,6 +51,9 @@ from ._models import ModelTable
 from ._pool import Lease, WorkerFactory, WorkerPool
 from ._service import ModelInfo, Readiness
 from ._worker import Binding
+
+if TYPE_CHECKING:
+    from ._janitor import Janitor
 
 log = logging.getLogger("clibridge")
 
@@ -77,8 +80,11 @@ class Supervisor:
         fake: bool = False,
         fake_on_purpose: bool = False,
         continuation: bool = True,
+        janitor: Janitor | None = None,
     ) -> None:
         self.pools = dict(pools)
+        #: its state shows in readiness() while it is being restarted
+        self.janitor = janitor
         self.table = table
         self.fake = fake
         #: the fake serves because ``backend = "fake"`` asked for it, not for want of a login
@@ -241,6 +247,10 @@ class Supervisor:
                 else "no logged-in claude/codex found"
             )
             reason = f"FAKE CLI ({why}): " + reason
+        # a janitor being restarted does not stop serving, only the hard-kill safety net
+        note = self.janitor.readiness_note() if self.janitor is not None else None
+        if note is not None:
+            reason = f"{reason}; {note}"
         return Readiness(ready=ready, reason=reason, fake=self.fake)
 
     def statistics(self) -> Mapping[str, Any]:
@@ -490,12 +500,13 @@ async def serve(
     from ._http.app import create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
+    from ._state_dir import secure_state_dir
 
     if shutdown is None:
         shutdown = trio.Event()
     home = state_dir(config)
-    home.mkdir(parents=True, exist_ok=True)
-    with Janitor.start() as janitor:
+    secure_state_dir(home)
+    with Janitor.start(environ=environ) as janitor:
         pools: dict[str, WorkerPool] = {}
         if choice.claude is not None:
             factory = _claude_factory(
@@ -524,10 +535,15 @@ async def serve(
             fake_backends=list(pools) if choice.fake else (),
         )
         service = Supervisor(
-            pools, table, fake=choice.fake, fake_on_purpose=config.backend == "fake"
+            pools,
+            table,
+            fake=choice.fake,
+            fake_on_purpose=config.backend == "fake",
+            janitor=janitor,
         )
         app = create_app(service, config.server)
         async with trio.open_nursery() as root:
+            await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)
             root.start_soon(_on_signal, shutdown)
