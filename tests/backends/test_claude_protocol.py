@@ -31,6 +31,7 @@ from clibridge._config import ClaudeConfig
 from clibridge._errors import (
     LoginExpired,
     ProtocolError,
+    RequestError,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRateLimited,
@@ -284,6 +285,33 @@ def test_error_results_map_by_api_status(status: int, error: type[Exception]) ->
     )
     with pytest.raises(error):
         TurnTranslator(POLICY).feed(result)
+
+
+def test_an_upstream_400_is_the_clients_error_and_its_text_is_not_content() -> None:
+    """Regression (issue 15, item 8): a bad ``@fake`` directive answered like an upstream 400
+    reached a streaming client as 200 with the error text as content, then an error event;
+    the synthetic error message is now skipped and the 400 names the upstream's message."""
+    body = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad x"}}
+    text = "API Error: 400 " + json.dumps(body)
+    synthetic = {
+        "type": "assistant",
+        "message": {"model": "<synthetic>", "content": [{"type": "text", "text": text}]},
+        "parent_tool_use_id": None,
+        "error": "invalid_request",
+    }
+    result = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "api_error_status": 400,
+        "result": text,
+    }
+    tr = TurnTranslator(POLICY)
+    assert tr.feed(claude.parse_line(json.dumps(synthetic).encode())) == []
+    with pytest.raises(RequestError) as info:
+        tr.feed(claude.parse_line(json.dumps(result).encode()))
+    assert info.value.status == 400
+    assert info.value.message == "the upstream model API refused the request: bad x"
 
 
 def test_garbage_inside_a_turn_is_a_protocol_error() -> None:

@@ -829,3 +829,22 @@ def test_scenario_files_are_valid() -> None:
         book = load_book({SCENARIO_ENV: str(path)})
         for name in book.named:
             book.for_turn(f"@fake:{name}\nhi")
+
+
+async def test_fake_claude_answers_a_bad_directive_like_an_upstream_400(tmp_path: Path) -> None:
+    """Regression: a malformed ``@fake`` line crashed the fake claude (exit -6)."""
+    async with fake_claude(tmp_path) as fake:
+        await fake.send(user('@fake {"chunk_char": 2}\nhi'))
+        msgs = await fake.until(lambda m: m["type"] == "result")
+        result = msgs[-1]
+        assert (result["is_error"], result["api_error_status"]) == (True, 400)
+        assert result["result"].startswith("API Error: 400 {")
+        body = json.loads(result["result"].removeprefix("API Error: 400 "))
+        assert "unknown field 'chunk_char'" in body["error"]["message"]
+        assert (msgs[0]["type"], msgs[0]["subtype"]) == ("system", "init")
+        assert any(m.get("error") == "invalid_request" for m in msgs if m["type"] == "assistant")
+        # the same process serves the next turn, and nothing of the refused one is carried
+        await fake.send(user(directive(echo=True) + "\nnext"))
+        msgs = await fake.until(lambda m: m["type"] == "result")
+        assert msgs[-1]["result"] == "echo: next"
+        assert fake.proc.returncode is None

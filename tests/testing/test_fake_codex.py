@@ -789,3 +789,37 @@ async def test_no_inject_knob_behaves_like_an_app_server_without_it(tmp_path: Pa
             "expected one of `initialize`, `thread/start`, `turn/start`"
             in (reply["error"]["message"])
         )
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+async def test_fake_codex_answers_a_bad_directive_like_an_upstream_400(tmp_path: Path) -> None:
+    """Regression: a malformed ``@fake`` line killed the fake codex's stdin reader, so the
+    whole app-server (and every thread on it) died."""
+    async with fake_codex(tmp_path) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        msgs = await fake.turn(t, '@fake {"large_output": 1150000000}\nhi')
+        err = next(m for m in msgs if m.get("method") == "error")["params"]
+        assert err["error"]["codexErrorInfo"] == "badRequest"
+        assert "large_output is 1150000000" in err["error"]["message"]
+        assert err["willRetry"] is False
+        assert completed_turn(msgs)["status"] == "failed"
+        after = await fake.turn(t, "again")
+        assert completed_turn(after)["status"] == "completed"
+        assert fake.proc.returncode is None
+
+
+async def test_fake_codex_answers_a_request_it_trips_over_with_an_error(tmp_path: Path) -> None:
+    """A turn/start the fake cannot read is a JSON-RPC error; the thread stays usable."""
+    allow = frozenset({"turn/start"})
+    async with fake_codex(tmp_path, allow=allow) as fake:
+        await fake.handshake()
+        t = await fake.thread()
+        bad: dict[str, Any] = {"threadId": t, "input": ["not an item"]}
+        reply = await fake.call("turn/start", bad)
+        assert reply["error"]["code"] == -32603
+        fake.allow = frozenset()  # what follows is on the schema again
+        after = await fake.turn(t, "again")
+        assert completed_turn(after)["status"] == "completed"

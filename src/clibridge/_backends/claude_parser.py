@@ -75,6 +75,9 @@ class AssistantMessage:
 
     message: Mapping[str, Any]
     parent_tool_use_id: str | None
+    #: set on the synthetic message the CLI prints for an upstream error (its text is the
+    #: error, which the ``result`` that follows carries too)
+    error: str | None = None
 
 
 @attrs.frozen
@@ -177,7 +180,10 @@ def record_from(obj: Mapping[str, Any]) -> Record:
     if kind == "stream_event" and isinstance(obj.get("event"), Mapping):
         return StreamEvent(obj["event"], obj.get("parent_tool_use_id"))
     if kind == "assistant" and isinstance(obj.get("message"), Mapping):
-        return AssistantMessage(obj["message"], obj.get("parent_tool_use_id"))
+        error = obj.get("error")
+        return AssistantMessage(
+            obj["message"], obj.get("parent_tool_use_id"), error if isinstance(error, str) else None
+        )
     if kind == "user" and isinstance(obj.get("message"), Mapping):
         return UserEcho(obj["message"], bool(obj.get("isReplay")))
     if kind == "system" and subtype == "init":

@@ -32,7 +32,9 @@ minutes): 401 -> :class:`~clibridge._errors.LoginExpired` at once (``fail_fast_o
 429 -> :class:`~clibridge._errors.UpstreamRateLimited` once ``retry_attempts`` retry events
 were seen, carrying the CLI's retry delay as ``retry_after``; 529 / 503 ->
 :class:`~clibridge._errors.UpstreamOverloaded` likewise. Other statuses are left to the
-CLI's own retries (bounded by the worker's timeouts).
+CLI's own retries (bounded by the worker's timeouts). An error ``result`` maps by its
+``api_error_status`` the same way, and 400 (the upstream refused the request itself) is a
+:class:`~clibridge._errors.RequestError` naming the upstream's message.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .._errors import (
     BridgeError,
     LoginExpired,
     ProtocolError,
+    RequestError,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRateLimited,
@@ -117,8 +120,12 @@ def login_expired(policy: RetryPolicy, status: int | None = 401) -> LoginExpired
 
 def error_for_status(
     status: int | None, message: str, policy: RetryPolicy, retry_after: float | None = None
-) -> UpstreamError:
+) -> BridgeError:
     """The error of an upstream HTTP status the CLI reported."""
+    if status == 400:
+        # the upstream refused what the request asked for (a prompt too long, a bad
+        # image; the fake CLI: a bad @fake directive): the client's error, as with codex
+        return RequestError(f"the upstream model API refused the request: {_api_message(message)}")
     if status == 401:
         return login_expired(policy, status)
     if status == 429:
@@ -131,6 +138,21 @@ def error_for_status(
             f"the upstream model API is overloaded: {message}", retry_after=retry_after
         )
     return UpstreamError(f"the claude CLI failed: {message}")
+
+
+def _api_message(text: str) -> str:
+    """The ``error.message`` of an API error body the CLI quotes (``API Error: 400 {...}``),
+    else ``text``."""
+    start = text.find("{")
+    if start >= 0:
+        try:
+            body = json.loads(text[start:])
+        except ValueError:
+            return text
+        error = body.get("error") if isinstance(body, Mapping) else None
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return text
 
 
 class TurnTranslator:
@@ -190,7 +212,9 @@ class TurnTranslator:
                 return []  # a sub-agent's stream
             return self._on_stream_event(record.event)
         if isinstance(record, AssistantMessage):
-            if record.parent_tool_use_id is not None:
+            if record.parent_tool_use_id is not None or record.error is not None:
+                # a sub-agent's, or the CLI's own error text: not model output (the error
+                # comes with the result, and a stream must not show it as content first)
                 return []
             return self._on_assistant(record.message)
         if isinstance(record, Result):

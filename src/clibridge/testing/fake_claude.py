@@ -180,6 +180,8 @@ FLAG_ALIASES = {
     "-r": "--resume",
 }
 API_ERRORS = {
+    # guess (no 400 was recorded): the upstream's JSON error body after the status
+    400: ("invalid_request", "API Error: 400 {detail}"),
     401: ("authentication_failed", "Failed to authenticate. API Error: 401 {detail}"),
     403: ("authentication_failed", "Failed to authenticate. API Error: 403 {detail}"),
     429: ("rate_limit", "API Error: Request rejected (429) · {detail}"),
@@ -799,17 +801,30 @@ class FakeClaude:
         if raw_prompt.strip() == "/clear":
             self.clear()
             return
-        scenario, prompt = self.book().for_turn(raw_prompt, scanned=scanned)
+        from .scenario import DirectiveError, Scenario
+
+        started = time.monotonic()
+        try:
+            scenario, prompt = self.book().for_turn(raw_prompt, scanned=scanned)
+        except DirectiveError as exc:
+            refused = Turn(self, Scenario(), raw_prompt, started)
+            self.system_init()
+            refused.status()
+            refused.refuse(str(exc))
+            return
         prompt = "\n".join([*self.carry, prompt])
         self.scenario = scenario
         self.in_turn = True
         self.interrupt_id = None
-        started = time.monotonic()
         turn = Turn(self, scenario, prompt, started)
         try:
             turn.play()
         except Interrupted:
             turn.interrupted()
+        except Exit:
+            raise
+        except Exception as exc:  # the fake must never die of a turn's input
+            turn.failed(exc)
         finally:
             self.in_turn = False
             self.interrupt_id = None
@@ -1268,8 +1283,47 @@ class Turn:
                 }
             )
             fake.pause(sc.retry_delay_ms / 1000.0)
+        self.api_error_result(status, "fake upstream error")
+        # Observed: the failed prompt stays in the history and is merged into the next one.
+        fake.carry = [self.prompt]
+
+    def refuse(self, problem: str) -> None:
+        """A directive the fake cannot play: answered like an upstream 400 (the client's
+        error, see :mod:`.scenario`); nothing is carried into the next turn."""
+        body = {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+        self.api_error_result(400, json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+
+    def failed(self, exc: Exception) -> None:
+        """A bug in the fake: the turn ends with an error result, the process lives on."""
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        self.fake.emit(
+            {
+                "type": "result",
+                "subtype": "error_during_execution",
+                "duration_ms": int((time.monotonic() - self.started) * 1000),
+                "duration_api_ms": 0,
+                "is_error": True,
+                "num_turns": self.num_turns,
+                "stop_reason": None,
+                "session_id": self.fake.session_id,
+                "total_cost_usd": self.fake.total_cost,
+                "usage": _usage(0, 0),
+                "modelUsage": {},
+                "permission_denials": [],
+                "fast_mode_state": "off",
+                "uuid": _uuid(),
+                "errors": [f"fake claude: {type(exc).__name__}: {exc}"[:2000]],
+            }
+        )
+
+    def api_error_result(self, status: int, detail: str) -> None:
+        """What the CLI prints when the upstream answered ``status`` for good."""
+        fake = self.fake
         error, template = API_ERRORS.get(status, ("unknown", "API Error: {status} {detail}"))
-        text = template.format(status=status, detail="fake upstream error")
+        text = template.format(status=status, detail=detail)
         fake.emit(
             {
                 "type": "assistant",
@@ -1292,8 +1346,6 @@ class Turn:
                 "error": error,
             }
         )
-        # Observed: the failed prompt stays in the history and is merged into the next one.
-        fake.carry = [self.prompt]
         ms = int((time.monotonic() - self.started) * 1000)
         fake.emit(
             {

@@ -45,11 +45,19 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .scenario import RECORD_ENV, FakeToolCall, Scenario, ScenarioBook, load_book
+from .scenario import (
+    RECORD_ENV,
+    DirectiveError,
+    FakeToolCall,
+    Scenario,
+    ScenarioBook,
+    load_book,
+)
 
 VERSION = "0.169.0"
 _CONFIG_WARNING = (
@@ -216,6 +224,21 @@ class FakeCodex:
     # ------------------------------------------------------------------ input
 
     def handle_line(self, line: str) -> None:
+        """One stdin line; a line the fake trips over is answered with an error, never fatal
+        (the real app-server answers what it cannot take with JSON-RPC errors)."""
+        try:
+            self._handle_line(line)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                return
+            if isinstance(msg, dict) and "method" in msg and msg.get("id") is not None:
+                self.error(msg["id"], f"Internal error: {type(exc).__name__}: {exc}", -32603)
+
+    def _handle_line(self, line: str) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
@@ -445,11 +468,10 @@ class FakeCodex:
             active.steers.append(items)
             return
         turn = _Turn(self._ids.new(), int(time.time()))
+        runner = _TurnRunner(self, thread, turn, items, req_id, not thread.announced)
         thread.active = turn
-        first = not thread.announced
         thread.announced = True
         thread.turns += 1
-        runner = _TurnRunner(self, thread, turn, items, req_id, first)
         threading.Thread(target=runner.run, name=f"turn-{turn.id}", daemon=True).start()
 
     def on_turn_interrupt(self, req_id: Any, params: Mapping[str, Any]) -> None:
@@ -612,7 +634,15 @@ class _TurnRunner:
         self.first = first
         self.t0 = time.monotonic()
         text = "\n".join(str(i.get("text", "")) for i in items if i.get("type") == "text")
-        self.scenario, self.prompt = server.book.for_turn(text)
+        #: the turn/start request was answered
+        self.replied = False
+        #: why the turn's directives cannot be played (the turn then fails as a bad request)
+        self.refusal: str | None = None
+        try:
+            self.scenario, self.prompt = server.book.for_turn(text)
+        except DirectiveError as exc:
+            self.scenario, self.prompt = server.book.default, text
+            self.refusal = str(exc)
         self.ignore_interrupt = self.scenario.ignore_interrupt
         #: index of this turn's user message in the thread's history
         self.history_at = len(thread.history)
@@ -761,6 +791,15 @@ class _TurnRunner:
             # interrupted with no items and no item/completed for the partial message.
             self.status({"type": "idle"})
             self.finish("interrupted")
+        except Exception as exc:  # a bug in the fake: fail the turn, keep the process
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            message = f"fake codex: {type(exc).__name__}: {exc}"[:2000]
+            if not self.replied:
+                self.thread.active = None
+                self.s.error(self.req_id, message, -32603)
+            elif self.thread.active is self.turn:
+                self.fail_with("other", message)
 
     def _run(self) -> None:
         sc, s = self.scenario, self.s
@@ -785,6 +824,7 @@ class _TurnRunner:
             },
         )
         s.reply(self.req_id, {"turn": _turn_obj(self.turn.id, "inProgress", None)})
+        self.replied = True
         if sc.garbage_line:
             s.raw("this is not JSON: fake codex garbage line")
         if sc.stderr:
@@ -793,6 +833,11 @@ class _TurnRunner:
         self.thread.history.append(_history_user_item(self.items))
         self.user_message(self.items)
 
+        if self.refusal is not None:
+            # guess (not observed): what an upstream 400 would look like; clibridge maps
+            # badRequest to a 400 for the client, the one whose directive was bad
+            self.fail_with("badRequest", self.refusal)
+            return
         if sc.api_error is not None or sc.error_notification is not None:
             self.fail()
             return
@@ -1035,6 +1080,10 @@ class _TurnRunner:
                 self.wait(sc.retry_delay_ms / 1000)
             if sc.api_error_then == "hang":
                 self.wait_forever()
+        self.fail_with(info, message)
+
+    def fail_with(self, info: Any, message: str) -> None:
+        """The turn fails for good: an ``error`` notification, then a failed turn."""
         err = {
             "message": message,
             "codexErrorInfo": info,
@@ -1119,7 +1168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sub != "app-server":
         print("fake codex: only `codex app-server [-c key=value ...]` is faked", file=sys.stderr)
         return 2
-    book = load_book()
+    try:
+        book = load_book()
+    except (OSError, ValueError) as exc:  # DirectiveError is a ValueError
+        print(f"fake codex: bad scenario file: {exc}", file=sys.stderr)
+        return 2
     record_path = os.environ.get(RECORD_ENV)
     record_lock = threading.Lock()
 
