@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from clibridge._janitor import Janitor
+import psutil
+import pytest
+import trio
+
+from clibridge import _janitor
+from clibridge._janitor import Janitor, JanitorState
 from clibridge._process import live_group_members
 
 # A stand-in server: starts the janitor, then a worker group (child + grandchild) through
@@ -98,3 +104,111 @@ def test_clean_close_kills_registered_groups_only() -> None:
         for p in (keep, doomed):
             p.kill()
             p.wait()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    # the janitor's state follows the deaths of processes; no event announces those here
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(0.005)
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Three processes, each the leader of its own group (stand-ins for workers)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+        )
+        for _ in range(3)
+    ]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+async def test_janitor_gets_none_of_the_server_environment() -> None:
+    """Regression (issue 15, item 9): the janitor inherited the server's whole environment
+    (API keys, DATABASE_URL, ...). It gets only what its interpreter may need to start, runs
+    without site-packages or the current directory on sys.path, in ``/``."""
+    server_env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/home/someone",
+        "ANTHROPIC_API_KEY": "sk-ant-secret",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth-secret",
+        "CLIBRIDGE_API_KEY": "clibridge-secret",
+        "DATABASE_URL": "postgres://user:pw@db/x",
+        "PYTHONPATH": "/somewhere/else",
+        "LD_LIBRARY_PATH": "/opt/python/lib",
+    }
+    with Janitor.start(environ=server_env) as janitor:
+        async with trio.open_nursery() as nursery:
+            # ready: its exec is complete (just after exec, /proc may show no environment)
+            await nursery.start(janitor.run)
+            assert janitor.pid is not None
+            process = psutil.Process(janitor.pid)
+            assert process.environ() == {"LD_LIBRARY_PATH": "/opt/python/lib"}
+            assert process.cwd() == "/"
+            argv = process.cmdline()
+            assert argv[:4] == [sys.executable, "-S", "-P", "-c"]
+            assert "clibridge._janitor_proc" in argv[4]
+            nursery.cancel_scope.cancel()
+
+
+async def test_killed_janitor_is_restarted_and_knows_every_group(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Regression (issue 15, item 9): a janitor that died stayed dead, and hard-death
+    cleanup was off for the rest of the server's life. Now a new one starts at once and
+    is told every live group -- also one registered while the old one was dying."""
+    before, during, gone = sleepers
+    janitor = Janitor.start(environ={})
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                await nursery.start(janitor.run)
+                assert janitor.state is JanitorState.UP
+                assert janitor.readiness_note() is None
+                janitor.register(before.pid)
+                janitor.register(gone.pid)
+                old = janitor.pid
+                assert old is not None
+                os.kill(old, signal.SIGKILL)
+                janitor.register(during.pid)  # written to a dying janitor, or to none
+                janitor.unregister(gone.pid)
+                await until(lambda: janitor.state is JanitorState.UP and janitor.pid != old)
+            stats = janitor.statistics()
+            assert (stats.state, stats.restarts, stats.alive) == ("up", 1, True)
+            assert stats.registered == 2
+            assert not psutil.pid_exists(old)  # reaped, not left a zombie
+            nursery.cancel_scope.cancel()
+    finally:
+        janitor.close()  # the pipe closes: what the janitor does when the server dies
+    assert before.wait(timeout=30) == -signal.SIGKILL
+    assert during.wait(timeout=30) == -signal.SIGKILL
+    assert gone.poll() is None
+
+
+async def test_janitor_that_cannot_start_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A janitor that dies before it is ready (here: its module cannot be imported) is
+    retried with backoff; meanwhile readiness_note() says hard-death cleanup is off, and
+    the watchdog reports started anyway (the server serves without it)."""
+    monkeypatch.setattr(_janitor, "JANITOR_MODULE", "clibridge._no_such_janitor")
+    janitor = Janitor.start(environ={})
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                await nursery.start(janitor.run)
+                await until(lambda: janitor.statistics().restarts >= 2)
+                assert janitor.state is not JanitorState.UP
+                note = janitor.readiness_note()
+                assert note is not None and note.startswith("janitor down, restarting")
+                monkeypatch.undo()
+                await until(lambda: janitor.state is JanitorState.UP)
+                assert janitor.readiness_note() is None
+            nursery.cancel_scope.cancel()
+    finally:
+        janitor.close()

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import stat
+import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 import trio
 
+import clibridge
 from clibridge._process import ChildSpec, live_group_members, open_child
+from clibridge._process_groups import group_alive, signal_group
 
 
 def py(code: str) -> ChildSpec:
@@ -135,3 +143,60 @@ async def test_missing_program_raises_oserror() -> None:
                 ChildSpec(argv=("/nonexistent/clibridge-no-such-cli",), env={}), nursery=nursery
             ):
                 pass
+
+
+async def test_children_create_private_files(tmp_path: Path) -> None:
+    """Regression (issue 15, item 7): a CLI wrote its transcripts with the server's umask
+    (0644 under the usual 022). Children run with umask 077 now."""
+    target = tmp_path / "transcript.jsonl"
+    old = os.umask(0o022)
+    try:
+        with trio.fail_after(30):
+            async with (
+                trio.open_nursery() as nursery,
+                open_child(py(f"open({str(target)!r}, 'w').write('x')"), nursery=nursery) as child,
+            ):
+                assert await child.wait() == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_no_proc_filesystem_in_the_source() -> None:
+    """Regression (issue 15, item 11): teardown read /proc, which only Linux has. Process
+    groups are asked through clibridge._process_groups (killpg + psutil) only."""
+    src = Path(clibridge.__file__).parent
+    literal = re.compile(r"""f?["']/proc\b""")
+    users = [p for p in src.rglob("*.py") if literal.search(p.read_text())]
+    assert users == []
+
+
+def test_zombies_are_not_living_members() -> None:
+    """A group whose only process is a zombie (dead, not reaped: where nothing reaps, as
+    with clibridge as PID 1 of a container) counts as empty, although ``killpg(pgid, 0)``
+    still succeeds for it on Linux."""
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    try:
+        assert group_alive(leader.pid)
+        assert live_group_members(leader.pid) == [leader.pid]
+        os.kill(leader.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.killpg(leader.pid, 0)  # the zombie still "exists" for killpg
+        assert live_group_members(leader.pid) == []
+        assert not group_alive(leader.pid)
+    finally:
+        leader.kill()
+        leader.wait()
+    assert not group_alive(leader.pid)  # reaped: ESRCH
+
+
+def test_signal_group_refuses_the_special_groups() -> None:
+    for pgid in (0, 1, -5):
+        with pytest.raises(ValueError, match="refusing"):
+            signal_group(pgid, signal.SIGKILL)
+    signal_group(2**22 + 12345, signal.SIGKILL)  # no such group: not an error

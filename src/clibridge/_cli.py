@@ -211,6 +211,7 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import subprocess
 
     from ._codex_home import login_argv, prepare_codex_home
+    from ._process import CHILD_UMASK
     from ._supervisor import state_dir
 
     # our own options may also come after the backend name; the rest is the CLI's
@@ -234,7 +235,10 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     argv = login_argv(config.codex, *args.cli_args)
     print(f"clibridge: running {' '.join(argv)} with CODEX_HOME={home.codex_home}", file=sys.stderr)
     try:
-        return subprocess.call(list(argv), env=dict(home.env), cwd=home.workdir)
+        # umask 077 like every CLI child: the login it writes is the user's alone
+        return subprocess.call(
+            list(argv), env=dict(home.env), cwd=home.workdir, umask=CHILD_UMASK
+        )
     except OSError as exc:
         print(f"clibridge: error: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
         return 2

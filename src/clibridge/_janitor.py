@@ -166,8 +166,8 @@ class Janitor:
     re-sends the registry).
     """
 
-    def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
-        self._argv = argv
+    def __init__(self, python: str, env: Mapping[str, str]) -> None:
+        self._python = python
         self._env = dict(env)
         self._lock = threading.Lock()
         self._registered: set[int] = set()
@@ -189,7 +189,7 @@ class Janitor:
         :data:`JANITOR_ENV`. A janitor that cannot be started is logged; :meth:`run`
         keeps trying.
         """
-        janitor = cls(janitor_argv(python), janitor_env(os.environ if environ is None else environ))
+        janitor = cls(python, janitor_env(os.environ if environ is None else environ))
         with janitor._lock:
             janitor._spawn_locked()
         return janitor
@@ -209,9 +209,9 @@ class Janitor:
     def _spawn_locked(self) -> None:
         """DOWN -> STARTING with a fresh janitor that knows every registered group."""
         try:
-            proc, fd = _spawn(self._argv, self._env)
+            proc, fd = _spawn(janitor_argv(self._python), self._env)
         except OSError as exc:
-            log.error("cannot start the janitor (%s): %s", self._argv[0], exc)
+            log.error("cannot start the janitor (%s): %s", self._python, exc)
             return
         self._proc, self._out_fd = proc, fd
         self._warned = False

@@ -48,3 +48,28 @@ def test_codex_child_env() -> None:
     for name in (*_codex_home.DENIED_ENV[:-1], "ANTHROPIC_API_KEY", "CLAUDECODE"):
         assert name not in env
     assert not [n for n in env if n.startswith("CLIBRIDGE_")]
+
+
+def test_only_the_locale_variables_the_clis_use_pass() -> None:
+    """Regression (issue 15, item 9): every ``LC_*`` variable reached the CLIs -- an open
+    namespace that ssh forwards and people tunnel values through. Only LANG, LANGUAGE,
+    LC_ALL and LC_CTYPE pass now; others only when named in ``pass_env``."""
+    inbound = {
+        "PATH": "/usr/bin",
+        "LANG": "de_DE.UTF-8",
+        "LANGUAGE": "de",
+        "LC_ALL": "C.UTF-8",
+        "LC_CTYPE": "en_US.UTF-8",
+        "LC_TIME": "de_DE.UTF-8",
+        "LC_TERMINAL": "iTerm2",
+        "LC_MY_TOKEN": "tunnelled-through-ssh",
+    }
+    passed = {"LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE"}
+    claude = _spawn_home.child_env(ClaudeConfig(), Path("/spawn"), inbound)
+    codex = _codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), inbound)
+    for env in (claude, codex):
+        assert {n for n in env if n.startswith(("LC_", "LANG"))} == passed
+        assert all(env[n] == inbound[n] for n in passed)
+    on_purpose = _spawn_home.child_env(ClaudeConfig(pass_env=("LC_TIME",)), Path("/s"), inbound)
+    assert on_purpose["LC_TIME"] == "de_DE.UTF-8"
+    assert "LC_MY_TOKEN" not in on_purpose
