@@ -126,6 +126,12 @@ class ServerConfig:
     keepalive_interval: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     #: on SIGTERM, how long in-flight turns may run before they are cancelled
     drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: an idle connection (between requests, or before its first) is closed after this many
+    #: seconds; longer than the SDKs' own idle expiry (5 s), so they never reuse a closing one
+    keep_alive_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: open client connections at most: beyond, a new connection replaces the one idle
+    #: longest, or gets 503 when every one is busy (lowered to fit the open-file limit)
+    max_connections: int = attrs.field(default=512, validator=attrs.validators.gt(0))
     #: browser origins (scheme://host[:port]) allowed to call the API with CORS; a request
     #: with any other Origin header gets 403
     cors_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)

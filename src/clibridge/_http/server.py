@@ -10,25 +10,27 @@ from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from .._config import Config, ServerConfig
 from .._service import TurnService
+from ._connections import ConnectionTable, fit_open_file_limit, serve_connections
 
 log = logging.getLogger("clibridge.http")
 
 
 def hypercorn_config(config: ServerConfig) -> HyperConfig:
-    """Hypercorn settings for ``config``: one bind, quiet, graceful for ``drain_timeout``."""
+    """Hypercorn settings for ``config``: one bind, quiet, graceful for ``drain_timeout``,
+    idle connections closed after ``keep_alive_timeout``."""
     hyper = HyperConfig()
     host = config.host
     hyper.bind = [f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"]
     hyper.graceful_timeout = config.drain_timeout
     hyper.accesslog = None  # access logging costs per request; opt in with log_level=debug
     hyper.errorlog = logging.getLogger("hypercorn.error")
-    # keep-alive connections idle longer than this are closed (clients reconnect)
-    hyper.keep_alive_timeout = 75.0
+    # keep-alive connections idle longer than this are closed (clients reconnect); the
+    # timer works because serve_connections keeps Quart-Trio from cancelling it
+    hyper.keep_alive_timeout = config.keep_alive_timeout
     hyper.include_server_header = False
     return hyper
 
@@ -45,15 +47,22 @@ async def serve_http(
     config: ServerConfig,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    connections: ConnectionTable | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then drain gracefully.
 
     Reports the bound ``(host, port)`` through ``task_status`` once listening (port 0 in
-    the config picks a free port). When the trigger fires, the listener closes at once,
-    the app's ``draining`` event is set so open streams end with a final event, and
-    Hypercorn gives in-flight requests ``drain_timeout`` before cancelling them.
+    the config picks a free port). Open connections are kept in ``connections`` (a new
+    table for ``max_connections`` by default; pass one to read its statistics): idle
+    ones close after ``keep_alive_timeout``, and at the cap a new connection replaces
+    the longest-idle one (see :mod:`._connections`). When the trigger fires, the listener
+    closes at once, idle connections are closed, the app's ``draining`` event is set so
+    open streams end with a final event, and in-flight requests get ``drain_timeout``
+    before they are cancelled.
     """
+    if connections is None:
+        connections = ConnectionTable(fit_open_file_limit(config.max_connections))
     hyper = hypercorn_config(config)
     if log.isEnabledFor(logging.DEBUG):
         hyper.accesslog = logging.getLogger("hypercorn.access")
@@ -65,7 +74,9 @@ async def serve_http(
             draining.set()
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(serve, app, hyper, shutdown_trigger=trigger))
+        binds: list[str] = await nursery.start(
+            partial(serve_connections, app, hyper, connections, shutdown_trigger=trigger)
+        )
         host, port = _parse_bind(binds[0])
         log.info("listening on http://%s:%d", host, port)
         task_status.started((host, port))
