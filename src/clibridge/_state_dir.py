@@ -65,12 +65,20 @@ def _tighten(path: Path, st: os.stat_result, changed: list[_Change]) -> None:
     changed.append((path, mode, new, stat.S_ISDIR(st.st_mode)))
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def _report(root: Path, changed: list[_Change]) -> None:
     if not changed:
         return
     dirs = sum(1 for *_, is_dir in changed if is_dir)
     examples = ", ".join(
-        f"{path} {old:04o} -> {new:04o}" for path, old, new, _ in changed[:_EXAMPLES]
+        f"{_relative(path, root)} {old:04o} -> {new:04o}"
+        for path, old, new, _ in changed[:_EXAMPLES]
     )
     log.warning(
         "state dir %s: took group/other access away from %d path(s) (%d directories, "
