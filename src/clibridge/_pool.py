@@ -29,7 +29,10 @@ runs shielded in the worker's own task.
 
 Releasing is synchronous and happens on every path out of a lease (success, error,
 cancel): the permit goes back, and the worker goes back to idle only when it is healthy and
-young enough; otherwise it is retired and replaced.
+young enough; otherwise it is retired and replaced. A lease can also trade its worker for
+another (:meth:`Lease.move_to_another_worker`: the supervisor's one retry of a turn whose
+CLI failed before producing output) without giving the permit back, so the retry neither
+queues again nor loses its place to newer requests.
 
 Failures: a worker that fails to boot, or exits while booted, bumps a consecutive-failure
 counter; respawns wait ``restart_backoff_initial * 2**(n-1)`` (capped). ``crash_loop_threshold``
@@ -119,6 +122,7 @@ class PoolStatistics:
     timeouts: int
     draining: bool
     reclaimed: int = 0  # parked leases ended by park_ttl, pressure or drain
+    retried: int = 0  # leases moved to another worker to run their turn again
 
 
 class _ReadySignal:
@@ -141,6 +145,8 @@ class Lease:
     def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
         self._pool = pool
         self._slot = slot
+        #: the slot was given back (by :meth:`move_to_another_worker`); the permit was not
+        self._slot_released = False
         self.retire_on_release = False
         self.park_key: Hashable | None = None
         self.park_reusable = False
@@ -148,6 +154,23 @@ class Lease:
     @property
     def worker(self) -> Worker:
         return self._slot.worker
+
+    async def move_to_another_worker(self, binding: Binding) -> None:
+        """Give this lease's worker back and check out another bound to ``binding``.
+
+        For a turn that failed on its worker before producing any output (the CLI lost its
+        tools, or its process died): the permit stays with the lease, so the retry does not
+        queue again. Raises what a checkout raises (``BootError`` after ``ready_timeout``,
+        ``UnavailableError`` in a crash loop); the lease then still ends normally.
+        """
+        pool = self._pool
+        if not self._slot_released:
+            self._slot_released = True
+            pool._release(self._slot, retire=self.retire_on_release)
+        self.retire_on_release = False
+        self._slot = await pool._checkout(binding)
+        self._slot_released = False
+        pool._retried += 1
 
     def park(self, key: Hashable, *, reusable: bool) -> None:
         """Keep the worker checked out under ``key`` when this lease ends.
@@ -196,6 +219,7 @@ class WorkerPool:
         self._changed = trio.Event()  # fired (and replaced) on every state change
         self._parked: dict[Hashable, _Parked] = {}
         self._reclaimed = 0
+        self._retried = 0
         self._maintainer_wake = trio.Event()  # set on changes and when someone wants a worker
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -282,6 +306,9 @@ class WorkerPool:
 
     def _end_lease(self, lease: Lease) -> None:
         """Every path out of a lease: park it, or give back the worker and the permit."""
+        if lease._slot_released:  # a move to another worker failed: only the permit is left
+            self._release_permit()
+            return
         slot = lease._slot
         key = lease.park_key
         if (
@@ -713,6 +740,7 @@ class WorkerPool:
             timeouts=self._timeouts,
             draining=self._draining,
             reclaimed=self._reclaimed,
+            retried=self._retried,
         )
 
     def statistics_dict(self) -> dict[str, Any]:

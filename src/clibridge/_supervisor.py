@@ -13,6 +13,14 @@ everything is cancelled, which kills every worker's process group. Exit code 0.
 it resolves the model name through the models table, leases a worker from the right pool
 with the request's binding (system prompt, tool set, CLI model) and hands back the
 worker's event stream.
+
+One retry: a turn whose worker failed it before it produced any output -- the claude CLI
+did not take the request's tools, or the CLI process died (a codex app-server serves many
+requests, so one crash fails them all) -- runs once more on another worker with the whole
+history, on the same pool permit (:meth:`~clibridge._pool.Lease.move_to_another_worker`).
+"Output" is any event but ``TurnStarted``; the retry's own ``TurnStarted`` is not repeated
+to the client. A turn that had produced output, or that fails again, gets the error, whose
+message says why it was not retried.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ from ._conversations import (
     new_call_id,
     setup_digest,
 )
-from ._errors import ToolsUnavailable
-from ._events import Event, Finished, FinishReason, Request, ToolCallStart, collect
+from ._errors import BridgeError, CliCrashed, ToolsUnavailable
+from ._events import Event, Finished, FinishReason, Request, ToolCallStart, TurnStarted, collect
 from ._models import ModelTable
 from ._pool import Lease, WorkerFactory, WorkerPool
 from ._service import ModelInfo, Readiness
@@ -59,6 +67,10 @@ log = logging.getLogger("clibridge")
 
 FAKE_CLAUDE_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_claude")
 FAKE_CODEX_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_codex")
+
+#: failures of the worker rather than of the request: a turn that produced no output yet
+#: runs once more on another worker (see :meth:`Supervisor._retrying`)
+RETRY_ON_ANOTHER_WORKER: tuple[type[BridgeError], ...] = (ToolsUnavailable, CliCrashed)
 
 
 def tools_key(request: Request) -> tuple[str, ...]:
@@ -166,7 +178,7 @@ class Supervisor:
                         source = worker.turn(request, tool_results=step.results)
                     else:
                         source = worker.turn(request, messages=step.messages)
-                    events = tracker.events(source)
+                    events = self._retrying(pool, lease, binding, request, tracker, source)
                     try:
                         yield events
                     finally:
@@ -204,34 +216,64 @@ class Supervisor:
         tracker: _Tracker | None,
         table: ConversationTable | None,
     ) -> AsyncGenerator[Event, None]:
-        """The turn on a freshly leased worker (the whole history).
+        """The turn on a freshly leased worker (the whole history), retried once
+        (:meth:`_retrying`)."""
+        async with pool.lease(binding) as lease:
+            events = self._retrying(
+                pool, lease, binding, request, tracker, lease.worker.turn(request)
+            )
+            try:
+                async with aclosing(events):
+                    async for event in events:
+                        yield event
+            finally:
+                if tracker is not None and table is not None:
+                    tracker.park(lease, table)
 
-        A worker whose CLI did not take the request's tools
-        (:class:`~clibridge._errors.ToolsUnavailable`, raised before any event) is retired
-        and the turn runs once more on another; a second failure reaches the client.
+    async def _retrying(
+        self,
+        pool: WorkerPool,
+        lease: Lease,
+        binding: Binding,
+        request: Request,
+        tracker: _Tracker | None,
+        source: AsyncIterator[Event],
+    ) -> AsyncGenerator[Event, None]:
+        """``source``'s events; on a worker failure before any output, the whole request once
+        more on another worker (see the module doc).
+
+        Regression (issue 15, item 10): a codex app-server crash failed every request on
+        that process, also those whose turn had not produced anything yet.
         """
+        announced = produced = False
         for attempt in (1, 2):
-            async with pool.lease(binding) as lease:
-                source = lease.worker.turn(request)
-                events = source if tracker is None else tracker.events(source)
-                started = False
-                try:
-                    async with aclosing(events):  # type: ignore[type-var]
-                        async for event in events:
-                            started = True
-                            yield event
-                    return
-                except ToolsUnavailable:
-                    if started or attempt == 2:
+            events = source if tracker is None else tracker.events(source)
+            try:
+                async with aclosing(events):  # type: ignore[type-var]
+                    async for event in events:
+                        if isinstance(event, TurnStarted):
+                            if announced:
+                                continue  # the client was told once already
+                            announced = True
+                        else:
+                            produced = True
+                        yield event
+                return
+            except RETRY_ON_ANOTHER_WORKER as exc:
+                if produced or attempt == 2:
+                    final = _not_retried(exc, produced=produced)
+                    if final is exc:
                         raise
-                    log.warning(
-                        "%s worker %d lost its tools: retrying on another",
-                        pool.name,
-                        lease.worker.id,
-                    )
-                finally:
-                    if tracker is not None and table is not None:
-                        tracker.park(lease, table)
+                    raise final from exc
+                log.warning(
+                    "%s worker %d: %s; the turn had produced no output: running it again on "
+                    "another worker",
+                    pool.name,
+                    lease.worker.id,
+                    exc,
+                )
+            await lease.move_to_another_worker(binding)
+            source = lease.worker.turn(request)
 
     def models(self) -> Sequence[ModelInfo]:
         return self.table.listing()
@@ -274,6 +316,18 @@ class Supervisor:
     async def wait_idle(self) -> None:
         for pool in self.pools.values():
             await pool.wait_idle()
+
+
+def _not_retried(exc: BridgeError, *, produced: bool) -> BridgeError:
+    """The error a client gets for a worker failure that was not (or no more) retried."""
+    if not isinstance(exc, CliCrashed):
+        return exc
+    why = (
+        "the response had already produced output, so it was not retried; send the request again"
+        if produced
+        else "it had already been retried once on another worker"
+    )
+    return CliCrashed(f"{exc.message}; {why}", detail=exc.detail)
 
 
 #: why a request with history did not continue a parked worker (logged, and counted in

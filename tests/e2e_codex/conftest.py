@@ -217,6 +217,7 @@ async def open_codex_server(
     threads_per_worker: int = 4,
     with_claude: bool = False,
     real: CodexSetup | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[CodexServer]:
     """The real server in this trio loop; on exit: drain, then no process may survive."""
     os.makedirs(tmp, exist_ok=True)
@@ -235,7 +236,9 @@ async def open_codex_server(
     else:
         command, codex_kwargs, env = real_codex_config(real)
     config = Config(
-        server=ServerConfig(host="127.0.0.1", port=0, drain_timeout=5.0),
+        server=ServerConfig(
+            **{"host": "127.0.0.1", "port": 0, "drain_timeout": 5.0, **(server or {})}
+        ),
         claude=ClaudeConfig(pool=CLAUDE_POOL),
         codex=CodexConfig(
             pool=pool,
@@ -262,26 +265,26 @@ async def open_codex_server(
         finally:
             serve_done.set()
 
-    server: CodexServer | None = None
+    running: CodexServer | None = None
 
     async def watch_children() -> None:
         # the real codex does not record itself: remember every child we ever saw
         while not serve_done.is_set():
-            if server is not None:
-                server.children |= children_of(me) - before
+            if running is not None:
+                running.children |= children_of(me) - before
             with trio.move_on_after(0.05):
                 await serve_done.wait()
 
     async with trio.open_nursery() as nursery:
         with trio.fail_after(BOUND):
             host, port = await nursery.start(run_server)
-        server = CodexServer(f"http://{host}:{port}", record, fake=real is None)
+        running = CodexServer(f"http://{host}:{port}", record, fake=real is None)
         nursery.start_soon(watch_children)
         try:
-            yield server
+            yield running
         finally:
             shutdown.set()
             nursery.cancel_scope.deadline = trio.current_time() + 30
     assert serve_done.is_set()
-    server.children |= children_of(me) - before
-    await wait_gone(server.cli_pids() | server.children)
+    running.children |= children_of(me) - before
+    await wait_gone(running.cli_pids() | running.children)

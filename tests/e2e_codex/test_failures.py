@@ -34,32 +34,140 @@ async def assert_serves(server: CodexServer) -> None:
     assert response.json()["choices"][0]["message"]["content"] == "still here"
 
 
-async def test_crash_with_requests_in_flight(tmp_path: Path) -> None:
-    # spares=0: with a spare the pool would spread the leases over two processes
-    async with open_codex_server(tmp_path) as server:
+async def stream_chat(
+    server: CodexServer, path: str, content: str, first_delta: trio.Event
+) -> list[dict[str, Any]]:
+    """A streaming request; sets ``first_delta`` when the client holds some content."""
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": content}],
+    }
+    if path == "/v1/messages":
+        body["max_tokens"] = 64
+    frames: list[dict[str, Any]] = []
+    async with server.client() as client, client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            frame = json.loads(line.removeprefix("data: "))
+            frames.append(frame)
+            if text_of(frame):
+                first_delta.set()
+    return frames
+
+
+def text_of(frame: dict[str, Any]) -> str:
+    """The content text one stream frame carries (chat completions or Anthropic)."""
+    if frame.get("type") == "content_block_delta":
+        return str(frame["delta"].get("text", ""))
+    choices = frame.get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+async def test_crash_retries_the_turns_without_output(tmp_path: Path) -> None:
+    """Regression (issue 15, item 10): one codex app-server crash failed every request on
+    that process (codex multiplexes threads per process). Now each turn that had produced no
+    output yet runs once more on another process and succeeds -- also a stream whose
+    headers already went out; a turn that had produced output gets a 502 (or, streaming, an
+    error event) saying it was not retried; the turn that crashed the process gets its 502.
+    """
+    # spares=0 and one process with five threads: everything runs on the one that crashes;
+    # keepalive 0.3 s: the waiting stream has sent its headers before the crash
+    async with open_codex_server(
+        tmp_path, threads_per_worker=5, server={"keepalive_interval": 0.3}
+    ) as server:
         with trio.fail_after(BOUND):
             await assert_serves(server)
             (first_pid,) = server.cli_pids()
-            statuses: list[int] = []
+            results: dict[str, Any] = {}
+            streamed_delta = trio.Event()
+            unused = trio.Event()
 
-            async def slow() -> None:
-                response = await chat(server, fake(first_delay=20))
-                statuses.append(response.status_code)
-                assert "codex CLI exited" in response.json()["error"]["message"]
+            async def waiting(name: str) -> None:  # no output until 4 s in
+                results[name] = await chat(server, fake(reply=f"survivor {name}", first_delay=4))
+
+            async def waiting_stream() -> None:
+                results["S"] = await stream_chat(
+                    server, "/v1/messages", fake(reply="survivor S", first_delay=4), unused
+                )
+
+            async def started(name: str) -> None:  # one delta at once, then nothing for 20 s
+                results[name] = await chat(server, fake(reply="abc", chunk_chars=1, chunk_delay=20))
+
+            async def started_stream() -> None:
+                results["T"] = await stream_chat(
+                    server,
+                    "/v1/chat/completions",
+                    fake(reply="abc", chunk_chars=1, chunk_delay=20),
+                    streamed_delta,
+                )
 
             async with trio.open_nursery() as nursery:
-                for _ in range(2):
-                    nursery.start_soon(slow)
-                await server.wait_stats(lambda s: s["in_flight"] == 2)
+                nursery.start_soon(waiting, "A")
+                nursery.start_soon(waiting_stream)
+                nursery.start_soon(started, "C")
+                await server.wait_stats(lambda s: s["in_flight"] == 3)
+                nursery.start_soon(started_stream)
+                await streamed_delta.wait()  # C started before T: it has its delta too
+                await trio.sleep(0.2)
                 crash = await chat(server, fake(crash_mid_turn=True))
-                assert crash.status_code == 502, crash.text
-            assert statuses == [502, 502]
-            # no spares: the replacement boots for the next request
-            stats = await server.assert_full_capacity(workers=0)
-            assert stats["crashes"] == 1
+            assert crash.status_code == 502, crash.text
+            assert "codex CLI exited" in crash.json()["error"]["message"]
+
+            # no output yet: retried on the new process, answered in full
+            assert results["A"].status_code == 200, results["A"].text
+            assert results["A"].json()["choices"][0]["message"]["content"] == "survivor A"
+            frames = results["S"]
+            kinds = [f["type"] for f in frames]
+            assert kinds.count("message_start") == 1 and kinds[-1] == "message_stop", kinds
+            assert "".join(text_of(f) for f in frames) == "survivor S"
+            # output already produced: a clear error, not retried
+            error = results["C"].json()["error"]
+            assert results["C"].status_code == 502, error
+            assert "codex CLI exited" in error["message"]
+            assert "had already produced output, so it was not retried" in error["message"]
+            frames = results["T"]
+            assert "".join(text_of(f) for f in frames) == "a"
+            assert "not retried" in frames[-1]["error"]["message"]
+
+            stats = await server.assert_full_capacity()
+            assert stats["retried"] == 2
             assert not alive(first_pid)
+            assert len(server.cli_pids()) == 2  # the crashed process and its replacement
             await assert_serves(server)
-            await server.assert_full_capacity()
+
+
+async def test_a_retried_turn_is_not_retried_twice(tmp_path: Path) -> None:
+    """Issue 15, item 10: the retry happens once; a turn whose second process crashes too
+    gets a 502 that says it was already retried."""
+    async with open_codex_server(tmp_path) as server:
+        with trio.fail_after(BOUND):
+            await assert_serves(server)
+            result: list[Any] = []
+
+            async def waiting() -> None:
+                result.append(await chat(server, fake(reply="never", first_delay=20)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiting)
+                await server.wait_stats(lambda s: s["in_flight"] == 1)
+                first = await chat(server, fake(crash_mid_turn=True))
+                assert first.status_code == 502, first.text
+                await server.wait_stats(lambda s: s["retried"] == 1 and s["in_flight"] == 1)
+                second = await chat(server, fake(crash_mid_turn=True))
+                assert second.status_code == 502, second.text
+            (response,) = result
+            assert response.status_code == 502, response.text
+            message = response.json()["error"]["message"]
+            assert "codex CLI exited" in message
+            assert "it had already been retried once on another worker" in message
+            stats = await server.assert_full_capacity(workers=0)
+            assert stats["retried"] == 1
+            pids = server.cli_pids()
+            assert len(pids) == 2 and not any(alive(p) for p in pids)  # both crashed
+            await assert_serves(server)
 
 
 async def test_hang_times_out_with_504(tmp_path: Path) -> None:

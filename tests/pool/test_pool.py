@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from clibridge._config import PoolConfig
-from clibridge._errors import CliCrashed, QueueFull, UnavailableError
+from clibridge._errors import BootError, CliCrashed, QueueFull, UnavailableError
 from clibridge._events import Message, Request, TextPart
 from clibridge._pool import WorkerPool
 from clibridge._worker import Binding
@@ -451,3 +451,69 @@ async def test_a_new_request_takes_a_finished_conversation_rather_than_wait_for_
     assert h.alive() == 2
     stats = h.pool.statistics()
     assert (stats.parked, stats.idle, stats.crashes) == (1, 1, 0)
+
+
+async def test_a_lease_moves_to_another_worker_and_keeps_its_permit(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 15, item 10: the supervisor's one retry of a turn whose worker died before any
+    output runs on another worker *on the same permit*: a request queued meanwhile stays
+    queued behind it instead of taking the permit (and the retry does not queue again)."""
+    h = await start(
+        nursery,
+        Harness(
+            PoolConfig(workers=1, spares=0, restart_backoff_initial=0.5), Plan(crash_in_turn=True)
+        ),
+    )
+    seen: list[tuple[str, float, int]] = []
+
+    async def retried() -> None:
+        async with h.pool.lease(A) as lease:
+            with pytest.raises(CliCrashed):
+                async for _ in lease.worker.turn(REQ):
+                    pass
+            h.plan.crash_in_turn = False
+            await lease.move_to_another_worker(A)
+            seen.append(("moved", trio.current_time(), lease.worker.id))
+            async for _ in lease.worker.turn(REQ):
+                pass
+
+    async def queued() -> None:
+        async with h.pool.lease(A) as lease:
+            seen.append(("queued one", trio.current_time(), lease.worker.id))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(retried)
+        await trio.sleep(1.1)  # worker 1 booted (1.0), its turn runs
+        inner.start_soon(queued)
+        await trio.sleep(0.2)
+        assert h.pool.statistics().queued == 1
+    # crash at 1.5; the replacement boots in 1 s; the queued request comes after the retry
+    assert seen == [("moved", pytest.approx(2.5), 2), ("queued one", pytest.approx(3.0), 2)]
+    stats = h.pool.statistics()
+    assert (stats.retried, stats.crashes, stats.in_flight, stats.queued) == (1, 1, 0, 0)
+
+
+async def test_a_lease_whose_move_fails_gives_its_permit_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(
+        nursery,
+        Harness(
+            PoolConfig(workers=1, spares=0, ready_timeout=5.0, restart_backoff_initial=0.5),
+            Plan(crash_in_turn=True),
+        ),
+    )
+    async with h.pool.lease(A) as lease:
+        with pytest.raises(CliCrashed):
+            async for _ in lease.worker.turn(REQ):
+                pass
+        h.plan.boot_fails = True
+        with pytest.raises((BootError, UnavailableError)):
+            await lease.move_to_another_worker(A)
+    stats = h.pool.statistics()
+    assert (stats.in_flight, stats.retried) == (0, 0)
+    h.plan.boot_fails = False
+    h.plan.crash_in_turn = False
+    await trio.sleep(60)  # past the backoff
+    assert await h.turn() >= 2  # capacity is back

@@ -326,3 +326,44 @@ async def test_real_codex_park_timeout_then_result_uses_the_fallback(
     assert "sunny in Tokyo" in json.dumps(outputs[0]["output"])
     # the history ends with the tool output: no empty user message after it
     assert body["input"][-1]["type"] == "function_call_output"
+
+
+async def test_a_resumed_turn_whose_process_dies_before_output_runs_again(tmp_path: Path) -> None:
+    """Issue 15, item 10, on the continuation path: the client's tool results went to the
+    paused thread, and the app-server died (another request crashed it) before the
+    continuation produced anything. The request runs once more, with the whole history, on
+    a new process -- there the replayed directive is history, so the default reply comes."""
+    with trio.fail_after(BOUND):
+        async with open_codex_server(tmp_path) as server:
+            prompt = fake(tool_calls=ONE, reply="Done.", first_delay=4) + "\nweather?"
+            convo = _loops.first_user("chat", prompt)
+            got: list[Any] = []
+            async with openai_client(server) as client:
+                first, _, finish = await _loops.chat_round(client, convo, stream=False, model=MODEL)
+                assert finish == "tool_calls"
+                _loops.chat_results(convo, first)
+
+                async def second() -> None:
+                    got.append(await _loops.chat_round(client, convo, stream=False, model=MODEL))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(second)
+                    while not tool_replies(server):  # noqa: ASYNC110 (a file another process writes)
+                        await trio.sleep(0.02)
+                    async with server.client() as raw:
+                        crash = await raw.post(
+                            "/v1/chat/completions",
+                            json={
+                                "model": MODEL,
+                                "messages": [
+                                    {"role": "user", "content": fake(crash_mid_turn=True)}
+                                ],
+                            },
+                        )
+                    assert crash.status_code == 502, crash.text
+            ((calls, text, finish),) = got
+            assert (calls, text, finish) == ([], "Hello from the fake CLI.", "stop")
+            stats = await server.stats()
+            assert (stats["resume_hits"], stats["retried"]) == (1, 1)
+            # the retry replayed the conversation into a new thread on the new process
+            assert len(server.sent("thread/start")) == 3

@@ -34,7 +34,10 @@ multiplexed worker a reclaim must not end the process and its other threads.
 
 Failures: the process exiting ends the pump, which closes every channel and wakes every
 waiter -> all in-flight turns raise :class:`~clibridge._errors.CliCrashed` with the stderr
-tail, ``healthy`` turns False and the pool replaces the worker. A turn left early (client
+tail, ``healthy`` turns False and the pool replaces the worker. One crash thus fails every
+thread on the process, not only the one that caused it: the supervisor runs each turn that
+had produced no output yet once more on another worker, and only the others reach their
+clients as errors (:meth:`clibridge._supervisor.Supervisor._retrying`). A turn left early (client
 gone, timeout, fail-fast upstream error) sends ``turn/interrupt`` and waits up to
 ``interrupt_grace`` (shielded) for ``turn/completed``. A thread that does not end in that
 time is abandoned; if it still runs one more ``interrupt_grace`` later it keeps the worker
@@ -441,7 +444,10 @@ class CodexWorker:
             if tool_results is not None:
                 log.info("codex worker %d: the paused thread is gone; full history", self.id)
             codex.render_input(request)  # refuse a bad conversation before touching the CLI
-        if not self.healthy or self._exited.is_set():
+        if self._exited.is_set():
+            # the process died since the lease was given: a crash like any other (retried)
+            raise await self._crashed("the start of a turn")
+        if not self.healthy:
             raise WorkerUnusable(f"codex worker {self.id} is not usable")
         self.active += 1
         self.turns += 1
