@@ -28,6 +28,10 @@ these at layer boundaries only.
     │   └── ToolsUnavailable          502  api_error         the CLI did not take the request's tools
     ├── BootError                     503  unavailable       a worker failed to start / get ready
     └── TurnTimeout                   504  timeout           wallclock or idle-stream timeout
+
+A :class:`CliCrashed` or :class:`ToolsUnavailable` raised before the turn produced any
+output is a failure of the worker, not of the request: the supervisor runs the turn once
+more on another worker, and a client sees the error only when that is not possible.
 """
 
 from __future__ import annotations
