@@ -172,9 +172,11 @@ def test_no_proc_filesystem_in_the_source() -> None:
 
 
 def test_zombies_are_not_living_members() -> None:
-    """A group whose only process is a zombie (dead, not reaped: where nothing reaps, as
-    with clibridge as PID 1 of a container) counts as empty, although ``killpg(pgid, 0)``
-    still succeeds for it on Linux."""
+    """Regression guard for issue 15, item 11: the /proc reader that teardown used skipped
+    zombies, and the portable seam that replaced it must too. A group whose only process is
+    a zombie (dead, not reaped: where nothing reaps, as with clibridge as PID 1 of a
+    container) counts as empty, although ``killpg(pgid, 0)`` still succeeds for it on
+    Linux."""
     leader = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
     )
