@@ -25,6 +25,7 @@ from clibridge._config import ServerConfig
 from clibridge._errors import BridgeError
 from clibridge._events import Event, Finished, FinishReason, Request, TextDelta, TurnStarted, Usage
 from clibridge._http import BridgeApp, create_app, serve_http
+from clibridge._http._connections import ConnectionTable
 from clibridge._service import ModelInfo, Readiness
 
 MODEL = "claude-sonnet-4-5"
@@ -150,9 +151,13 @@ class RunningServer:
 
 @asynccontextmanager
 async def open_server(
-    service: ScriptedService | None = None, **server: Any
+    service: ScriptedService | None = None,
+    *,
+    connections: ConnectionTable | None = None,
+    **server: Any,
 ) -> AsyncIterator[RunningServer]:
-    """The real app on Hypercorn on an ephemeral loopback port, for the test's duration."""
+    """The real app on Hypercorn on an ephemeral loopback port, for the test's duration
+    (its open connections in ``connections`` when given)."""
     server.setdefault("drain_timeout", 2.0)
     config = ServerConfig(host="127.0.0.1", port=0, **server)
     service = service or ScriptedService()
@@ -160,7 +165,9 @@ async def open_server(
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(
-            partial(serve_http, app, config, shutdown_trigger=shutdown.wait)
+            partial(
+                serve_http, app, config, shutdown_trigger=shutdown.wait, connections=connections
+            )
         )
         try:
             yield RunningServer(f"http://{host}:{port}", app, service, config, shutdown)
