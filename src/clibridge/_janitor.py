@@ -96,9 +96,12 @@ class JanitorStatistics:
 
     pid: int | None
     alive: bool
+    #: live process groups it knows (re-sent to every new janitor)
     registered: int
-    state: str = JanitorState.UP.value
-    restarts: int = 0
+    #: a :class:`JanitorState` value
+    state: str
+    #: janitors started after the first (after a death, or a failed start)
+    restarts: int
 
 
 def janitor_env(environ: Mapping[str, str]) -> dict[str, str]:
