@@ -26,6 +26,10 @@ class PeerClosed(Exception):
         self.got = got
 
 
+class NotHttp1(Exception):
+    """The server answered with bytes that do not start an HTTP/1.x response (h2)."""
+
+
 @attrs.frozen
 class Response:
     status: int
@@ -112,6 +116,14 @@ class Connection:
         del self.buffer[:n]
         return data
 
+    async def read_some(self) -> bytes:
+        """Whatever has arrived, waiting for at least one byte (b"" at EOF)."""
+        while not self.buffer and await self._fill():
+            pass
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
     async def read_until(self, marker: bytes) -> bytes:
         """Raw bytes up to and including ``marker`` (for a client that hangs up mid-stream)."""
         while (at := self.buffer.find(marker)) < 0:
@@ -124,6 +136,10 @@ class Connection:
     async def response(self, *, head_request: bool = False) -> Response:
         """The next final response (interim 1xx responses are skipped)."""
         while True:
+            while len(self.buffer) < 5 and await self._fill():
+                pass
+            if self.buffer and not b"HTTP/".startswith(bytes(self.buffer[:5])):
+                raise NotHttp1(bytes(self.buffer[:200]))
             status_line = await self._line()
             parts = status_line.split(b" ", 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
