@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -39,6 +40,8 @@ Connect = Callable[[str], Awaitable["RawClient"]]
 
 #: keep-alive timeout in these tests (seconds)
 KEEP_ALIVE = 0.4
+#: how long a connection must be idle before it may be replaced at the cap, in these tests
+EVICT_AFTER = 0.2
 FINISHED = Finished(FinishReason.END_TURN, USAGE)
 
 
@@ -138,9 +141,9 @@ async def connect() -> AsyncIterator[Connect]:
 
 @asynccontextmanager
 async def counted_server(
-    limit: int = 512, **server: Any
+    limit: int = 512, *, evict_after: float = EVICT_AFTER, **server: Any
 ) -> AsyncIterator[tuple[RunningServer, ConnectionTable]]:
-    table = ConnectionTable(limit)
+    table = ConnectionTable(limit, evict_after=evict_after)
     server.setdefault("keep_alive_timeout", KEEP_ALIVE)
     async with open_server(connections=table, **server) as running:
         yield running, table
@@ -359,8 +362,9 @@ async def test_sigterm_drain_is_not_held_by_idle_pooled_connections(
 
 async def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one(connect: Connect) -> None:
     """Issue 15: a cap on open connections (``server.max_connections``). A new connection
-    beyond it is not refused while another is only idle: the one idle longest is closed
-    (pooling clients reconnect), so the cap never turns a client away for others' pools."""
+    beyond it is not refused while another has been idle a while: the one idle longest is
+    closed (pooling clients reconnect), so the cap never turns a client away for others'
+    idle pools."""
     async with counted_server(limit=2, keep_alive_timeout=30.0) as (server, table):
         first = await connect(server.base_url)
         with trio.fail_after(5):
@@ -370,6 +374,7 @@ async def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one(connect
         second = await connect(server.base_url)  # idle, no request yet
         with trio.fail_after(5):
             await until(lambda: table.statistics().idle == 2)
+        await trio.sleep(EVICT_AFTER)
         third = await connect(server.base_url)
         assert await first.closed_within(1) < 1
         with trio.fail_after(5):
@@ -379,20 +384,33 @@ async def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one(connect
         assert (stats.open, stats.evicted, stats.refused) == (2, 1, 0)
 
 
-async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_a_503(connect: Connect) -> None:
-    """Issue 15: beyond the cap a new connection is refused promptly, never queued:
-    when no connection is idle it gets a 503 in its API's error shape with Retry-After
-    and ``Connection: close``, and is closed."""
-    async with counted_server(limit=1) as (server, table):
-        server.service.default = Script(steps=[TurnStarted(MODEL), TextDelta("a"), Sleep(30)])
-        busy = await connect(server.base_url)
-        await busy.send_request(
-            "POST", PATHS["anthropic_messages"], body_for("anthropic_messages", stream=True)
-        )
-        with trio.fail_after(5):
-            await server.service.wait_until(
-                lambda: bool(server.service.records) and server.service.last().sent >= 2
+@pytest.mark.parametrize("other", ["busy", "just_idle"])
+async def test_at_the_cap_with_no_connection_to_replace_a_new_one_gets_a_503(
+    other: str, connect: Connect
+) -> None:
+    """Issue 15: beyond the cap a new connection is refused promptly, never queued: when
+    every connection is in the middle of a request, or became idle too recently to be
+    closed safely (its client may be sending the next request on it right now), it gets
+    a 503 in its API's error shape with Retry-After and ``Connection: close``, and is
+    closed."""
+    async with counted_server(limit=1, evict_after=30.0, keep_alive_timeout=30.0) as (
+        server,
+        table,
+    ):
+        holder = await connect(server.base_url)
+        if other == "busy":
+            server.service.default = Script(steps=[TurnStarted(MODEL), TextDelta("a"), Sleep(30)])
+            await holder.send_request(
+                "POST", PATHS["anthropic_messages"], body_for("anthropic_messages", stream=True)
             )
+            with trio.fail_after(5):
+                await server.service.wait_until(
+                    lambda: bool(server.service.records) and server.service.last().sent >= 2
+                )
+        else:
+            with trio.fail_after(5):
+                await _served(holder, "get")
+            await until(lambda: table.statistics().idle == 1)
         dialects: tuple[Dialect, ...] = ("anthropic_messages", "openai_chat")
         for dialect in dialects:
             refused = await connect(server.base_url)
@@ -413,16 +431,19 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_a_503(connec
             await refused.closed_within(1)
         stats = table.statistics()
         assert (stats.open, stats.refused, stats.evicted) == (1, 2, 0)
-        await busy.aclose()
+        if other == "just_idle":
+            with trio.fail_after(5):
+                await _served(holder, "get")  # still open, still served
+        await holder.aclose()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK on the model name
 def test_sdk_clients_that_pool_connections_work_at_the_cap() -> None:
     """Issue 15: the cap must keep loopback clients working. Three official SDK clients
     (each keeps its connection in a pool) take turns against a server capped at two
-    connections, without retries: each new connection replaces an idle one, and a
-    client whose pooled connection was closed opens a new one by itself."""
-    table = ConnectionTable(2)
+    connections, without retries: each new connection replaces one that has been idle
+    a while, and a client whose pooled connection was closed opens a new one by itself."""
+    table = ConnectionTable(2, evict_after=EVICT_AFTER)
     with ThreadedServer(connections=table, keep_alive_timeout=30.0) as server:
         clients: list[openai.OpenAI | anthropic.Anthropic] = [
             openai.OpenAI(api_key="unused", base_url=f"{server.base_url}/v1", max_retries=0),
@@ -432,6 +453,7 @@ def test_sdk_clients_that_pool_connections_work_at_the_cap() -> None:
         try:
             for _ in range(3):
                 for client in clients:
+                    time.sleep(EVICT_AFTER * 1.5)  # the others' connections idle a while
                     if isinstance(client, openai.OpenAI):
                         completion = client.chat.completions.create(
                             model=MODEL, messages=[{"role": "user", "content": "hi"}]

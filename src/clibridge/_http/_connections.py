@@ -27,10 +27,13 @@ were missing for a server that any local process can reach (issue 15):
    ``server.max_connections`` open connections a new one takes the place of the
    connection that has been idle longest (closing an idle keep-alive connection is
    always allowed; pooling clients such as the SDKs reconnect), so a client is never
-   turned away because other clients keep idle pools. Only when every connection is in
-   the middle of a request is the new one refused: a 503 in the API's error shape with
-   ``Retry-After`` and ``Connection: close`` (at most :data:`MAX_REFUSING` at a time,
-   each bounded in time; beyond that it is closed at once). Nothing queues.
+   turned away because other clients keep idle pools. Closing races with the client
+   sending its next request on that connection, which then fails: under churn (more
+   busy clients than the cap) that hit most evictions when any idle connection could
+   go, so only one idle for :data:`EVICT_AFTER` (1 s) and with nothing unread in its
+   socket goes. Otherwise the new connection is refused: a 503 in the API's error
+   shape with ``Retry-After`` and ``Connection: close`` (at most :data:`MAX_REFUSING`
+   at a time, each bounded in time; beyond that it is closed at once). Nothing queues.
 
 Shutdown: when the trigger fires the listeners close (new connections are refused by the
 kernel), every idle connection is closed at once, a connection finishing its request is
@@ -45,6 +48,7 @@ stalled-client cut of :mod:`._exchange` finds the socket there, as it did in
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -75,6 +79,10 @@ REFUSE_TIMEOUT = 1.0
 #: open files kept for everything but client connections (workers' pipes, the janitor,
 #: listeners, refusals, logs)
 FD_RESERVE = 128
+#: idle connections looked at for one eviction (longest-idle first)
+EVICT_SCAN = 8
+#: a connection idle for less than this (seconds) is not closed to make room
+EVICT_AFTER = 1.0
 #: the "connection limit reached" warning at most this often (seconds)
 WARN_INTERVAL = 10.0
 
@@ -112,13 +120,16 @@ class ConnectionTable:
     closes the idle ones at shutdown.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, evict_after: float = EVICT_AFTER) -> None:
         if limit < 1:
             raise ValueError("the connection limit must be at least 1")
         self.limit = limit
+        #: a connection idle for less than this is not closed to make room
+        self.evict_after = evict_after
         self._open: set[_Connection] = set()
-        #: idle connections in the order they became idle (dicts keep insertion order)
-        self._idle: dict[_Connection, None] = {}
+        #: idle connections and when they became idle, longest-idle first (dicts keep
+        #: insertion order)
+        self._idle: dict[_Connection, float] = {}
         self._accepted = 0
         self._evicted = 0
         self._refused = 0
@@ -133,7 +144,7 @@ class ConnectionTable:
 
     def add(self, connection: _Connection) -> None:
         self._open.add(connection)
-        self._idle[connection] = None  # Hypercorn's timer runs from the start, too
+        self._idle[connection] = trio.current_time()  # Hypercorn's timer runs from the start
         self._accepted += 1
 
     def discard(self, connection: _Connection) -> None:
@@ -145,20 +156,30 @@ class ConnectionTable:
             return
         self._idle.pop(connection, None)
         if idle:
-            self._idle[connection] = None
+            self._idle[connection] = trio.current_time()
 
     def is_idle(self, connection: _Connection) -> bool:
         return connection in self._idle
 
     def evict_one(self) -> bool:
-        """Close the connection idle longest to make room; False when none is idle."""
-        victim = next(iter(self._idle), None)
-        if victim is None:
-            return False
-        self._evicted += 1
-        self.discard(victim)
-        victim.close()
-        return True
+        """Close the connection idle longest to make room; False when none may go.
+
+        Closing an idle keep-alive connection races with its client sending the next
+        request on it (that request then fails): so only a connection idle for
+        ``evict_after`` goes (a client that is busy reuses its connection sooner), and
+        not one whose client has already sent more that the server has not read yet.
+        Only the :data:`EVICT_SCAN` longest-idle connections are looked at.
+        """
+        old_enough = trio.current_time() - self.evict_after
+        for victim, since in itertools.islice(self._idle.items(), EVICT_SCAN):
+            if since > old_enough:
+                break  # the rest became idle later still
+            if not victim.has_pending_input():
+                self._evicted += 1
+                self.discard(victim)
+                victim.close()
+                return True
+        return False
 
     def count_refused(self) -> None:
         self._refused += 1
@@ -201,14 +222,16 @@ class _Connection(TCPServer):
         self._socket = stream.socket
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # before any checkpoint: a request that has just been read must not find its
+            # connection still counted idle (and closed to make room)
+            self._table.set_idle(self, event.idle)
         if isinstance(event, Updated | Closed):
             # Hypercorn calls this from inside the app's send, which Quart-Trio may have
             # just cancelled (module docstring, 1.): the idle timer's restart and the
             # close must happen all the same
             with trio.CancelScope(shield=True):
                 await super().protocol_send(event)
-            if isinstance(event, Updated):
-                self._table.set_idle(self, event.idle)
         else:
             await super().protocol_send(event)
 
@@ -220,6 +243,13 @@ class _Connection(TCPServer):
             # connection's task group, would hold the closed connection until it fires
             with trio.CancelScope(shield=True):
                 await self.idle_task.stop()
+
+    def has_pending_input(self) -> bool:
+        """Whether the client has sent bytes the server has not read yet (or closed)."""
+        try:
+            return self._socket.is_readable()
+        except (OSError, ValueError):  # already closed
+            return True
 
     def close(self) -> None:
         """Close the connection now (it is idle). The reader wakes up with
@@ -249,8 +279,8 @@ def refusal_response(head: bytes, open_connections: int) -> bytes:
     dialect = dialect_of(path, headers)
     error = UnavailableError(
         f"clibridge has {open_connections} open connections, its limit "
-        "(server.max_connections), and every one is in the middle of a request; retry "
-        "shortly, or raise server.max_connections",
+        "(server.max_connections), and each is in the middle of a request or was used "
+        "within the last second; retry shortly, or raise server.max_connections",
         retry_after=1,
     )
     body = json.dumps(error_body(dialect, error), separators=(",", ":")).encode()
@@ -401,9 +431,10 @@ class _Acceptor:
             stats = self.table.statistics()
             log.warning(
                 "connection limit reached: %d open (server.max_connections); a new connection "
-                "replaces the longest-idle one, or gets 503 when none is idle (%d evicted, "
-                "%d refused so far)",
+                "replaces the longest-idle one, or gets 503 when none has been idle for %g s "
+                "(%d evicted, %d refused so far)",
                 stats.open,
+                self.table.evict_after,
                 stats.evicted,
                 stats.refused,
             )
