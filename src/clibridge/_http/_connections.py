@@ -158,9 +158,6 @@ class ConnectionTable:
         if idle:
             self._idle[connection] = trio.current_time()
 
-    def is_idle(self, connection: _Connection) -> bool:
-        return connection in self._idle
-
     def evict_one(self) -> bool:
         """Close the connection idle longest to make room; False when none may go.
 

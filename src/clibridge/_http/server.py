@@ -56,7 +56,8 @@ async def serve_http(
     the config picks a free port). Open connections are kept in ``connections`` (a new
     table for ``max_connections`` by default; pass one to read its statistics): idle
     ones close after ``keep_alive_timeout``, and at the cap a new connection replaces
-    the longest-idle one (see :mod:`._connections`). When the trigger fires, the listener
+    the longest-idle one (idle for a second at least; else it gets 503; see
+    :mod:`._connections`). When the trigger fires, the listener
     closes at once, idle connections are closed, the app's ``draining`` event is set so
     open streams end with a final event, and in-flight requests get ``drain_timeout``
     before they are cancelled.
