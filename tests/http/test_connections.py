@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import h2.config
+import h2.connection
+import h2.events
 import h11
 import httpx
 import openai
@@ -178,6 +181,57 @@ async def test_an_idle_connection_is_closed_after_keep_alive_timeout(
         idle_for = await client.closed_within(KEEP_ALIVE + 2)
         assert KEEP_ALIVE * 0.8 <= idle_for <= KEEP_ALIVE + 1.0
         await until(lambda: not len(table))
+
+
+async def _h2c(client: RawClient, *, request: bool) -> None:
+    """Speak HTTP/2 with prior knowledge on ``client`` (as ``curl --http2-prior-knowledge``
+    does): the preface and settings, then one GET /healthz if ``request``."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    if request:
+        headers = [(":method", "GET"), (":path", "/healthz"), (":scheme", "http")]
+        conn.send_headers(stream_id, [*headers, (":authority", "127.0.0.1")], end_stream=True)
+    await client.stream.send_all(conn.data_to_send())
+    status = None
+    with trio.fail_after(5):
+        while True:
+            for event in conn.receive_data(await client.stream.receive_some(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                if isinstance(event, h2.events.StreamEnded) and request:
+                    assert status == b"200"
+                    return
+                if isinstance(event, h2.events.RemoteSettingsChanged) and not request:
+                    return
+            await client.stream.send_all(conn.data_to_send())
+
+
+@pytest.mark.parametrize("with_request", [False, True], ids=["preface", "after-request"])
+async def test_an_idle_h2c_connection_is_closed_after_keep_alive_timeout(
+    with_request: bool, connect: Connect
+) -> None:
+    """Regression (issue 15, the HTTP/2 variant the chaos suite found): a connection that
+    spoke h2c with prior knowledge and went idle stayed open past the keep-alive timeout
+    (the preface is parsed as an HTTP/1.1 request that marks the connection busy, and
+    HTTP/2 reports idle only when a stream closes)."""
+    async with counted_server() as (server, table):
+        client = await connect(server.base_url)
+        await _h2c(client, request=with_request)
+        idle_for = await client.closed_within(KEEP_ALIVE + 2)
+        assert idle_for <= KEEP_ALIVE + 1.0
+        await until(lambda: not len(table))
+
+
+async def test_shutdown_closes_an_idle_h2c_connection_at_once(connect: Connect) -> None:
+    """Regression (issue 15, HTTP/2 variant): one idle h2c connection made SIGTERM wait
+    the whole ``drain_timeout``."""
+    async with counted_server(keep_alive_timeout=30.0, drain_timeout=10.0) as (server, table):
+        client = await connect(server.base_url)
+        await _h2c(client, request=False)
+        await until(lambda: table.statistics().idle == 1)
+        server.shutdown.set()
+        assert await client.closed_within(1.0) < 1.0
 
 
 async def test_a_connection_in_use_is_not_closed_by_the_keep_alive_timer(connect: Connect) -> None:

@@ -51,6 +51,7 @@ import errno
 import itertools
 import json
 import logging
+import math
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,10 +59,11 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, Framework, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
@@ -151,6 +153,9 @@ class ConnectionTable:
         self._open.discard(connection)
         self._idle.pop(connection, None)
 
+    def idle(self, connection: _Connection) -> bool:
+        return connection in self._idle
+
     def set_idle(self, connection: _Connection, idle: bool) -> None:
         if connection not in self._open:
             return
@@ -233,13 +238,34 @@ class _Connection(TCPServer):
             await super().protocol_send(event)
 
     async def _read_data(self) -> None:
+        """Hypercorn 0.18's reading loop, plus: an HTTP/2 connection without streams is
+        idle, and reading's end stops the idle timer."""
         try:
-            await super()._read_data()
+            while True:
+                try:
+                    with trio.fail_after(self.config.read_timeout or math.inf):
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    break
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+                await self._idle_if_h2_without_streams()
+            await self.protocol.handle(Closed())
         finally:
             # nothing more will be read: without this the idle timer, a task in the
             # connection's task group, would hold the closed connection until it fires
             with trio.CancelScope(shield=True):
                 await self.idle_task.stop()
+
+    async def _idle_if_h2_without_streams(self) -> None:
+        # h2c with prior knowledge: the preface reaches Hypercorn's HTTP/1.1 parser as a
+        # request ("PRI * HTTP/2.0"), which reports the connection busy, and then it is
+        # handed to HTTP/2, which reports idle only when a stream closes: a connection
+        # that never opens one had no idle timer and held the shutdown
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H2Protocol) and protocol.idle and not self._table.idle(self):
+            await self.protocol_send(Updated(idle=True))
 
     def has_pending_input(self) -> bool:
         """Whether the client has sent bytes the server has not read yet (or closed)."""
