@@ -18,6 +18,10 @@ were missing for a server that any local process can reach (issue 15):
    :class:`_Connection` handles ``Updated`` and ``Closed`` under a shield: bookkeeping
    that must not be lost to the app's cancellation. Hypercorn's timer stays the one
    clock of keep-alive expiry (``server.keep_alive_timeout``).
+   The same timer was never started for an **h2c connection with prior knowledge**
+   that opened no stream: its preface is parsed as an HTTP/1.1 request (busy), and
+   HTTP/2 reports idle only when a stream closes; :class:`_Connection` reports such a
+   connection idle itself.
 2. **A closed connection lingered** until that timer fired: ``TCPServer.run`` waits for
    its task group, and the idle timer is in it, so a socket the client had closed stayed
    in CLOSE-WAIT for up to the keep-alive timeout. :class:`_Connection` stops the timer
