@@ -16,6 +16,8 @@ import attrs
 import trio
 
 MAX_HEAD = 256 * 1024
+#: the HTTP/2 client preface and an empty SETTINGS frame (h2c with prior knowledge)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 
 class PeerClosed(Exception):

@@ -281,6 +281,17 @@ async def wait_gone(server: ServeProcess, *, within: float = 10.0) -> None:
     assert not survivors, f"processes survived the server: {survivors}"
 
 
+async def terminate(server: ServeProcess, *, within: float) -> tuple[int | None, float]:
+    """SIGTERM; the exit code (None: still running after ``within`` seconds) and how
+    long the exit took."""
+    server.find_janitors()
+    t0 = trio.current_time()
+    server.process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(within):
+        await server.process.wait()
+    return server.process.poll(), trio.current_time() - t0
+
+
 def _kill_leftovers(server: ServeProcess) -> None:
     """After a failed test: end what the server left behind (all of it ours, by pid)."""
     for pid in server.survivors():
@@ -294,11 +305,13 @@ async def serve_process(
     *args: str,
     scenario: Mapping[str, Any] | None = None,
     state_dir: Path | None = None,
+    stop_within: float = 15.0,
 ) -> AsyncIterator[ServeProcess]:
     """``clibridge serve --backend fake --port 0`` with ``args``; yields once it listens.
 
-    On exit a server still running gets SIGTERM (then SIGKILL after 15 s); whatever it
-    left behind is killed, so a failing test leaves no process on the machine.
+    On exit a server still running gets SIGTERM (then SIGKILL after ``stop_within``
+    seconds); whatever it left behind is killed, so a failing test leaves no process on
+    the machine. Tests that promise a clean stop assert it with :func:`terminate`.
     """
     os.makedirs(tmp, exist_ok=True)
     record = tmp / "fake-record.jsonl"
@@ -354,7 +367,7 @@ async def serve_process(
             yield server
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(15):
+            with trio.move_on_after(stop_within):
                 await process.wait()
             nursery.cancel_scope.cancel()
     finally:
