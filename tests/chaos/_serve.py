@@ -225,10 +225,19 @@ class ServeProcess:
         parked conversations, nothing queued or booting) and no recorded CLI process is
         a stray; fail naming what is still wrong."""
         pools: dict[str, dict[str, Any]] = {}
+
+        def clean() -> bool:
+            return (
+                all(settled(s) for s in pools.values())
+                and not self.strays(pools)
+                # a worker being retired is listed until the pool has reaped it
+                and all(alive(pid) for pid in worker_pids(pools))
+            )
+
         with trio.move_on_after(within):
             while True:
                 pools = await self.all_stats()
-                if all(settled(s) for s in pools.values()) and not self.strays(pools):
+                if clean():
                     break
                 await trio.sleep(0.05)
         assert all(settled(s) for s in pools.values()), f"pools never settled: {_brief(pools)}"
