@@ -1,7 +1,7 @@
 """Scale, seed and the figures the chaos and fuzz tests report.
 
 ``CLIBRIDGE_CHAOS_SCALE`` (default 1) multiplies the request counts (and the number of
-idle connections): ``CLIBRIDGE_CHAOS_SCALE=10`` is a manual soak of ~25 minutes.
+idle connections): ``CLIBRIDGE_CHAOS_SCALE=10`` is a manual soak of ~15 minutes.
 ``CLIBRIDGE_CHAOS_SEED`` fixes the random choices (default: a fixed seed, so a CI failure
 replays); ``CLIBRIDGE_CHAOS_REPORT=path.json`` also writes the figures to that file.
 

@@ -186,7 +186,15 @@ class ServeProcess:
 
     def spawned(self) -> int:
         """How many fake CLI processes were started (grandchildren not counted)."""
-        return sum(1 for f in read_record(self.record) if "pid" in f and "argv" in f)
+        return sum(self.spawned_by_backend().values())
+
+    def spawned_by_backend(self) -> dict[str, int]:
+        """Fake CLI processes started, by backend (``fake_claude`` / ``fake_codex``)."""
+        out = {"claude": 0, "codex": 0}
+        for fact in read_record(self.record):
+            if "pid" in fact and "argv" in fact:
+                out["codex" if any("fake_codex" in a for a in fact["argv"]) else "claude"] += 1
+        return out
 
     async def all_stats(self) -> dict[str, dict[str, Any]]:
         async with self.client(timeout=10.0) as client:
@@ -240,12 +248,39 @@ class ServeProcess:
                 if clean():
                     break
                 await trio.sleep(0.05)
-        assert all(settled(s) for s in pools.values()), f"pools never settled: {_brief(pools)}"
+        leaked = [
+            name
+            for name, s in pools.items()
+            if s["in_flight"] > s["parked"] and not any(w["state"] == "busy" for w in s["workers"])
+        ]
+        hint = (
+            f" -- {leaked}: a lease in flight with no worker busy, the permit leak of "
+            "tests/chaos/test_queue_race.py?"
+            if leaked
+            else ""
+        )
+        assert all(settled(s) for s in pools.values()), (
+            f"pools never settled: {_brief(pools)}{hint}"
+        )
         strays = self.strays(pools)
         assert not strays, f"CLI processes outside the pools (orphans): {strays}"
         for pid in worker_pids(pools):
             assert alive(pid), f"worker {pid} reported by /v1/stats is not alive"
         return pools
+
+    def describe(self, pids: Mapping[int, str]) -> list[str]:
+        """Each process with its group, whose worker it was, and what the log says of it."""
+        out = []
+        for pid, command in pids.items():
+            group = pgid_of(pid)
+            lines = [
+                line
+                for line in self.log.text(_TAIL).splitlines()
+                if group is not None and (f"pid {group}" in line or f"{group})" in line)
+            ]
+            worker = "a recorded CLI" if group in self.cli_pids() else "no recorded CLI"
+            out.append(f"{pid} {command!r} in group {group} ({worker}); log: {lines[-3:]}")
+        return out
 
     def survivors(self) -> dict[int, str]:
         """After the server exited: every process of it still alive."""
@@ -287,7 +322,7 @@ async def wait_gone(server: ServeProcess, *, within: float = 10.0) -> None:
         while server.survivors():  # noqa: ASYNC110
             await trio.sleep(0.02)
     survivors = server.survivors()
-    assert not survivors, f"processes survived the server: {survivors}"
+    assert not survivors, f"processes survived the server: {server.describe(survivors)}"
 
 
 async def terminate(server: ServeProcess, *, within: float) -> tuple[int | None, float]:

@@ -509,6 +509,7 @@ def tally(outcomes: Iterable[Outcome]) -> dict[str, Any]:
         "status_500": sum(o.status == 500 for o in outcomes),
         "hangs": sum(o.kind == "hang" for o in outcomes),
         "codex_collateral": sum(o.collateral for o in outcomes),
+        "codex_collateral_streaming": sum(o.collateral and o.spec.stream for o in outcomes),
         "seconds_p50": round(percentile(seconds, 0.5), 3),
         "seconds_p99": round(percentile(seconds, 0.99), 3),
         "seconds_max": round(max(seconds, default=0.0), 3),

@@ -3,7 +3,8 @@ SIGKILL under load against another. What must hold afterwards is asserted test b
 on the record of one run (the module fixture :func:`chaos`).
 
 The run (``clibridge serve --backend fake`` as a child process, :func:`._workload.server_args`:
-3 workers + 1 spare and a queue of 6 per backend, 2 s stream-idle timeout):
+3 workers + 1 spare and a queue of 6 per backend, 2 s stream-idle timeout; every fake CLI
+spawns a grandchild into its process group):
 
 1. idle connections are opened (fresh, after a GET, a POST and a stream, and after the
    HTTP/2 preface) and left;
@@ -126,8 +127,9 @@ class ChaosRun:
     rss_after: float = 0.0
     rss_max: float = 0.0
     rss_end: float = 0.0
-    #: RSS at rest after each round of 1,000 load requests
+    #: RSS at rest after each round of 1,000 load requests, and each round's wall time
     rss_rounds: list[float] = attrs.field(factory=list)
+    round_seconds: list[float] = attrs.field(factory=list)
     stats_warm: dict[str, Any] = attrs.field(factory=dict)
     stats_after: dict[str, Any] = attrs.field(factory=dict)
     spawned_warm: int = 0
@@ -159,7 +161,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
 
 async def _chaos(tmp: Path, run: ChaosRun) -> None:
     keep_alive = _keep_alive_timeout()
-    async with serve_process(tmp, *server_args()) as server:
+    # every fake CLI spawns a grandchild into its process group: the orphan checks then
+    # cover process groups, not just the CLI processes
+    scenario = {"default": {"spawn_grandchild": True}}
+    async with serve_process(tmp, *server_args(), scenario=scenario) as server:
         idle = await _open_idle_connections(server, scaled(8))
         run.idle = IdleCheck(keep_alive, opened=len(idle))
         opened_at = trio.current_time()
@@ -188,9 +193,11 @@ async def _chaos(tmp: Path, run: ChaosRun) -> None:
             nursery.start_soon(sample_rss)
             # in rounds of 1,000, the RSS at rest after each (a soak shows a leak's slope)
             for at in range(0, len(specs), 1000):
+                started = trio.current_time()
                 run.load += await run_load(
                     server.base_url, specs[at : at + 1000], concurrency=CONCURRENCY
                 )
+                run.round_seconds.append(trio.current_time() - started)
                 await _settle(server, run)
                 run.rss_rounds.append(await _quiet_rss(server))
             done.set()
@@ -352,8 +359,9 @@ async def _check_slots(server: ServeProcess, backend: Backend) -> SlotCheck:
     try:
         await server.wait_stats(lambda p: settled(p[backend]), within=20, what="slots back")
         check.settled_after = True
-    except AssertionError:
+    except AssertionError as exc:
         check.settled_after = False
+        check.extra_message += f" / afterwards: {exc}"
     return check
 
 
@@ -439,6 +447,7 @@ def _report(run: ChaosRun) -> None:
         "chaos: load",
         **tally(run.load),
         wall_seconds=round(run.load_seconds, 1),
+        seconds_per_1000=[round(x, 1) for x in run.round_seconds],
         requests_per_second=round(len(run.load) / max(run.load_seconds, 1e-9), 1),
         problems=len(problems(run.load)),
         malformed_directive_statuses=sorted(
@@ -498,7 +507,6 @@ def test_no_500_and_every_outcome_is_right_for_its_behaviour(chaos: ChaosRun) ->
     assert tally(chaos.outcomes)["status_500"] == 0
     found = problems(chaos.outcomes)
     assert not found, f"{len(found)} wrong outcomes:\n" + "\n".join(found[:30])
-    assert not chaos.settle_error, chaos.settle_error
 
 
 def test_no_hang(chaos: ChaosRun) -> None:
@@ -509,8 +517,11 @@ def test_no_hang(chaos: ChaosRun) -> None:
 
 
 def test_no_orphan_process(chaos: ChaosRun) -> None:
-    """After the load every recorded CLI process is a pool's worker (or in a worker's
-    process group); after the SIGTERM none is left, the janitor included."""
+    """After the warm-up and after every 1,000 load requests the pools settle (full
+    capacity back, every worker they list alive) and every recorded CLI process is a
+    pool's worker or in a worker's process group; after the SIGTERM none is left, the
+    janitor included."""
+    assert not chaos.settle_error, chaos.settle_error
     assert not chaos.strays, chaos.strays
     assert not chaos.sigterm.survivors, chaos.sigterm.survivors
 
@@ -528,18 +539,20 @@ def test_no_leaked_slot(chaos: ChaosRun, backend: Backend) -> None:
     assert check.retry_after is not None
     assert "slots are busy" in check.extra_message
     assert check.extra_seconds < 2.0
-    assert check.settled_after
+    assert check.settled_after, check.extra_message
 
 
 def test_rss_flat(chaos: ChaosRun) -> None:
-    """Server RSS at rest after every 1,000 load requests is within max(10 MiB, 15 %) of
-    the RSS at rest after the warm-up."""
-    assert chaos.rss_rounds
-    assert max(chaos.rss_rounds) - chaos.rss_warm <= _rss_allowance(chaos), (
-        chaos.rss_warm,
-        chaos.rss_rounds,
-        chaos.rss_max,
-    )
+    """Server RSS at rest after the load -- after the last round of 1,000 requests, and
+    the median over the rounds -- is within max(10 MiB, 15 %) of the RSS at rest after
+    the warm-up. (A single round may sit higher: glibc keeps a freed arena for a while;
+    a soak showed 109 MiB, then 137 MiB for three rounds, then 109 MiB again.)"""
+    rounds = sorted(chaos.rss_rounds)
+    assert rounds
+    median = rounds[len(rounds) // 2]
+    allowance = _rss_allowance(chaos)
+    assert chaos.rss_rounds[-1] - chaos.rss_warm <= allowance, (chaos.rss_warm, chaos.rss_rounds)
+    assert median - chaos.rss_warm <= allowance, (chaos.rss_warm, chaos.rss_rounds)
 
 
 def test_no_traceback_in_the_server_log(chaos: ChaosRun) -> None:

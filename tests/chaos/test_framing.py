@@ -444,7 +444,9 @@ async def test_idle_and_slowloris_connections_do_not_starve_the_server(tmp_path:
     """Hundreds of connections that send nothing, or half a request head, or one
     request and then nothing: meanwhile requests on new connections are served at once;
     a SIGTERM with all of them open ends the server at once (issue 15 item 3)."""
-    count = scaled(300)
+    # below server.max_connections (512): at the cap a new connection takes an idle
+    # one's place or gets 503 by design (tests/http/test_connections.py tests that)
+    count = min(scaled(300), 450)
     async with framing_server(tmp_path) as server:
         host = f"{server.host}:{server.port}"
         conns: list[Connection] = []
