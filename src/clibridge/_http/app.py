@@ -261,6 +261,9 @@ async def _read_json() -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise RequestError("the request body is nested too deeply", param="$") from None
+    except ValueError as exc:
+        # e.g. an integer literal longer than Python's int_max_str_digits (4,300 digits)
+        raise RequestError(f"the request body is not acceptable JSON: {exc}", param="$") from None
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object", param="$")
     return body
