@@ -406,13 +406,15 @@ def judge(spec: Spec, status: int, headers: httpx.Headers, body: str, seconds: f
 async def run_spec(base_url: str, client: httpx.AsyncClient, spec: Spec) -> Outcome:
     """Send ``spec`` and judge what comes back, within :data:`REQUEST_BOUND`."""
     t0 = trio.current_time()
+    parts: list[str] = []
+    status: int | None = None
     try:
         with trio.fail_after(REQUEST_BOUND):
             if spec.behaviour.hangup is not None:
                 return await _hang_up(base_url, spec, t0)
             async with client.stream("POST", spec.path, json=spec.body()) as response:
+                status = response.status_code
                 if spec.stream and response.status_code == 200:
-                    parts: list[str] = []
                     async with aclosing(response.aiter_text()) as chunks:  # type: ignore[type-var]
                         async for chunk in chunks:
                             parts.append(chunk)
@@ -423,12 +425,19 @@ async def run_spec(base_url: str, client: httpx.AsyncClient, spec: Spec) -> Outc
                 spec, response.status_code, response.headers, body, trio.current_time() - t0
             )
     except trio.TooSlowError:
+        # what had arrived says where it stuck: in the queue, before the head, mid-stream
+        got = "".join(parts)
         return Outcome(
-            spec, "hang", None, trio.current_time() - t0, f"no end within {REQUEST_BOUND} s"
+            spec,
+            "hang",
+            status,
+            trio.current_time() - t0,
+            f"no end within {REQUEST_BOUND} s (head: {status}, {len(got)} bytes of body, "
+            f"ending {got[-160:]!r})",
         )
     except (httpx.HTTPError, OSError) as exc:
         return Outcome(
-            spec, "no_response", None, trio.current_time() - t0, f"{type(exc).__name__}: {exc}"
+            spec, "no_response", status, trio.current_time() - t0, f"{type(exc).__name__}: {exc}"
         )
 
 
