@@ -399,6 +399,12 @@ class WorkerPool:
         try:
             with trio.move_on_after(self.config.queue_timeout):
                 await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                # the permit arrived in the tick the request was cancelled: give it back,
+                # or it leaks for good (found by the chaos soak)
+                self._release_permit()
+            raise
         finally:
             # Trio wakes a parked task either by set() or by a cancel, never both: an unset
             # event means we are still queued and must leave the queue (cancel or timeout).

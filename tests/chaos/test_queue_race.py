@@ -38,7 +38,6 @@ RACE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=RACE)
 async def test_a_waiter_cancelled_as_its_permit_arrives_gives_the_permit_back(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
