@@ -82,6 +82,31 @@ async def test_sigterm_ignoring_child_killed_after_grace() -> None:
     assert live_group_members(child.pgid) == []
 
 
+@pytest.mark.parametrize("mid_turn", [False, True])
+async def test_a_child_mid_turn_gets_no_polite_stop(tmp_path: Path, mid_turn: bool) -> None:
+    """A CLI stopped politely (stdin EOF, SIGTERM) finishes its turn first: a claude waiting
+    for a tool result then sends the model one more request. Mid-turn it is killed outright,
+    so whatever it does on EOF or SIGTERM never happens."""
+    marker = tmp_path / "finished-the-turn"
+    code = f"""
+        import signal, sys, time
+        def finish(*_):
+            open({str(marker)!r}, "w").write("spent")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, finish)
+        print("ready", flush=True)
+        sys.stdin.read()
+        finish()
+    """
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with open_child(py(code), nursery=nursery, kill_grace=5) as child:
+                assert await child.receive_line() == b"ready"
+                child.holds_work = lambda: mid_turn
+    assert marker.exists() is not mid_turn
+    assert child.returncode == (-signal.SIGKILL if mid_turn else 0)
+
+
 async def test_cancelled_body_still_tears_down() -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:

@@ -15,6 +15,10 @@ down, shielded from cancellation and bounded in time:
 
 1. close stdin (a well-behaved CLI exits at EOF);
 2. if the child still runs: SIGTERM to the whole group, wait ``kill_grace``;
+   both steps are skipped while :attr:`ChildProcess.holds_work` says the child is in the
+   middle of a turn: a CLI told to stop politely then ends its turn first -- a claude
+   waiting for a client's tool result answers the model with the failed call, one more
+   model request the user pays for and nobody reads;
 3. SIGKILL to the whole group -- always, even after a normal exit, because
    grandchildren may still hold the group (and our pipes) open;
 4. wait for the exit, unregister the group from the janitor.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -84,6 +88,8 @@ class ChildProcess:
         self._eof = False
         self._stderr_tail = bytearray()
         self.stderr_closed = trio.Event()
+        #: set by the worker: True while the child is mid-turn (teardown kills it at once)
+        self.holds_work: Callable[[], bool] = _never
 
     @property
     def pid(self) -> int:
@@ -189,12 +195,10 @@ class ChildProcess:
     async def _teardown(self, kill_grace: float) -> None:
         """Shielded and bounded: stdin EOF, TERM the group, grace, KILL the group."""
         with trio.CancelScope(shield=True):
-            if self._process.stdin is not None:
-                await self._process.stdin.aclose()
-            if self._process.returncode is None:
-                signal_group(self.pgid, signal.SIGTERM)
-                with trio.move_on_after(kill_grace):
-                    await self._process.wait()
+            if self.holds_work():
+                log.debug("child %d is mid-turn: killed without grace", self.pid)
+            else:
+                await self._stop_politely(kill_grace)
             # even after a clean exit: grandchildren may remain in the group
             signal_group(self.pgid, signal.SIGKILL)
             with trio.move_on_after(_AFTER_KILL_WAIT):
@@ -205,6 +209,18 @@ class ChildProcess:
                     await trio.sleep(0.005)
             if self._process.returncode is None or group_alive(self.pgid):
                 log.error("group %d survived SIGKILL for %.0f s", self.pgid, _AFTER_KILL_WAIT)
+
+    async def _stop_politely(self, kill_grace: float) -> None:
+        if self._process.stdin is not None:
+            await self._process.stdin.aclose()
+        if self._process.returncode is None:
+            signal_group(self.pgid, signal.SIGTERM)
+            with trio.move_on_after(kill_grace):
+                await self._process.wait()
+
+
+def _never() -> bool:
+    return False
 
 
 @asynccontextmanager
@@ -245,7 +261,7 @@ async def open_child(
             # left the group could hold it open, so bound the wait and then close it
             with trio.move_on_after(1.0):
                 await child.stderr_closed.wait()
-            for stream in (process.stdout, process.stderr):
+            for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None:
                     await stream.aclose()
         if janitor is not None:

@@ -260,6 +260,9 @@ class ClaudeWorker:
 
     def _on_spawned(self, child: ChildProcess, nursery: trio.Nursery) -> None:
         self._child = child
+        # a turn that runs or waits for tool results: stopping politely would let the CLI
+        # finish it with one more (paid, unread) model request
+        child.holds_work = lambda: self._exchange is not None or self._paused is not None
         self.pid = child.pid
         nursery.start_soon(self._pump, child)
 

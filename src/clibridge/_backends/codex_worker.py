@@ -195,6 +195,8 @@ class CodexWorker:
         self._child = child
         self.pid = child.pid
         self._nursery = nursery
+        # running or paused turns: a polite stop could let codex finish them upstream
+        child.holds_work = lambda: self.active > 0 or bool(self._paused)
         nursery.start_soon(self._pump, child)
 
     async def _handshake(self) -> None:
