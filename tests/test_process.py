@@ -99,10 +99,12 @@ async def test_a_child_mid_turn_gets_no_polite_stop(tmp_path: Path, mid_turn: bo
         finish()
     """
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            async with open_child(py(code), nursery=nursery, kill_grace=5) as child:
-                assert await child.receive_line() == b"ready"
-                child.holds_work = lambda: mid_turn
+        async with (
+            trio.open_nursery() as nursery,
+            open_child(py(code), nursery=nursery, kill_grace=5) as child,
+        ):
+            assert await child.receive_line() == b"ready"
+            child.holds_work = lambda: mid_turn
     assert marker.exists() is not mid_turn
     assert child.returncode == (-signal.SIGKILL if mid_turn else 0)
 
