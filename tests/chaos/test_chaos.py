@@ -725,13 +725,6 @@ async def test_codex_crash_fails_only_its_own_thread(tmp_path: Path) -> None:
         assert [s for s, _ in statuses] == [200, 200], statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by tests/chaos, not yet fixed: while a child process of the codex CLI "
-    "holds the CLI's stdout (the fake's spawn_grandchild inherits it), the CLI's death is "
-    "noticed only at stream_idle_timeout: 504 instead of 502, and no retry on another "
-    "worker (item 10); in the chaos mix some codex requests then outlast every timeout",
-)
 async def test_codex_crash_is_noticed_while_a_child_holds_its_stdout(tmp_path: Path) -> None:
     """A fake codex whose grandchild inherited its stdout crashes mid-turn: the request
     gets 502 at once (the process exit tells, not only EOF on the pipe)."""

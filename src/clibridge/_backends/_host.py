@@ -5,11 +5,18 @@ answer its readiness handshake, report ``started`` only then, and live until the
 exits by itself (return) or the caller's scope is cancelled (teardown in ``open_child``:
 group TERM, grace, KILL, shielded and bounded). Failures before readiness become a
 :class:`~clibridge._errors.BootError` (the handshake's own, or "cannot start").
+
+A worker learns of its CLI's death from EOF on stdout. A child of the CLI that inherited
+the pipe (a shell tool, an MCP server) keeps it open after the CLI died, so the host also
+watches the exit itself: once the CLI is gone and stdout has not ended within
+:data:`STDOUT_SETTLE`, the rest of its process group is killed, which closes the pipe and
+lets the crash be noticed (and the turn retried) at once instead of at a timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -17,6 +24,7 @@ import trio
 from .._errors import BootError, CliCrashed
 from .._janitor import Janitor
 from .._process import ChildProcess, ChildSpec, open_child
+from .._process_groups import signal_group
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ async def host_child(
             ) as child:
                 spawned = True
                 on_spawned(child, nursery)
+                nursery.start_soon(_end_orphaned_stdout, child, exited, cli)
                 try:
                     await handshake()
                 except BootError as exc:
@@ -69,6 +78,23 @@ async def host_child(
 
 #: how long a dying CLI gets for its last words on stderr / its exit code
 STDERR_SETTLE = 0.5
+#: how long stdout may stay open after the CLI exited before its group is killed
+STDOUT_SETTLE = 0.5
+
+
+async def _end_orphaned_stdout(child: ChildProcess, exited: trio.Event, cli: str) -> None:
+    """Kill what is left of the group of a CLI that exited while its stdout stays open."""
+    await child.wait()
+    with trio.move_on_after(STDOUT_SETTLE):
+        await exited.wait()
+        return
+    log.warning(
+        "the %s CLI (pid %d) exited but its stdout stays open (a child of it holds it); "
+        "killing its process group",
+        cli,
+        child.pid,
+    )
+    signal_group(child.pgid, signal.SIGKILL)
 
 
 async def settled_stderr_tail(child: ChildProcess | None) -> str:

@@ -29,6 +29,8 @@ log = logging.getLogger("clibridge.http")
 
 #: the scope key under which the middleware leaves the request's :class:`Exchange`
 EXCHANGE_KEY = "clibridge.exchange"
+#: the longest the last send of an HTTP/1.x response is kept from cancellation (seconds)
+END_SEND_BOUND = 5.0
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -89,19 +91,29 @@ def _find_transport() -> trio.SocketStream | None:
 
 
 async def _send_end_shielded(send: Send, message: Any) -> None:
-    """Send ``message``; the last one of a response under a shield.
+    """Send ``message``; the last one of an HTTP/1.x response under a bounded shield.
 
     With ``Connection: close`` Hypercorn closes the socket inside the app's send of the
     last body chunk, after telling the app ``http.disconnect``, on which Quart-Trio
     cancels the app: the send in progress, so the close. When the request body was not
     read (a 401 / 403 / 413 / 415 answered before reading it) the socket then stayed open
-    until the client gave up. Hypercorn's socket writes are shielded anyway.
+    until the client gave up. Hypercorn's socket writes are shielded anyway; the shield
+    is bounded by :data:`END_SEND_BOUND` all the same.
+
+    HTTP/2 streams get no shield: their last send waits for the peer's flow-control
+    window, which a client that left never opens -- shielded, that send held a graceful
+    shutdown for ever (an ``Upgrade: h2c`` request whose client left at the 101).
     """
     if message.get("type") == "http.response.body" and not message.get("more_body", False):
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + END_SEND_BOUND
             await send(message)
     else:
         await send(message)
+
+
+def _end_sender(scope: Scope, send: Send) -> Send:
+    return send if scope.get("http_version") == "2" else partial(_send_end_shielded, send)
 
 
 class ExchangeMiddleware:
@@ -124,7 +136,7 @@ class ExchangeMiddleware:
             exchange = Exchange(nursery, _find_transport())
             scope[EXCHANGE_KEY] = exchange
             try:
-                await self._app(scope, receive, partial(_send_end_shielded, send))
+                await self._app(scope, receive, _end_sender(scope, send))
             finally:
                 # a body generator that never ran never abandoned its producer
                 for producer in exchange.producers:
