@@ -167,6 +167,8 @@ def run(count: int, fake: bool) -> dict[str, Any]:
     return {
         "backend": "fake" if fake else "real claude + stub",
         "distinct": summary([ms(x) for x in distinct]),
+        "distinct_ms": [round(ms(x), 1) for x in distinct],
+        "growing_ms": [round(ms(x), 1) for x in growing],
         "growing": summary([ms(x) for x in growing]),
         "processes_max": most,
         "processes_end": len(pids),

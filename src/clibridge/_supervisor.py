@@ -163,7 +163,7 @@ class Supervisor:
             step = match.plan
             async with pool.resume(parked.key) as lease:
                 if lease is not None and step is not None:
-                    worker: Any = lease.worker
+                    worker = lease.worker
                     counts["hits"] += 1
                     log.info(
                         "%s worker %d: resumed a parked conversation (%s, %d new messages, "
@@ -186,13 +186,11 @@ class Supervisor:
                         tracker.park(lease, table)
                     return
                 miss = "gone" if lease is None else "cannot_continue"
-                if lease is not None:
-                    drop = getattr(lease.worker, "drop_paused_calls", None)
-                    if drop is not None:
-                        # multiplexed: end only the paused thread, not the process
-                        drop(cli for _, cli in parked.pending)
-                    else:
-                        lease.retire_on_release = parked.mid_turn
+                if lease is not None and not lease.worker.drop_paused_calls(
+                    cli for _, cli in parked.pending
+                ):
+                    # the paused turn ends only with its process
+                    lease.retire_on_release = parked.mid_turn
         if any(m.role == "assistant" for m in request.messages):
             counts["misses"] += 1
             counts["miss:" + miss] += 1
@@ -392,18 +390,17 @@ class _Tracker:
         worker = lease.worker
         if parked is None or not worker.healthy:
             return
-        holds = getattr(worker, "holds_paused_calls", None)
-        if holds is not None:
-            # a multiplexed (codex) worker: only a thread waiting for tool results parks,
-            # and a reclaim must not retire the process serving other threads (the worker
-            # ends the paused thread itself after park_ttl)
-            if parked.mid_turn and holds(cli for _, cli in parked.pending):
-                lease.park(parked.key, reusable=True)
-                table.add(parked)
+        if parked.mid_turn:
+            if not worker.holds_paused_calls(cli for _, cli in parked.pending):
+                return  # e.g. a tool_use stop the worker did not pause on: nothing to resume
+            # a worker that serves other conversations (codex threads) is not retired when
+            # the pause is reclaimed: it ends the paused thread itself after park_ttl
+            reusable = not worker.continues_finished_turns
+        elif worker.continues_finished_turns and not worker.paused:
+            reusable = True
+        else:
             return
-        if bool(getattr(worker, "paused", False)) != parked.mid_turn:
-            return  # e.g. a tool_use stop the worker did not pause on: nothing to resume
-        lease.park(parked.key, reusable=not parked.mid_turn)
+        lease.park(parked.key, reusable=reusable)
         table.add(parked)
 
 

@@ -22,19 +22,27 @@ Life cycle (DESIGN.md): ``spawning -> booted -> bound -> busy -> idle/parked -> 
                                 early (cancel, client gone) interrupts the turn and waits
                                 up to interrupt_grace for the CLI to end it; if it does
                                 not, ``worker.healthy`` turns False and the pool retires it.
+                                ``messages=``: continue the finished conversation the
+                                worker holds with only these (when it
+                                ``continues_finished_turns``); ``tool_results=``: answer
+                                the calls of a turn paused on them.
+    worker.holds_paused_calls / drop_paused_calls
+                                whether a turn of this worker waits for exactly these
+                                tool calls; end that turn because the client went another
+                                way (False: only retiring the process ends it).
     worker.healthy              False after a protocol error, crash, unacknowledged
                                 interrupt or timeout: the pool must not reuse it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
 import trio
 
-from ._events import Event, Request
+from ._events import Event, Message, Request, ToolResultPart
 
 
 @attrs.frozen
@@ -71,9 +79,26 @@ class Worker(Protocol):
     healthy: bool
     #: the child's process id, None when not spawned or for in-process fakes
     pid: int | None
+    #: a finished turn can be continued on this worker with only the new messages
+    continues_finished_turns: bool
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
 
     async def bind(self, binding: Binding) -> None: ...
 
-    def turn(self, request: Request) -> AsyncIterator[Event]: ...
+    def turn(
+        self,
+        request: Request,
+        *,
+        messages: Sequence[Message] | None = None,
+        tool_results: Mapping[str, ToolResultPart] | None = None,
+    ) -> AsyncIterator[Event]: ...
+
+    @property
+    def paused(self) -> bool:
+        """A turn of this worker waits for a client's tool results."""
+        ...
+
+    def holds_paused_calls(self, call_ids: Iterable[str]) -> bool: ...
+
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool: ...

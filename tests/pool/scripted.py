@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from clibridge._errors import BootError, CliCrashed
-from clibridge._events import Event, Finished, FinishReason, Request, TextDelta, TurnStarted, Usage
+from clibridge._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Message,
+    Request,
+    TextDelta,
+    ToolResultPart,
+    TurnStarted,
+    Usage,
+)
 from clibridge._worker import Binding
 
 
@@ -29,6 +39,9 @@ class Plan:
 
 
 class ScriptedWorker:
+    continues_finished_turns = False
+    paused = False
+
     def __init__(self, id: int, plan: Plan, log: list[tuple[float, str, int]]) -> None:
         self.id = id
         self.binding: Binding | None = None
@@ -69,7 +82,19 @@ class ScriptedWorker:
         if not self._plan.multiplexed:
             self.binding = binding
 
-    async def turn(self, request: Request) -> AsyncIterator[Event]:
+    def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        return False
+
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        return False
+
+    async def turn(
+        self,
+        request: Request,
+        *,
+        messages: Sequence[Message] | None = None,
+        tool_results: Mapping[str, ToolResultPart] | None = None,
+    ) -> AsyncIterator[Event]:
         self._note("turn")
         yield TurnStarted(model=request.model)
         try:

@@ -70,7 +70,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -170,6 +170,9 @@ def _listed_tools(status: Mapping[str, Any] | None) -> list[str] | None:
 class ClaudeWorker:
     """A claude stream-json worker implementing :class:`clibridge._worker.Worker`."""
 
+    #: one conversation per process, continued across turns
+    continues_finished_turns = True
+
     def __init__(
         self,
         id: int,
@@ -232,6 +235,15 @@ class ClaudeWorker:
     def paused(self) -> bool:
         """Mid-turn, waiting for the client's tool results."""
         return self._paused is not None
+
+    def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        """True when the turn waits for exactly these tool calls (the CLI's ids)."""
+        wanted = set(call_ids)
+        return self._paused is not None and bool(wanted) and set(self._paused.calls) == wanted
+
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        """False: the CLI's one conversation waits in the process; retiring it ends it."""
+        return False
 
     def __repr__(self) -> str:
         return f"<ClaudeWorker {self.id} pid={self.pid} healthy={self.healthy}>"

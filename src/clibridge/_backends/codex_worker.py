@@ -120,6 +120,9 @@ class _Waiter:
 class CodexWorker:
     """A ``codex app-server`` worker implementing :class:`clibridge._worker.Worker`."""
 
+    #: every finished turn ends its (ephemeral) thread; threads are per request
+    continues_finished_turns = False
+
     def __init__(
         self,
         id: int,
@@ -563,19 +566,25 @@ class CodexWorker:
     def paused_threads(self) -> int:
         return len(self._paused)
 
+    @property
+    def paused(self) -> bool:
+        return bool(self._paused)
+
     def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
         """True when ``call_ids`` are exactly the pending calls of one paused thread."""
         wanted = set(call_ids)
         return any(set(p.calls) == wanted for p in self._paused.values()) if wanted else False
 
-    def drop_paused_calls(self, call_ids: Iterable[str]) -> None:
-        """The client went another way: end the paused thread holding these calls."""
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        """The client went another way: end the paused thread holding these calls (the
+        process serves other threads and stays)."""
         wanted = set(call_ids)
         for thread_id, paused in list(self._paused.items()):
             if wanted & set(paused.calls):
                 del self._paused[thread_id]
                 if self._nursery is not None:
                     self._nursery.start_soon(self._abandon_paused, paused)
+        return True
 
     def _pause(self, paused: _Paused) -> None:
         self._paused[paused.thread_id] = paused
