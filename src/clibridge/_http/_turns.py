@@ -30,6 +30,7 @@ them in the handler, which answers with a normal error response.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +115,22 @@ class DrainState:
             run.drain_by(self.deadline)
 
 
+class TurnState(enum.Enum):
+    """Where a :class:`TurnRun` is; every state after RUNNING is final."""
+
+    WAITING = "waiting for admission"
+    RUNNING = "running"
+    FINISHED = "finished"
+    #: the events ended without a Finished (the consumer gets the end of the channel)
+    ENDED = "events ended"
+    FAILED = "failed"
+    CLIENT_GONE = "client gone"
+    CLIENT_STALLED = "client stopped reading"
+    DRAINED = "stopped by the drain"
+    CANCELLED = "cancelled"
+    NOT_ADMITTED = "not admitted"
+
+
 class TurnRun:
     """One turn as the HTTP layer runs it: a producer task plus a channel of its events."""
 
@@ -135,10 +152,9 @@ class TurnRun:
         self.request_id = request_id
         self._send, self._receive = trio.open_memory_channel[Item](_CHANNEL_SIZE)
         self._scope = trio.CancelScope()
-        self._finished = False  # the producer delivered Finished: nothing left to stop
-        self._drained = False
-        #: why the producer left the service context (tests and logs read it)
-        self.exit_reason: str | None = None
+        self.state = TurnState.WAITING
+        #: the drain gave this turn a deadline before it finished
+        self._drain_deadline: float | None = None
         #: set once the producer has left the service context
         self.exited = trio.Event()
 
@@ -146,7 +162,6 @@ class TurnRun:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the service context for the turn; report started once admitted."""
-        started = False
         self._exchange.producers.append(self)
         self._drain.live.add(self)
         if self._drain.deadline is not None:
@@ -158,29 +173,41 @@ class TurnRun:
                     with self._scope:
                         async with self._service.turn(self._request) as events:
                             task_status.started()
-                            started = True
+                            self.state = TurnState.RUNNING
                             await self._pump(events)
                 except Exception as exc:
-                    if not started:
+                    if self.state is TurnState.WAITING:
                         raise
                     failure = as_bridge_error(exc, self.request_id)
                     if failure is None:
                         raise
                     if isinstance(failure, InternalError):
                         log.error("turn failed (request %s)", self.request_id, exc_info=exc)
-                    self.exit_reason = self.exit_reason or f"error: {failure.message}"
-                if failure is None and self._scope.cancelled_caught and self._drained:
+                    self._end(TurnState.FAILED)
+                if (
+                    failure is None
+                    and self._scope.cancelled_caught
+                    and self._drain_deadline is not None
+                ):
                     failure = UnavailableError(
                         "clibridge is shutting down and stopped this turn; retry shortly",
                         retry_after=1,
                     )
-                    self.exit_reason = "drained"
+                    self._end(TurnState.DRAINED)
                 if failure is not None:
                     self._deliver_final(failure)
         finally:
-            self.exit_reason = self.exit_reason or ("cancelled" if started else "not admitted")
+            self._end(
+                TurnState.CANCELLED if self.state is TurnState.RUNNING else TurnState.NOT_ADMITTED
+            )
             self._drain.live.discard(self)
+            log.debug("request %s: turn %s", self.request_id, self.state.value)
             self.exited.set()
+
+    def _end(self, state: TurnState) -> None:
+        """Enter the final ``state``, unless the turn already ended."""
+        if self.state in (TurnState.WAITING, TurnState.RUNNING):
+            self.state = state
 
     async def _pump(self, events: AsyncIterator[Event]) -> None:
         async for event in events:
@@ -188,10 +215,10 @@ class TurnRun:
                 try:
                     await self._send.send(event)
                 except trio.BrokenResourceError:
-                    self.exit_reason = "client gone"
+                    self._end(TurnState.CLIENT_GONE)
                     return
             if waited.cancelled_caught:
-                self.exit_reason = "client stopped reading"
+                self._end(TurnState.CLIENT_STALLED)
                 log.warning(
                     "request %s: the client took nothing for %.1f s; stopping the turn and "
                     "closing the connection",
@@ -201,10 +228,9 @@ class TurnRun:
                 self._exchange.cut()
                 return
             if isinstance(event, Finished):
-                self._finished = True
-                self.exit_reason = "finished"
+                self._end(TurnState.FINISHED)
                 return
-        self.exit_reason = "events ended"
+        self._end(TurnState.ENDED)
 
     def _deliver_final(self, error: BridgeError) -> None:
         # never blocks: a consumer that is not reading gets the error when it comes back,
@@ -216,15 +242,15 @@ class TurnRun:
 
     def drain_by(self, deadline: float) -> None:
         """Stop this turn at ``deadline`` (the server is draining) unless it ends first."""
-        if not self._finished:
-            self._drained = True
+        if self.state is not TurnState.FINISHED:
+            self._drain_deadline = deadline
             self._scope.deadline = min(self._scope.deadline, deadline)
 
     def abandon(self) -> None:
         """The consumer is gone: stop the turn (no-op once it finished)."""
         self._receive.close()
-        if not self._finished:
-            self.exit_reason = self.exit_reason or "client gone"
+        if self.state is not TurnState.FINISHED:
+            self._end(TurnState.CLIENT_GONE)
             self._scope.cancel()
 
     # -------------------------------------------------------------- consumer side
