@@ -16,7 +16,8 @@ Two limits, two mechanisms:
   that was used least recently (it is bound to a conversation setup nobody wants now).
 
 Checkout with a permit in hand: an idle worker already bound to the same system prompt and
-tool set (``bind`` then does ``/clear`` + ``set_model``), else the worker of the least
+tool set (its ``/clear`` started when it was released: ``worker.reset_soon()``; ``bind``
+waits for the rest of it and sets the model), else the worker of the least
 recently parked *finished* conversation of the same setup (only a cache of a conversation
 that may never continue: it gives way, so one client's new conversations reuse workers
 instead of consuming spares and booting more), else a booted spare (``bind`` initializes
@@ -538,6 +539,8 @@ class WorkerPool:
                 slot.state = SlotState.IDLE
                 if slot.closing:
                     self._retire(slot)
+                else:
+                    worker.reset_soon()  # e.g. /clear now, not when the next request binds
         self._notify()
 
     def _retire(self, slot: _Slot) -> None:

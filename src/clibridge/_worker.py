@@ -26,6 +26,9 @@ Life cycle (DESIGN.md): ``spawning -> booted -> bound -> busy -> idle/parked -> 
                                 worker holds with only these (when it
                                 ``continues_finished_turns``); ``tool_results=``: answer
                                 the calls of a turn paused on them.
+    worker.reset_soon()         the pool released the worker idle: make it ready for a new
+                                conversation in the background (claude: /clear), so that
+                                work is off the next request's path; bind waits for it.
     worker.holds_paused_calls / drop_paused_calls
                                 whether a turn of this worker waits for exactly these
                                 tool calls; end that turn because the client went another
@@ -98,6 +101,8 @@ class Worker(Protocol):
     def paused(self) -> bool:
         """A turn of this worker waits for a client's tool results."""
         ...
+
+    def reset_soon(self) -> None: ...
 
     def holds_paused_calls(self, call_ids: Iterable[str]) -> bool: ...
 

@@ -85,6 +85,9 @@ class ScriptedWorker:
     def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
         return False
 
+    def reset_soon(self) -> None:
+        pass
+
     def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
         return False
 

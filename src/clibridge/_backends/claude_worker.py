@@ -30,7 +30,10 @@ Re-binding: the first ``initialize`` fixes the system prompt for the life of the
 bound to a different system prompt or tool set raises
 :class:`~clibridge._worker.WorkerUnusable`. The same setup is reused after ``/clear``
 (which the CLI answers like a turn: ``system/init`` ... ``result``); a different model only
-needs ``set_model``.
+needs ``set_model``. The ``/clear`` runs when the pool releases the worker
+(:meth:`ClaudeWorker.reset_soon`, in the worker's own task), so the next ``bind`` finds
+it done or waits only for the rest of it; ``bind`` clears itself only when that did not
+happen.
 
 ``turn()`` is an async generator: consume it inside ``contextlib.aclosing`` so leaving
 early runs the interrupt path at once.
@@ -218,6 +221,9 @@ class ClaudeWorker:
         self._ids = itertools.count(1)
         self._busy = False
         self._dirty = False  # the conversation holds a turn: /clear before reuse
+        #: set when the background /clear started by reset_soon has ended
+        self._reset: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
         #: the argv hosts the SDK MCP server: initialize must name it
         self._sdk_mcp = "--mcp-config" in launch.argv
         #: the tools the SDK MCP server lists (the binding's, once published)
@@ -272,6 +278,7 @@ class ClaudeWorker:
 
     def _on_spawned(self, child: ChildProcess, nursery: trio.Nursery) -> None:
         self._child = child
+        self._nursery = nursery
         # a turn that runs or waits for tool results: stopping politely would let the CLI
         # finish it with one more (paid, unread) model request
         child.holds_work = lambda: self._exchange is not None or self._paused is not None
@@ -417,8 +424,36 @@ class ClaudeWorker:
 
     # ------------------------------------------------------------------ bind
 
+    def reset_soon(self) -> None:
+        """Released idle with a conversation in it: ``/clear`` now, in the background."""
+        if (
+            not self._dirty
+            or self._busy
+            or self._paused is not None
+            or self._nursery is None
+            or not self.healthy
+            or self._exited.is_set()
+        ):
+            return
+        self._reset = trio.Event()
+        self._busy = True  # the /clear is an exchange: no bind or turn meanwhile
+        self._nursery.start_soon(self._reset_in_background, self._reset)
+
+    async def _reset_in_background(self, done: trio.Event) -> None:
+        try:
+            await self._clear()
+        except BridgeError as exc:
+            log.info("claude worker %d: /clear on release failed: %s", self.id, exc.message)
+            self.healthy = False
+        finally:
+            self._busy = False
+            done.set()
+
     async def bind(self, binding: Binding) -> None:
         """Initialize (fresh) or /clear (same setup) and set the model; see module doc."""
+        if self._reset is not None:
+            await self._reset.wait()  # the /clear reset_soon started
+            self._reset = None
         if self.binding is not None and not self.binding.same_conversation_setup(binding):
             raise WorkerUnusable(
                 f"claude worker {self.id} is bound to another system prompt or tool set"

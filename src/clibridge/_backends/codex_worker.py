@@ -570,6 +570,9 @@ class CodexWorker:
     def paused(self) -> bool:
         return bool(self._paused)
 
+    def reset_soon(self) -> None:
+        """Nothing to reset: every request has a thread of its own."""
+
     def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
         """True when ``call_ids`` are exactly the pending calls of one paused thread."""
         wanted = set(call_ids)
