@@ -33,6 +33,14 @@ items after the walk are the new ones; they must start on a message boundary.
 :meth:`ConversationTable.take` tries every parked conversation of the request's setup
 (system prompt, tools, model) and takes the one that aligns furthest.
 
+One-shot clients. A client that starts a new conversation with every request never
+continues what was parked for it, and parking costs it: the worker holding the finished
+conversation is reused only after a ``/clear`` on the next request's path. So a setup whose
+last :data:`ONE_SHOT_STREAK` requests all began new conversations gets its finished
+conversations not parked (:meth:`ConversationTable.parks_finished`): the worker is released,
+cleared in the background and ready. The first request with history for that setup --
+hit or miss -- ends the streak. Turns paused on tool calls are always parked.
+
 Decisions (:func:`plan`): a worker paused mid-turn is resumed only when the new messages
 are user messages carrying exactly the results of its pending calls (any order, each once);
 text after the results (the client's context for this round) is appended to the last
@@ -264,12 +272,34 @@ class Match:
     plan: Plan | None
 
 
+#: this many new conversations in a row, and a setup's finished turns are not parked
+ONE_SHOT_STREAK = 3
+#: setups whose streak is remembered (least recently seen forgotten first)
+STREAK_SETUPS = 256
+
+
 class ConversationTable:
     """Parked conversations by key (the pool holds the workers under the same key)."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._by_key: dict[str, Conversation] = {}
+        #: setup digest -> new conversations in a row (module doc, "One-shot clients")
+        self._new_in_a_row: dict[str, int] = {}
+        #: finished conversations released instead of parked (one-shot clients)
+        self.one_shot_releases = 0
+
+    def note_request(self, setup: str, messages: Sequence[Message]) -> None:
+        """Count a request of ``setup``: a new conversation, or one with history."""
+        streak = self._new_in_a_row.pop(setup, 0)
+        if not any(m.role == "assistant" for m in messages):
+            self._new_in_a_row[setup] = streak + 1
+            if len(self._new_in_a_row) > STREAK_SETUPS:
+                del self._new_in_a_row[next(iter(self._new_in_a_row))]
+
+    def parks_finished(self, setup: str) -> bool:
+        """Whether a finished conversation of ``setup`` is worth parking (module doc)."""
+        return self._new_in_a_row.get(setup, 0) < ONE_SHOT_STREAK
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -155,6 +155,7 @@ class Supervisor:
             return
         table.prune(trio.current_time())
         tracker = _Tracker(binding, request)
+        table.note_request(tracker.setup, request.messages)
         match = table.take(tracker.setup, request.messages, tracker.items)
         counts = self._resumes[route.backend]
         miss = "not_parked"
@@ -305,6 +306,8 @@ class Supervisor:
                 for key, n in sorted(counts.items())
                 if key.startswith("miss:")
             }
+            table = self._conversations.get(name)
+            stats["one_shot_releases"] = table.one_shot_releases if table is not None else 0
         return out
 
     def begin_drain(self) -> None:
@@ -397,6 +400,9 @@ class _Tracker:
             # the pause is reclaimed: it ends the paused thread itself after park_ttl
             reusable = not worker.continues_finished_turns
         elif worker.continues_finished_turns and not worker.paused:
+            if not table.parks_finished(self.setup):
+                table.one_shot_releases += 1
+                return  # a one-shot client: released, and cleared in the background
             reusable = True
         else:
             return

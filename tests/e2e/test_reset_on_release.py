@@ -13,6 +13,7 @@ import attrs
 import httpx
 import trio
 
+from clibridge._conversations import ONE_SHOT_STREAK
 from tests.e2e.conftest import FAST_POOL, MODEL, E2EServer, open_e2e_server
 
 #: a finished conversation is reclaimed (the worker released idle) 0.3 s after its turn
@@ -55,3 +56,24 @@ async def test_a_released_worker_is_cleared_before_the_next_request(tmp_path: Pa
     assert before_second == ["first conversation", "/clear"], before_second
     # the second request reused the cleared worker and did not clear it again
     assert texts == ["first conversation", "/clear", "second conversation"], texts
+
+
+async def test_a_one_shot_client_gets_cleared_workers_without_parking(tmp_path: Path) -> None:
+    """New conversation after new conversation (park_ttl long): from the ONE_SHOT_STREAK-th
+    on, a finished conversation is not parked but released, its worker cleared in the
+    background (a parked one would keep its conversation until the next request)."""
+    total = ONE_SHOT_STREAK + 2
+    released = total - ONE_SHOT_STREAK + 1
+    with trio.fail_after(60):
+        async with open_e2e_server(tmp_path) as server:
+            async with server.client() as client:
+                for i in range(total):
+                    await ask(client, f"conversation {i}")
+                stats = await server.wait_stats(lambda s: s["one_shot_releases"] == released)
+                with trio.move_on_after(5):
+                    while user_texts(server)[-1] != "/clear":  # noqa: ASYNC110 - a file
+                        await trio.sleep(0.02)
+            texts = user_texts(server)
+            await server.assert_clean()
+    assert stats["parked"] == 0 and stats["resume_hits"] == 0, stats
+    assert texts == [text for i in range(total) for text in (f"conversation {i}", "/clear")], texts

@@ -6,6 +6,8 @@ import pytest
 
 from clibridge._backends import claude
 from clibridge._conversations import (
+    ONE_SHOT_STREAK,
+    STREAK_SETUPS,
     Continue,
     Conversation,
     ConversationTable,
@@ -191,3 +193,28 @@ def test_mcp_replies() -> None:
     }
     assert claude.tool_use_id(call) == "toolu_9"
     assert claude.mcp_tool_result(call, "bad", is_error=True)["result"]["isError"] is True
+
+
+def test_a_one_shot_client_stops_parking_and_history_resumes_it() -> None:
+    """ONE_SHOT_STREAK new conversations in a row: finished turns of that setup are not
+    parked; the first request with history (of that setup only) parks again."""
+    table = ConversationTable(ttl=300)
+    history = [user("hi"), Message("assistant", (TextPart("hello"),)), user("more")]
+    for i in range(ONE_SHOT_STREAK):
+        assert table.parks_finished("a")
+        table.note_request("a", [user(f"new {i}")])
+    assert not table.parks_finished("a")
+    table.note_request("b", [user("new")])
+    assert table.parks_finished("b") and not table.parks_finished("a")
+    table.note_request("a", history)
+    assert table.parks_finished("a")
+
+
+def test_one_shot_streaks_are_remembered_for_a_bounded_number_of_setups() -> None:
+    table = ConversationTable(ttl=300)
+    for _ in range(ONE_SHOT_STREAK):
+        table.note_request("first", [user("new")])
+    for i in range(STREAK_SETUPS):
+        table.note_request(f"setup {i}", [user("new")])
+    assert table.parks_finished("first")  # forgotten: parks again
+    assert len(table._new_in_a_row) == STREAK_SETUPS
