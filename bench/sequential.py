@@ -4,13 +4,15 @@ What it runs: ``clibridge serve`` as a child process with default pool settings,
 pinned real claude pointed at the loopback model stub (``--backend claude``), or on the
 bundled fake (``--fake``). One client sends ``--count`` sequential chat completions, each a
 *new* conversation (``"say hi #i"``), then ``--count`` turns of *one* growing
-conversation, and reports latency percentiles, the number of CLI processes alive (the
-maximum over the run) and their total RSS at the end.
+conversation; then :data:`CLIENTS` clients at once, each growing a conversation of its own
+for ``--count`` / :data:`CLIENTS` turns. It reports latency percentiles, the number of CLI
+processes alive (the maximum over each phase) and their total RSS at the end.
 
     .venv/bin/python bench/sequential.py             # real claude + stub (scripts/install-real-clis.sh)
     .venv/bin/python bench/sequential.py --fake      # the fake claude
 
-Targets (docs/benchmarks.md): p95 <= 1.5 x p50, max <= 3 x p50, processes <= 1 + spares.
+Targets (docs/benchmarks.md): p95 <= 1.5 x p50, max <= 3 x p50, processes <= 1 + spares
+for one client (<= clients + spares for the concurrent phase).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.realcli import find_real_clis
 
 SPARES = 1  # the default pool's spares
+#: clients of the concurrent phase
+CLIENTS = 4
 
 
 class Stub:
@@ -136,10 +140,12 @@ def run(count: int, fake: bool) -> dict[str, Any]:
             time.sleep(2.0)  # the spares' boot
             most = len(cli_pids(process.pid))
 
-            def ask(messages: list[dict[str, str]]) -> tuple[float, str]:
+            def ask(
+                messages: list[dict[str, str]], via: httpx.Client = client
+            ) -> tuple[float, str]:
                 nonlocal most
                 t0 = time.perf_counter()
-                reply = client.post(
+                reply = via.post(
                     "/v1/chat/completions", json={"model": "sonnet", "messages": messages}
                 )
                 elapsed = time.perf_counter() - t0
@@ -148,14 +154,37 @@ def run(count: int, fake: bool) -> dict[str, Any]:
                 most = max(most, len(cli_pids(process.pid)))
                 return elapsed, reply.json()["choices"][0]["message"]["content"]
 
+            def grow(turns: int, via: httpx.Client, name: str) -> list[float]:
+                convo: list[dict[str, str]] = []
+                out = []
+                for i in range(turns):
+                    convo.append({"role": "user", "content": f"{name} turn {i}: say hi"})
+                    elapsed, text = ask(convo, via)
+                    convo.append({"role": "assistant", "content": text})
+                    out.append(elapsed)
+                return out
+
             distinct = [ask([{"role": "user", "content": f"say hi #{i}"}])[0] for i in range(count)]
-            convo: list[dict[str, str]] = []
-            growing = []
-            for i in range(count):
-                convo.append({"role": "user", "content": f"turn {i}: say hi"})
-                elapsed, text = ask(convo)
-                convo.append({"role": "assistant", "content": text})
-                growing.append(elapsed)
+            one_client_most = most
+            growing = grow(count, client, "solo")
+            one_client_most = max(one_client_most, most)
+            concurrent: list[float] = []
+            clients = [
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+                for _ in range(CLIENTS)
+            ]
+            threads = [
+                threading.Thread(
+                    target=lambda c=c, i=i: concurrent.extend(grow(count // CLIENTS, c, f"c{i}"))
+                )
+                for i, c in enumerate(clients)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for c in clients:
+                c.close()
             stats = client.get("/v1/stats").json()["service"]["claude"]
             pids = cli_pids(process.pid)
             rss = sum(rss_kb(p) or 0 for p in pids)
@@ -168,6 +197,8 @@ def run(count: int, fake: bool) -> dict[str, Any]:
         "backend": "fake" if fake else "real claude + stub",
         "distinct": summary([ms(x) for x in distinct]),
         "distinct_ms": [round(ms(x), 1) for x in distinct],
+        f"concurrent_{CLIENTS}": summary([ms(x) for x in concurrent]),
+        "processes_max_one_client": one_client_most,
         "growing_ms": [round(ms(x), 1) for x in growing],
         "growing": summary([ms(x) for x in growing]),
         "processes_max": most,
@@ -175,6 +206,9 @@ def run(count: int, fake: bool) -> dict[str, Any]:
         "cli_rss_mb_end": round(rss / 1024, 1),
         "resume_hits": stats["resume_hits"],
         "resume_misses": stats["resume_misses"],
+        "resume_miss_reasons": stats["resume_miss_reasons"],
+        "one_shot_releases": stats["one_shot_releases"],
+        "reclaimed": stats["reclaimed"],
         "served": stats["served"],
     }
 
@@ -191,14 +225,21 @@ def main(argv: list[str] | None = None) -> int:
             ["requests", "n", "p50", "p95", "p99", "max"],
             [
                 [name, s["n"], *(round(s[k], 1) for k in ("p50", "p95", "p99", "max"))]
-                for name, s in (("distinct", result["distinct"]), ("growing", result["growing"]))
+                for name, s in (
+                    ("distinct", result["distinct"]),
+                    ("growing", result["growing"]),
+                    (f"{CLIENTS} clients", result[f"concurrent_{CLIENTS}"]),
+                )
             ],
         )
     )
     print(
-        f"processes: max {result['processes_max']}, end {result['processes_end']} "
-        f"(target <= {1 + SPARES}); CLI RSS at the end {result['cli_rss_mb_end']} MB; "
-        f"resume hits {result['resume_hits']}, misses {result['resume_misses']}"
+        f"processes: one client max {result['processes_max_one_client']} "
+        f"(target <= {1 + SPARES}), {CLIENTS} clients max {result['processes_max']} "
+        f"(target <= {CLIENTS + SPARES}), end {result['processes_end']}; CLI RSS at the end {result['cli_rss_mb_end']} MB; "
+        f"resume hits {result['resume_hits']}, misses {result['resume_misses']} "
+        f"{result['resume_miss_reasons']}, one-shot releases {result['one_shot_releases']}, "
+        f"reclaimed {result['reclaimed']}"
     )
     write_results("sequential" + ("_fake" if args.fake else ""), result)
     return 0

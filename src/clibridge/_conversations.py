@@ -39,7 +39,11 @@ conversation is reused only after a ``/clear`` on the next request's path. So a 
 last :data:`ONE_SHOT_STREAK` requests all began new conversations gets its finished
 conversations not parked (:meth:`ConversationTable.parks_finished`): the worker is released,
 cleared in the background and ready. The first request with history for that setup --
-hit or miss -- ends the streak. Turns paused on tool calls are always parked.
+hit or miss -- ends the streak. Turns paused on tool calls are always parked. Already
+from the second new conversation in a row (:meth:`ConversationTable.reuses_finished`) a
+request takes the worker of a parked finished conversation of its setup at once, before a
+spare and however recently it was parked (otherwise a conversation parked moments ago is
+left to its client while a boot can serve the request: :mod:`clibridge._pool`).
 
 Decisions (:func:`plan`): a worker paused mid-turn is resumed only when the new messages
 are user messages carrying exactly the results of its pending calls (any order, each once);
@@ -300,6 +304,12 @@ class ConversationTable:
     def parks_finished(self, setup: str) -> bool:
         """Whether a finished conversation of ``setup`` is worth parking (module doc)."""
         return self._new_in_a_row.get(setup, 0) < ONE_SHOT_STREAK
+
+    def reuses_finished(self, setup: str) -> bool:
+        """Whether this request (just noted) and the one before it of ``setup`` both began
+        new conversations: the conversation parked by that one was not continued, so this
+        one may take its worker at once rather than a spare or a boot (module doc)."""
+        return self._new_in_a_row.get(setup, 0) >= 2
 
     def __len__(self) -> int:
         return len(self._by_key)

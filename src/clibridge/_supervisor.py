@@ -217,7 +217,10 @@ class Supervisor:
     ) -> AsyncGenerator[Event, None]:
         """The turn on a freshly leased worker (the whole history), retried once
         (:meth:`_retrying`)."""
-        async with pool.lease(binding) as lease:
+        reuse = (
+            tracker is not None and table is not None and table.reuses_finished(tracker.setup)
+        )
+        async with pool.lease(binding, reuse_finished=reuse) as lease:
             events = self._retrying(
                 pool, lease, binding, request, tracker, lease.worker.turn(request)
             )

@@ -31,7 +31,7 @@ class Harness:
         self.workers[worker_id] = worker
         return worker
 
-    async def turn(self, binding: Binding = A, record: list[object] | None = None) -> int:
+    async def turn(self, binding: Binding = A, record: list[tuple[float, int]] | None = None) -> int:
         async with self.pool.lease(binding) as lease:
             if record is not None:
                 record.append((trio.current_time(), lease.worker.id))
@@ -74,7 +74,7 @@ async def test_fifo_queue_and_429_when_full(
 ) -> None:
     h = await start(nursery, Harness(PoolConfig(workers=1, spares=1, max_queue=2)))
     await trio.sleep(1.1)
-    order: list[object] = []
+    order: list[tuple[float, int]] = []
     async with trio.open_nursery() as inner:
         for _ in range(3):
             inner.start_soon(h.turn, A, order)
@@ -84,7 +84,7 @@ async def test_fifo_queue_and_429_when_full(
         assert info.value.retry_after is not None and info.value.retry_after >= 1
         assert h.pool.statistics().queued == 2
     # one at a time, in arrival order, each right after the previous
-    starts = [t for t, _ in order]  # type: ignore[misc]
+    starts = [t for t, _ in order]
     assert starts == pytest.approx([1.1, 1.6, 2.1])
     assert h.pool.statistics().rejected == 1
 
@@ -141,7 +141,8 @@ async def test_cancel_during_turn_interrupts_and_returns_a_healthy_worker(
     h = await start(nursery, Harness(PoolConfig(workers=1, spares=0), Plan(turn_delay=10)))
     with trio.move_on_after(3.0):
         await h.turn()
-    assert h.events("interrupt") == [(pytest.approx(3.0), 1)]
+    interrupted: list[tuple[object, int]] = [(pytest.approx(3.0), 1)]  # (time, worker id)
+    assert h.events("interrupt") == interrupted
     assert h.pool.statistics().in_flight == 0
     await h.turn()  # same worker, reused
     assert [wid for _, wid in h.events("turn")] == [1, 1]
@@ -297,7 +298,7 @@ async def test_multiplexed_workers_serve_several_leases_each(
     h.pool = WorkerPool("fake", h.pool.config, h._make, threads_per_worker=3)
     await start(nursery, h)
     await trio.sleep(1.1)
-    used: list[object] = []
+    used: list[tuple[float, int]] = []
     async with trio.open_nursery() as inner:
         for _ in range(6):
             inner.start_soon(h.turn, A, used)
@@ -306,7 +307,7 @@ async def test_multiplexed_workers_serve_several_leases_each(
         with pytest.raises(QueueFull):  # 2 workers x 3 threads, no queue
             await h.turn()
     per_worker: dict[int, int] = {}
-    for _, wid in used:  # type: ignore[misc]
+    for _, wid in used:
         per_worker[wid] = per_worker.get(wid, 0) + 1
     assert sum(per_worker.values()) == 6
     assert max(per_worker.values()) == 3  # the first worker was filled to its capacity
@@ -420,26 +421,27 @@ async def test_a_turn_parked_on_a_tool_call_keeps_its_worker_for_park_grace(
     async with h.pool.lease(A) as lease:
         lease.park("conversation", reusable=reusable)
     await trio.sleep(1.1)  # a new spare boots
-    started: list[object] = []
+    started: list[tuple[float, int]] = []
     t0 = trio.current_time()
     await h.turn(B, started)
-    assert started[0][0] - t0 == pytest.approx(wait)  # type: ignore[index]
+    assert started[0][0] - t0 == pytest.approx(wait)
     async with h.pool.resume("conversation") as gone:
         assert gone is None
     assert h.pool.statistics().reclaimed == 1
 
 
-async def test_a_new_request_takes_a_finished_conversation_rather_than_wait_for_a_boot(
+async def test_a_one_shot_request_takes_a_finished_conversation_rather_than_a_spare(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Regression: one sequential client's next request waited ~1 s for a spare to boot
     while the worker of its previous, finished conversation sat parked (p95 784 ms), and
-    the pool grew to 5 processes for that one client."""
+    the pool grew to 5 processes for that one client. A request whose setup's clients do
+    not continue their conversations (the supervisor's one-shot signal) reuses it."""
     h = await start(nursery, Harness(PoolConfig(workers=4, spares=1, park_ttl=60)))
     await trio.sleep(1.1)  # the first spare
     for n in range(3):
         t0 = trio.current_time()
-        async with h.pool.lease(A) as lease:
+        async with h.pool.lease(A, reuse_finished=n > 0) as lease:
             assert trio.current_time() - t0 == 0  # never a boot on the request path
             async for _ in lease.worker.turn(REQ):
                 pass
@@ -451,6 +453,38 @@ async def test_a_new_request_takes_a_finished_conversation_rather_than_wait_for_
     assert h.alive() == 2
     stats = h.pool.statistics()
     assert (stats.parked, stats.idle, stats.crashes) == (1, 1, 0)
+
+
+async def test_a_new_request_leaves_a_young_finished_conversation_to_its_client(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Regression (4 concurrent clients, real claude: 16 of 40 turns missed): a new
+    request that found no free worker took the conversation another client had parked
+    a moment ago; that client's next turn, a miss now, took the next one, and so on.
+    While a boot can serve it, a request leaves a conversation parked less than
+    ``park_grace`` alone; an older one still gives way rather than make it wait."""
+    config = PoolConfig(workers=4, spares=1, park_ttl=60, park_grace=2.0)
+    h = await start(nursery, Harness(config))
+    await trio.sleep(1.1)  # the first spare (worker 1)
+    async with h.pool.lease(A) as lease:
+        lease.park("young", reusable=True)
+    t0 = trio.current_time()
+    async with h.pool.lease(A) as lease:  # worker 2 is booting, "young" is 0 s old
+        assert trio.current_time() - t0 == pytest.approx(1.0)
+        assert lease.worker.id == 2
+    async with h.pool.resume("young") as lease:
+        assert lease is not None and lease.worker.id == 1
+        lease.park("old", reusable=True)
+    await trio.sleep(config.park_grace + 0.1)  # "old" is old now; worker 3 is the spare
+    async with h.pool.lease(A) as first, h.pool.lease(A) as second:
+        # the idle worker 2 and the spare 3 first; then "old" gives way, no boot waited
+        assert trio.current_time() - t0 == pytest.approx(1.1 + config.park_grace)
+        assert {first.worker.id, second.worker.id} == {2, 3}
+        t1 = trio.current_time()
+        async with h.pool.lease(A) as third:
+            assert third.worker.id == 1 and trio.current_time() == t1
+    async with h.pool.resume("old") as gone:
+        assert gone is None
 
 
 async def test_a_lease_moves_to_another_worker_and_keeps_its_permit(

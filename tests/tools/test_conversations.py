@@ -200,14 +200,18 @@ def test_a_one_shot_client_stops_parking_and_history_resumes_it() -> None:
     parked; the first request with history (of that setup only) parks again."""
     table = ConversationTable(ttl=300)
     history = [user("hi"), Message("assistant", (TextPart("hello"),)), user("more")]
+    reuses = []
     for i in range(ONE_SHOT_STREAK):
         assert table.parks_finished("a")
         table.note_request("a", [user(f"new {i}")])
+        reuses.append(table.reuses_finished("a"))
+    # the second new conversation in a row already takes the previous one's worker
+    assert reuses == [False] + [True] * (ONE_SHOT_STREAK - 1)
     assert not table.parks_finished("a")
     table.note_request("b", [user("new")])
     assert table.parks_finished("b") and not table.parks_finished("a")
     table.note_request("a", history)
-    assert table.parks_finished("a")
+    assert table.parks_finished("a") and not table.reuses_finished("a")
 
 
 def test_one_shot_streaks_are_remembered_for_a_bounded_number_of_setups() -> None:
