@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tomllib
@@ -17,8 +18,13 @@ from clibridge._config_load import settings
 
 def _help(command: str) -> str:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return sub.choices[command].format_help()  # type: ignore[index,union-attr]
+    sub = next(
+        a
+        for a in parser._actions
+        if isinstance(a, argparse._SubParsersAction) and a.dest == "command"
+    )
+    subparser: argparse.ArgumentParser = sub.choices[command]
+    return subparser.format_help()
 
 
 @pytest.mark.parametrize("command", ["serve", "config"])

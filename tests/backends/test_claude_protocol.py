@@ -64,8 +64,8 @@ def sample(name: str) -> list[dict[str, Any]]:
     path = SAMPLES / name
     if not path.exists():
         path = SAMPLES.parent / name  # recorded here, next to the shared ones
-    if not path.exists():  # pragma: no cover - the recordings live outside the repo
-        pytest.skip(f"{path} not available")
+    if not path.exists():  # a recording the tests rely on is part of the repo
+        pytest.fail(f"recorded sample missing: {name} (neither {SAMPLES / name} nor {path})")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -338,7 +338,7 @@ def test_unknown_messages_and_events_are_skipped() -> None:
 def test_thinking_stop_sequence_and_subagent_events() -> None:
     tr = TurnTranslator(POLICY)
     events: list[Event] = []
-    for ev in [
+    raw: list[dict[str, Any]] = [
         {"type": "message_start", "message": {"id": "m1", "model": "claude-opus-4-5"}},
         {
             "type": "content_block_start",
@@ -364,7 +364,8 @@ def test_thinking_stop_sequence_and_subagent_events() -> None:
             "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
         },
         {"type": "message_stop"},
-    ]:
+    ]
+    for ev in raw:
         events += tr.feed(StreamEvent(ev, None))
     events += tr.feed(
         StreamEvent(
@@ -523,7 +524,9 @@ def test_render_history_with_tool_calls() -> None:
         assistant("It is sunny."),
         user("And tomorrow?"),
     ]
-    (block,) = claude.render_user_content(messages)
+    content = claude.render_user_content(messages)
+    assert isinstance(content, list), content
+    (block,) = content
     assert block["type"] == "text"
     assert block["text"] == (
         claude.HISTORY_PREAMBLE
@@ -545,7 +548,9 @@ def test_render_pending_tool_result_is_the_latest_message() -> None:
         assistant(ToolCallPart("c1", "get_weather", "{}")),
         user(ToolResultPart("c1", "boom", is_error=True)),
     ]
-    (block,) = claude.render_user_content(messages)
+    content = claude.render_user_content(messages)
+    assert isinstance(content, list), content
+    (block,) = content
     assert block["text"].endswith(
         f"</conversation_history>\n\n{TOOL_RESULTS_HEADER}\n"
         '<tool_result id="c1" name="get_weather" is_error="true">boom</tool_result>'

@@ -48,6 +48,7 @@ from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.pytest_plugin import require_real_cli
 from clibridge.testing.realcli import RealClis
 from clibridge.testing.scenario import directive
+from tests._aio import agen
 
 FAKE = (sys.executable, "-m", "clibridge.testing.fake_claude")
 MODEL = "claude-sonnet-4-5"
@@ -137,7 +138,7 @@ async def run_turn(worker: ClaudeWorker, req: Request) -> list[Event]:
 
 async def run_turn_with(worker: ClaudeWorker, req: Request, **kw: Any) -> list[Event]:
     events: list[Event] = []
-    async with aclosing(worker.turn(req, **kw)) as stream:
+    async with aclosing(agen(worker.turn(req, **kw))) as stream:
         async for event in stream:
             events.append(event)
     return events
@@ -276,7 +277,9 @@ async def test_cancel_while_a_tool_call_is_pending_interrupts_cleanly(harness: H
     with trio.fail_after(60):
         async with running(harness.worker()) as worker:
             await worker.bind(TOOLS_BIND)
-            async with aclosing(worker.turn(request(f"{line}\nw", tools=(WEATHER,)))) as stream:
+            async with aclosing(
+                agen(worker.turn(request(f"{line}\nw", tools=(WEATHER,))))
+            ) as stream:
                 async for event in stream:
                     if isinstance(event, ToolCallEnd):
                         break
@@ -403,7 +406,7 @@ async def test_cancel_mid_turn_interrupts_and_keeps_the_worker(harness: Harness)
             slow = directive(reply="x" * 200, chunk_chars=1, chunk_delay=0.05)
             got: list[Event] = []
             with trio.move_on_after(0.5) as scope:
-                async with aclosing(worker.turn(request(slow))) as stream:
+                async with aclosing(agen(worker.turn(request(slow)))) as stream:
                     async for event in stream:
                         got.append(event)
             assert scope.cancelled_caught
@@ -426,7 +429,7 @@ async def test_ignored_interrupt_marks_unhealthy(harness: Harness) -> None:
             slow = directive(
                 reply="x" * 200, chunk_chars=1, chunk_delay=0.05, ignore_interrupt=True
             )
-            async with aclosing(worker.turn(request(slow))) as stream:
+            async with aclosing(agen(worker.turn(request(slow)))) as stream:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         break
@@ -575,7 +578,7 @@ async def test_real_claude_warm_reuse_clear_isolation_and_fail_fast(
             # leaving a streaming turn early interrupts it; the CLI acknowledges
             await worker.bind(BIND)
             slow = '@stub {"text": "' + "y" * 60 + '", "chunk_chars": 1, "chunk_delay": 0.05}'
-            async with aclosing(worker.turn(request(slow))) as stream:
+            async with aclosing(agen(worker.turn(request(slow)))) as stream:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         break

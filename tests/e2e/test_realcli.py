@@ -38,7 +38,8 @@ async def post(server: E2EServer, body: dict[str, Any], path: str = CHAT) -> Any
 
 def spawns(stats: dict[str, Any]) -> int:
     """Worker ids are handed out in order: the highest one seen is the number of spawns."""
-    return max(w["id"] for w in stats["workers"])
+    ids: list[int] = [w["id"] for w in stats["workers"]]
+    return max(ids)
 
 
 async def test_warm_reuse_clear_isolation_one_call_each(

@@ -193,7 +193,7 @@ async def run_async_clients(base_url: str, flavor: Flavor) -> int:
         check_io_usage(response.usage)
 
         async with oai.responses.stream(model=flavor.model, input=flavor.prompt) as resp_stream:
-            async for _event in resp_stream:
+            async for _resp_event in resp_stream:
                 pass
             final_response = await resp_stream.get_final_response()
         assert final_response.output_text == TEXT

@@ -87,26 +87,6 @@ def read_record(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-class _Shutdown:
-    """A truthy trio.Event: ``serve()`` evaluates ``shutdown or trio.Event()`` and a plain
-    trio.Event refuses ``bool()`` (NotImplementedError)."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def __bool__(self) -> bool:
-        return True
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
 @attrs.define
 class CodexServer:
     base_url: str
@@ -222,6 +202,7 @@ async def open_codex_server(
     """The real server in this trio loop; on exit: drain, then no process may survive."""
     os.makedirs(tmp, exist_ok=True)
     record = tmp / "fake-record.jsonl"
+    command: tuple[str, ...]
     codex_kwargs: dict[str, Any] = {}
     if real is None:
         command = FAKE_CODEX_COMMAND
@@ -254,7 +235,7 @@ async def open_codex_server(
         fake=real is None,
         notes=(),
     )
-    shutdown = _Shutdown()
+    shutdown = trio.Event()
     me = os.getpid()
     before = children_of(me)
     serve_done = trio.Event()

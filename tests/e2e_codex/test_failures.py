@@ -186,7 +186,7 @@ async def test_server_requests_are_answered_and_the_turn_completes(tmp_path: Pat
     async with open_codex_server(tmp_path) as server:
         with trio.fail_after(BOUND):
             for knob in ("approval_request", "unknown_server_request"):
-                response = await chat(server, fake(reply="done", **{knob: True}))
+                response = await chat(server, fake("hi", reply="done", **{knob: True}))
                 assert response.status_code == 200, response.text
                 choice = response.json()["choices"][0]
                 assert (choice["message"]["content"], choice["finish_reason"]) == ("done", "stop")

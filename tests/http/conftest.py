@@ -12,7 +12,15 @@ own trio loop, for the synchronous SDK clients and Hypothesis.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -106,7 +114,9 @@ class ScriptedService:
             record.exited_at = trio.current_time()
             self._changed()
 
-    async def _play(self, steps: Iterable[Step], record: TurnRecord) -> AsyncIterator[Event]:
+    async def _play(
+        self, steps: Iterable[Step], record: TurnRecord
+    ) -> AsyncGenerator[Event, None]:
         for step in steps:
             if isinstance(step, Sleep):
                 await trio.sleep(step.seconds)

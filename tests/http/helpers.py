@@ -91,6 +91,7 @@ def streamed_text(dialect: Dialect, frames: list[tuple[str | None, str]]) -> str
 
 def assert_error_shape(dialect: Dialect, payload: Any) -> dict[str, Any]:
     """The error object of ``payload`` after checking the dialect's envelope."""
+    error: dict[str, Any]
     if dialect == "anthropic_messages":
         assert payload["type"] == "error", payload
         error = payload["error"]

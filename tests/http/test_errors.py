@@ -6,13 +6,12 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 
 from clibridge import _errors as E
-from clibridge._events import Request, TextDelta, TurnStarted
+from clibridge._events import Event, Request, TextDelta, TurnStarted
 from clibridge._wire.errors import error_body, error_status
 
 from .conftest import MODEL, RunningServer, Script, ScriptedService, open_server
@@ -122,7 +121,7 @@ async def test_invalid_json_is_400_in_each_dialect(server: RunningServer, raw: b
         ]:
             r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, (path, raw[:20], r.text)
-            assert_error_shape(dialect, r.json())  # type: ignore[arg-type]
+            assert_error_shape(dialect, r.json())
 
 
 async def test_body_too_large_closes_the_connection_and_the_next_request_works() -> None:
@@ -173,17 +172,11 @@ async def test_prompt_and_message_limits() -> None:
     assert server.service.records == []
 
 
-class _BrokenService:
+class _BrokenService(ScriptedService):
     """A service whose turn() blows up with a bug (not a BridgeError)."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     @asynccontextmanager
-    async def turn(self, request: Request) -> AsyncIterator[Any]:
+    async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
         raise KeyError("a bug")
         yield  # pragma: no cover
 
@@ -191,7 +184,7 @@ class _BrokenService:
 async def test_unexpected_exception_is_a_logged_500_in_the_envelope(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service = _BrokenService(ScriptedService())
+    service = _BrokenService()
     async with (
         open_server(service) as broken,
         httpx.AsyncClient(base_url=broken.base_url) as client,

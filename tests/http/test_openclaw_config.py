@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_merge_keeps_the_rest_and_an_existing_default_model() -> None:
     block = _openclaw.provider_block(
         "http://h:1", "openai-completions", "k", [{"id": "sonnet", "backend": "claude"}]
     )
-    mine = {
+    mine: dict[str, Any] = {
         "gateway": {"port": 1},
         "models": {"providers": {"other": {"baseUrl": "x"}}},
         "agents": {"defaults": {"model": {"primary": "other/m"}}},

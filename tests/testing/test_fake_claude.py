@@ -362,8 +362,7 @@ def with_directive(msg: Msg, overrides: dict[str, str]) -> Msg:
 @pytest.mark.parametrize("name", list(SAMPLES))
 async def test_replays_sample_structure(tmp_path: Path, name: str) -> None:
     path, extra, overrides = SAMPLES[name]
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    assert path.exists(), f"recorded sample missing: {path}"
     sample = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     # Each stdin line of the transcript is sent once the fake has printed as many
     # (comparable) lines as the real CLI had printed before it.

@@ -67,6 +67,7 @@ class Fake:
 
     async def recv(self) -> Msg:
         raw = await self.line()
+        msg: Msg
         try:
             msg = json.loads(raw)
         except ValueError:
@@ -234,6 +235,11 @@ def completed_turn_fixture() -> Msg:
 # --------------------------------------------------------------------------- replay
 
 
+def has_id(want: object) -> Callable[[Msg], bool]:
+    """A predicate for :meth:`until`: a message with id ``want``."""
+    return lambda m: m.get("id") == want
+
+
 def keys_shape(value: Any) -> Any:
     """Dict keys all the way down (values and nulls ignored): the structure of a message."""
     if isinstance(value, dict):
@@ -261,8 +267,7 @@ async def test_replays_the_recorded_turn(tmp_path: Path) -> None:
                 )
             await fake.send(msg)
             if "id" in msg:
-                want = msg["id"]
-                out += await fake.until(lambda m, w=want: m.get("id") == w)
+                out += await fake.until(has_id(msg["id"]))
         out += await fake.until(is_turn_done)
     expected = [e["msg"] for e in sample if e["dir"] == "out"]
     assert methods(out) == methods(expected)

@@ -31,6 +31,7 @@ from clibridge.testing.model_stub import (
     directive,
     serve_model_stub,
 )
+from tests._aio import agen
 
 MESSAGES = "/v1/messages"
 RESPONSES = "/v1/responses"
@@ -60,7 +61,7 @@ def responses_body(text: str, *, stream: bool = True, **extra: Any) -> dict[str,
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """(event name, data) pairs of an SSE response."""
     name = ""
-    async with aclosing(response.aiter_lines()) as lines:
+    async with aclosing(agen(response.aiter_lines())) as lines:
         async for line in lines:
             if line.startswith("event: "):
                 name = line[len("event: ") :]

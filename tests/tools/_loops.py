@@ -12,6 +12,9 @@ from typing import Any
 
 import anthropic
 import openai
+from anthropic.types import Message
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -42,6 +45,7 @@ async def chat_round(
     client: openai.AsyncOpenAI, messages: list[Any], *, stream: bool, model: str
 ) -> tuple[list[Call], str, str | None]:
     """(calls, text, finish_reason); appends the assistant message to ``messages``."""
+    done: ChatCompletion  # the stream's ParsedChatCompletion is one
     if stream:
         async with client.chat.completions.stream(
             model=model, messages=messages, tools=CHAT_TOOLS
@@ -85,6 +89,7 @@ def chat_results(messages: list[Any], calls: list[Call], rewrite: Any = None) ->
 async def responses_round(
     client: openai.AsyncOpenAI, items: list[Any], *, stream: bool, model: str
 ) -> tuple[list[Call], str, str | None]:
+    done: Response  # the stream's ParsedResponse is one
     if stream:
         async with client.responses.stream(model=model, input=items, tools=RESPONSES_TOOLS) as s:
             done = await s.get_final_response()
@@ -121,6 +126,7 @@ def responses_results(items: list[Any], calls: list[Call], rewrite: Any = None) 
 async def messages_round(
     client: anthropic.AsyncAnthropic, messages: list[Any], *, stream: bool, model: str
 ) -> tuple[list[Call], str, str | None]:
+    done: Message  # the stream's ParsedMessage is one
     if stream:
         async with client.messages.stream(
             model=model, max_tokens=1024, messages=messages, tools=ANTHROPIC_TOOLS

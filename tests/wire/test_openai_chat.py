@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessageFunctionToolCall,
+)
 
 from clibridge._errors import RequestError, UnsupportedFeature, UpstreamError, UpstreamOverloaded
 from clibridge._events import (
@@ -435,9 +439,12 @@ def test_sdk_accumulates_stream_to_the_non_stream_body(name: str) -> None:
     assert_no_extra(parsed, EXTENSIONS)
     s_msg, b_msg = streamed.choices[0].message, parsed.choices[0].message
     assert (s_msg.content or None) == (b_msg.content or None)
+    b_calls = b_msg.tool_calls or []
+    assert all(isinstance(c, ChatCompletionMessageFunctionToolCall) for c in b_calls), b_calls
     assert [(c.id, c.function.name, c.function.arguments) for c in s_msg.tool_calls or []] == [
         (c.id, c.function.name, c.function.arguments)
-        for c in b_msg.tool_calls or []  # type: ignore[union-attr]
+        for c in b_calls
+        if isinstance(c, ChatCompletionMessageFunctionToolCall)
     ]
     assert streamed.choices[0].finish_reason == parsed.choices[0].finish_reason
     assert streamed.usage == parsed.usage

@@ -190,6 +190,7 @@ def run_stream(name: str) -> list[bytes]:
 def summary(frames: list[bytes]) -> list[Any]:
     out: list[Any] = []
     for seq, (event, data) in enumerate(parse_sse(frames)):
+        assert event is not None, data
         assert event == data["type"]
         assert data["sequence_number"] == seq
         kind = event.removeprefix("response.")
