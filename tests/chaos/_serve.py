@@ -38,82 +38,14 @@ import attrs
 import httpx
 import trio
 
+from tests._procs import alive, children_of, cmdline, in_groups, pgid_of, read_record, rss_mib
+
 _LISTENING = re.compile(rb"clibridge is listening on http://([\d.]+):(\d+)")
 _TRACEBACK = b"Traceback (most recent call last)"
 #: how much of the server's stderr is kept for failure messages
 _TAIL = 256 * 1024
 
 # --------------------------------------------------------------------------- /proc
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """Fields of /proc/PID/stat after the command name, or None when the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2 :].split()
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def _live_processes() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, pgid) of every living process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None and fields[0] not in (b"Z", b"X"):
-                out[int(entry)] = (int(fields[1]), int(fields[2]))
-    return out
-
-
-def children_of(ppid: int) -> set[int]:
-    return {pid for pid, (parent, _) in _live_processes().items() if parent == ppid}
-
-
-def in_groups(pgids: set[int]) -> set[int]:
-    """Living processes whose process group is one of ``pgids``."""
-    return {pid for pid, (_, pgid) in _live_processes().items() if pgid in pgids}
-
-
-def pgid_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return None if fields is None else int(fields[2])
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def read_record(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written right now
-            continue
-    return out
 
 
 # --------------------------------------------------------------------------- the log

@@ -49,9 +49,11 @@ import httpx
 import pytest
 import trio
 
+from tests._procs import read_record
+
 from ._figures import SCALE, SEED, record, scaled
 from ._http1 import H2_PREFACE, Connection, request
-from ._serve import ServeProcess, read_record, serve_process, settled, wait_gone
+from ._serve import ServeProcess, serve_process, settled, wait_gone
 from ._workload import (
     BY_NAME,
     CODEX_THREADS,

@@ -33,6 +33,7 @@ import trio
 from clibridge._config import ClaudeConfig, Config, PoolConfig, ServerConfig
 from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
+from tests._procs import alive, children_of, cmdline, pgid_of, read_record, wait_gone
 
 MODEL = "claude-sonnet-4-5"
 CODEX_MODEL = "gpt-5"
@@ -53,68 +54,6 @@ FAST_POOL = PoolConfig(
 
 
 # --------------------------------------------------------------------------- /proc
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """Fields of /proc/PID/stat after the command name, or None when the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2 :].split()
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def pgid_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return None if fields is None else int(fields[2])
-
-
-def children_of(ppid: int) -> list[int]:
-    """Living direct children of ``ppid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None and int(fields[1]) == ppid and fields[0] not in (b"Z", b"X"):
-                out.append(int(entry))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-async def wait_gone(pids: set[int], within: float = 10.0) -> None:
-    """Wait until none of ``pids`` is alive; fail naming the survivors."""
-    with trio.move_on_after(within):
-        # Why polling: the exit of a process we are not the parent of signals nothing.
-        while any(alive(p) for p in pids):  # noqa: ASYNC110
-            await trio.sleep(0.02)
-    survivors = {p: cmdline(p) for p in pids if alive(p)}
-    assert not survivors, f"processes survived: {survivors}"
-
-
-def read_record(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written right now
-            continue
-    return out
 
 
 # --------------------------------------------------------------------------- the server

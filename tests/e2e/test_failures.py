@@ -15,14 +15,14 @@ import attrs
 import pytest
 import trio
 
+from tests._procs import alive, pgid_of
+
 from .conftest import (
     FAST_POOL,
     MODEL,
     E2EServer,
-    alive,
     open_e2e_server,
     open_raw,
-    pgid_of,
     read_until,
 )
 

@@ -13,8 +13,9 @@ import pytest
 import trio
 
 from clibridge import _janitor
+from tests._procs import alive, children_of, cmdline, read_record, wait_gone
 
-from .conftest import E2EServer, alive, children_of, cmdline, read_record, wait_gone
+from .conftest import E2EServer
 from .test_shutdown import serve_process
 
 

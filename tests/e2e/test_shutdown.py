@@ -18,7 +18,9 @@ import attrs
 import httpx
 import trio
 
-from .conftest import MODEL, alive, children_of, cmdline, read_record, wait_gone
+from tests._procs import alive, children_of, cmdline, read_record, wait_gone
+
+from .conftest import MODEL
 
 _LISTENING = re.compile(rb"clibridge is listening on (http://[\d.]+:\d+)")
 

@@ -33,6 +33,7 @@ from clibridge._config import ClaudeConfig, CodexConfig, Config, PoolConfig, Ser
 from clibridge._process import live_group_members
 from clibridge._supervisor import FAKE_CLAUDE_COMMAND, FAKE_CODEX_COMMAND, BackendChoice, serve
 from clibridge.testing.realcli import CODEX_KEY_ENV, CodexSetup
+from tests._procs import alive, children_of, read_record
 
 CODEX_POOL = PoolConfig(
     workers=1,
@@ -49,42 +50,6 @@ CODEX_POOL = PoolConfig(
 )
 CLAUDE_POOL = attrs.evolve(CODEX_POOL, workers=1, spares=0)
 BOUND = 60  # seconds: a bound on any one real wait in these tests
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2 :].split()
-
-
-def alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def children_of(ppid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None and int(fields[1]) == ppid and fields[0] not in (b"Z", b"X"):
-                out.add(int(entry))
-    return out
-
-
-def read_record(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written right now
-            continue
-    return out
 
 
 @attrs.define

@@ -13,7 +13,9 @@ from typing import Any
 import attrs
 import trio
 
-from .conftest import BOUND, CODEX_POOL, CodexServer, alive, open_codex_server
+from tests._procs import alive
+
+from .conftest import BOUND, CODEX_POOL, CodexServer, open_codex_server
 
 MODEL = "gpt-5.5"
 
