@@ -44,9 +44,9 @@ kernel), every idle connection is closed at once, a connection finishing its req
 closed after its response (Hypercorn's ``terminated`` flag), and requests still running
 get ``graceful_timeout`` before they are cancelled -- as with ``hypercorn.trio.serve``.
 
-The connection task keeps the accepted stream in a local named ``stream``: the
-stalled-client cut of :mod:`._exchange` finds the socket there, as it did in
-``trio.serve_listeners``' handler task.
+The connection task sets :data:`._exchange.CONNECTION_STREAM` to the accepted stream; the
+tasks Hypercorn starts for the connection inherit it, so the stalled-client cut of
+:mod:`._exchange` finds the socket without looking into task frames.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .._errors import UnavailableError
 from .._wire.errors import error_body, error_status
+from ._exchange import CONNECTION_STREAM
 from ._guard import dialect_of
 
 log = logging.getLogger("clibridge.http")
@@ -438,7 +439,7 @@ class _Acceptor:
         self.connections.start_soon(self._serve_connection, connection, stream)
 
     async def _serve_connection(self, connection: _Connection, stream: trio.SocketStream) -> None:
-        # ``stream`` is looked up in this frame by _exchange._find_transport
+        CONNECTION_STREAM.set(stream)  # inherited by the app's tasks (the stalled-client cut)
         try:
             await connection.run()
         finally:

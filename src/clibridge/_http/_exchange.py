@@ -7,14 +7,17 @@ middle of its service context by a ``yield``: so the task that holds the service
 HTTP request. The middleware waits for it, so when a request is over its turn is over.
 
 A client that stops reading blocks Hypercorn's (shielded) socket send forever; only
-closing the socket unblocks it. Hypercorn does not hand the socket to the app, so
-:func:`_find_transport` looks it up in the task tree — best effort: when it cannot be
-found, a stalled client still has its turn cancelled and its slot freed, only the idle
-connection stays until the client goes away.
+closing the socket unblocks it. Hypercorn does not hand the socket to the app (neither the
+ASGI scope nor its extensions carry it), but clibridge runs the accept loop itself
+(:mod:`._connections`): the connection task sets :data:`CONNECTION_STREAM`, a context
+variable every task Hypercorn starts for that connection inherits, the app's included.
+Without it (an app driven in-process, without a socket) a stalled client still has its
+turn cancelled and its slot freed; only the connection stays until the client goes away.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -29,6 +32,10 @@ log = logging.getLogger("clibridge.http")
 
 #: the scope key under which the middleware leaves the request's :class:`Exchange`
 EXCHANGE_KEY = "clibridge.exchange"
+#: the TCP stream of the connection the current task serves (set by the connection task)
+CONNECTION_STREAM: contextvars.ContextVar[trio.SocketStream | None] = contextvars.ContextVar(
+    "clibridge_connection_stream", default=None
+)
 #: the longest the last send of an HTTP/1.x response is kept from cancellation (seconds)
 END_SEND_BOUND = 5.0
 
@@ -66,28 +73,6 @@ class Exchange:
         # a plain socket close wakes the blocked send_all with ClosedResourceError, and
         # Hypercorn then tells the app the client is gone
         self.transport.socket.close()
-
-
-def _find_transport() -> trio.SocketStream | None:
-    """The TCP stream of the current HTTP request (Hypercorn-on-trio specific, best effort).
-
-    Hypercorn runs the app in a nursery owned by its connection task, which trio's
-    ``serve_listeners`` started as ``_run_handler(stream, handler)``: that task's frame
-    holds the accepted stream.
-    """
-    try:
-        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-        for _ in range(4):  # app task -> connection task (a few levels at most)
-            if task is None or task.parent_nursery is None:
-                return None
-            task = task.parent_nursery.parent_task
-            frame = getattr(task.coro, "cr_frame", None)
-            stream = frame.f_locals.get("stream") if frame is not None else None
-            if isinstance(stream, trio.SocketStream):
-                return stream
-    except Exception:  # pragma: no cover - a layout we do not know: give up quietly
-        log.debug("transport lookup failed", exc_info=True)
-    return None
 
 
 async def _send_end_shielded(send: Send, message: Any) -> None:
@@ -133,7 +118,7 @@ class ExchangeMiddleware:
             await self._app(scope, receive, send)
             return
         async with trio.open_nursery() as nursery:
-            exchange = Exchange(nursery, _find_transport())
+            exchange = Exchange(nursery, CONNECTION_STREAM.get())
             scope[EXCHANGE_KEY] = exchange
             try:
                 await self._app(scope, receive, _end_sender(scope, send))
