@@ -3,9 +3,9 @@ SIGKILL under load against another. What must hold afterwards is asserted test b
 on the record of one run (the module fixture :func:`chaos`).
 
 The run (``clibridge serve --backend fake`` as a child process, :func:`._workload.server_args`:
-3 workers + 1 spare and a queue of 6 per backend, 2 s stream-idle timeout; with
-``CLIBRIDGE_CHAOS_GRANDCHILDREN=1`` every fake CLI spawns a grandchild into its process
-group):
+3 workers + 1 spare and a queue of 6 per backend, 2 s stream-idle timeout; every fake
+CLI spawns a grandchild into its process group that inherits its stdout, unless
+``CLIBRIDGE_CHAOS_GRANDCHILDREN=0``):
 
 1. idle connections are opened (fresh, after a GET, a POST and a stream, and after the
    HTTP/2 preface) and left;
@@ -81,8 +81,8 @@ from ._workload import (
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(int(300 * max(1.0, SCALE)))]
 
 CONCURRENCY = 8
-#: CLIBRIDGE_CHAOS_GRANDCHILDREN=1: the fakes of the chaos run spawn grandchildren
-GRANDCHILDREN = os.environ.get("CLIBRIDGE_CHAOS_GRANDCHILDREN") == "1"
+#: the fakes of the chaos run spawn grandchildren (CLIBRIDGE_CHAOS_GRANDCHILDREN=0: not)
+GRANDCHILDREN = os.environ.get("CLIBRIDGE_CHAOS_GRANDCHILDREN", "1") != "0"
 H2C_KINDS = ("h2c prior knowledge (after SETTINGS)", "h2c upgrade (after the response)")
 #: warm-up requests drawn from the mix after the coverage set
 WARMUP_MIX = 330
