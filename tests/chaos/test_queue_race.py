@@ -24,8 +24,7 @@ import trio.testing
 from clibridge._config import PoolConfig
 from clibridge._pool import WorkerPool
 from clibridge._worker import Binding
-
-from ..pool.scripted import Plan, ScriptedWorker
+from clibridge.testing.scripted import Plan, ScriptedWorker
 
 pytestmark = pytest.mark.chaos
 

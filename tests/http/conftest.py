@@ -1,8 +1,7 @@
 """A scripted in-memory TurnService and real Hypercorn servers for the HTTP tests.
 
-The service plays a :class:`Script` per model name: optional admission delay or error,
-then steps (events, :class:`Sleep`, errors to raise). It records every turn: whether its
-context was entered and exited, with which exception, and when.
+The service is :class:`clibridge.testing.scripted.ScriptedService` (re-exported here with
+its script types for the tests of this folder).
 
 ``server`` runs the real app on Hypercorn on 127.0.0.1:0 inside the test's nursery (the
 Quart test client deadlocks on streams). ``threaded_server`` runs one in a thread with its
@@ -11,15 +10,23 @@ own trio loop, for the synchronous SDK clients and Hypothesis.
 
 from __future__ import annotations
 
+__all__ = [
+    "MODEL",
+    "USAGE",
+    "RunningServer",
+    "Script",
+    "ScriptedService",
+    "Sleep",
+    "ThreadedServer",
+    "TurnRecord",
+    "hello",
+    "open_server",
+]
+
 import threading
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
-    Callable,
-    Iterable,
     Iterator,
-    Mapping,
-    Sequence,
 )
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,124 +37,17 @@ import pytest
 import trio
 
 from clibridge._config import ServerConfig
-from clibridge._errors import BridgeError
-from clibridge._events import Event, Finished, FinishReason, Request, TextDelta, TurnStarted, Usage
 from clibridge._http import BridgeApp, create_app, serve_http
 from clibridge._http._connections import ConnectionTable
-from clibridge._service import ModelInfo, Readiness
-
-MODEL = "claude-sonnet-4-5"
-USAGE = Usage(input_tokens=11, output_tokens=7)
-
-
-@attrs.frozen
-class Sleep:
-    seconds: float
-
-
-Step = Event | Sleep | BridgeError
-
-
-def hello(text: str = "Hello, world") -> list[Step]:
-    half = len(text) // 2
-    return [
-        TurnStarted(MODEL),
-        TextDelta(text[:half]),
-        TextDelta(text[half:]),
-        Finished(FinishReason.END_TURN, USAGE),
-    ]
-
-
-@attrs.define
-class Script:
-    steps: Iterable[Step] = attrs.field(factory=hello)
-    enter_delay: float = 0.0
-    enter_error: BridgeError | None = None
-
-
-@attrs.define(eq=False)
-class TurnRecord:
-    request: Request
-    entered: bool = False
-    exit_exc: BaseException | None = None
-    exited: bool = False
-    exited_at: float | None = None
-    sent: int = 0
-
-
-class ScriptedService:
-    """A TurnService that plays scripts; implements the seam the supervisor implements."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, Script] = {}
-        self.default = Script()
-        self.records: list[TurnRecord] = []
-        self._change = trio.Event()
-        self.ready = Readiness(True, "scripted service: ready", fake=False)
-        self.model_list: list[ModelInfo] = [
-            ModelInfo(MODEL, "claude", MODEL, fake=True),
-            ModelInfo("gpt-5", "codex", "gpt-5"),
-        ]
-
-    @asynccontextmanager
-    async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
-        record = TurnRecord(request)
-        self.records.append(record)
-        self._changed()
-        script = self.scripts.get(request.model, self.default)
-        events = self._play(script.steps, record)
-        try:
-            if script.enter_delay:
-                await trio.sleep(script.enter_delay)
-            if script.enter_error is not None:
-                raise script.enter_error
-            record.entered = True
-            self._changed()
-            yield events
-        except BaseException as exc:
-            record.exit_exc = exc
-            raise
-        finally:
-            with trio.CancelScope(shield=True):
-                await events.aclose()
-            record.exited = True
-            record.exited_at = trio.current_time()
-            self._changed()
-
-    async def _play(
-        self, steps: Iterable[Step], record: TurnRecord
-    ) -> AsyncGenerator[Event, None]:
-        for step in steps:
-            if isinstance(step, Sleep):
-                await trio.sleep(step.seconds)
-            elif isinstance(step, BridgeError):
-                raise step
-            else:
-                record.sent += 1
-                self._changed()
-                yield step
-                await trio.lowlevel.checkpoint()
-
-    def models(self) -> Sequence[ModelInfo]:
-        return self.model_list
-
-    def readiness(self) -> Readiness:
-        return self.ready
-
-    def statistics(self) -> Mapping[str, Any]:
-        return {"turns": len(self.records)}
-
-    def last(self) -> TurnRecord:
-        return self.records[-1]
-
-    def _changed(self) -> None:
-        self._change.set()
-        self._change = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait (bound it with trio.fail_after) until ``predicate()`` holds after a change."""
-        while not predicate():
-            await self._change.wait()
+from clibridge.testing.scripted import (
+    MODEL,
+    USAGE,
+    Script,
+    ScriptedService,
+    Sleep,
+    TurnRecord,
+    hello,
+)
 
 
 @attrs.define

@@ -11,8 +11,7 @@ from clibridge._errors import BootError, CliCrashed, QueueFull, UnavailableError
 from clibridge._events import Message, Request, TextPart
 from clibridge._pool import WorkerPool
 from clibridge._worker import Binding
-
-from .scripted import Plan, ScriptedWorker
+from clibridge.testing.scripted import Plan, ScriptedWorker
 
 A = Binding(system="A", tools_key=(), model="m")
 B = Binding(system="B", tools_key=(), model="m")
@@ -31,7 +30,9 @@ class Harness:
         self.workers[worker_id] = worker
         return worker
 
-    async def turn(self, binding: Binding = A, record: list[tuple[float, int]] | None = None) -> int:
+    async def turn(
+        self, binding: Binding = A, record: list[tuple[float, int]] | None = None
+    ) -> int:
         async with self.pool.lease(binding) as lease:
             if record is not None:
                 record.append((trio.current_time(), lease.worker.id))
