@@ -6,6 +6,7 @@ kind (mapped to each dialect's envelope by the wire layer) and, where it makes s
 these at layer boundaries only.
 
     BridgeError
+    ├── InternalError                 500  api_error         a bug in clibridge (names the request id)
     ├── RequestError                  400  invalid_request   the client sent something wrong
     │   ├── UnsupportedFeature        400  invalid_request   valid, but cannot be honoured
     │   ├── RequestTooLarge           413  invalid_request   body / prompt / message count
@@ -78,6 +79,12 @@ class BridgeError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class InternalError(BridgeError):
+    """An unexpected exception in clibridge itself, as the client sees it (500)."""
+
+    status = 500
 
 
 class RequestError(BridgeError):

@@ -39,7 +39,7 @@ from typing import TypeAlias
 import attrs
 import trio
 
-from .._errors import BridgeError, ProtocolError, UnavailableError
+from .._errors import BridgeError, InternalError, ProtocolError, UnavailableError
 from .._events import Event, Finished, Request, TurnStarted
 from .._service import TurnService
 from ._codecs import StreamEncoder
@@ -54,12 +54,6 @@ Item: TypeAlias = Event | BridgeError
 _CHANNEL_SIZE = 32
 #: at most this many ready items are coalesced into one write
 _COALESCE_MAX = 64
-
-
-class InternalError(BridgeError):
-    """An unexpected exception in clibridge itself, as the client sees it (500)."""
-
-    status = 500
 
 
 def as_bridge_error(exc: BaseException, request_id: str) -> BridgeError | None:

@@ -50,6 +50,7 @@ from .._errors import (
     AuthError,
     BridgeError,
     ErrorKind,
+    InternalError,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
@@ -84,7 +85,6 @@ from ._guard import (
 )
 from ._turns import (
     DrainState,
-    InternalError,
     TurnRun,
     as_bridge_error,
     retry_after_header,
