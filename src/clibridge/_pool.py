@@ -84,7 +84,6 @@ class _Slot:
     closing: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     last_used: float = 0.0
-    booted_at: float | None = None
 
 
 @attrs.define(eq=False)
@@ -695,7 +694,7 @@ class WorkerPool:
             self._notify()
 
     def _on_booted(self, slot: _Slot) -> None:
-        slot.booted_at = slot.last_used = trio.current_time()
+        slot.last_used = trio.current_time()
         self._boot_failures_in_a_row = 0
         if slot.state is SlotState.BOOTING:
             slot.state = SlotState.IDLE

@@ -479,7 +479,6 @@ class StreamEncoder:
         self._created = created
         self._seq = 0
         self._finished = False
-        self._output: list[dict[str, Any]] = []  # finished items, in output order
         self._slots = 0  # output indexes handed out
         self._open: _Item | None = None  # the open message or reasoning item
         self._calls: dict[int, _Item] = {}  # neutral tool index -> open function_call item
