@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import mimetypes
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._errors import RequestError, UnsupportedFeature, UpstreamError
@@ -126,6 +126,24 @@ def tool_call_part(call_id: str, name: str, arguments: object) -> ToolCallPart:
     if not isinstance(arguments, str):
         arguments = dumps(arguments) if isinstance(arguments, dict) else "{}"
     return ToolCallPart(id=call_id, name=name, arguments=arguments)
+
+
+def joined_text(
+    content: str | Sequence[object] | None, param: str, text_of: Callable[[object], str | None]
+) -> str:
+    """The text of a message content that may hold text only: a string, or parts whose
+    text ``text_of`` gives (None for a part that is not text: a 400 naming it)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        text = text_of(part)
+        if text is None:
+            raise RequestError(
+                f"{param}[{j}]: only text is allowed here, got an image", param=f"{param}[{j}]"
+            )
+        texts.append(text)
+    return "".join(texts)
 
 
 def text_parts(text: str | None) -> list[Part]:

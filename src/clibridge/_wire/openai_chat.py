@@ -64,6 +64,7 @@ from ._common import (
     effective_reason,
     effort_level,
     image_from_url,
+    joined_text,
     positive,
     text_parts,
     tool_call_part,
@@ -288,20 +289,16 @@ def _reject_unsupported(req: ChatRequest) -> None:
         )
 
 
+def _text_of(part: object) -> str | None:
+    if isinstance(part, TextContent):
+        return part.text
+    if isinstance(part, RefusalContent):
+        return part.refusal
+    return None
+
+
 def _flatten_text(content: str | list[ContentPart] | None, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts: list[str] = []
-    for j, part in enumerate(content):
-        if isinstance(part, TextContent):
-            texts.append(part.text)
-        elif isinstance(part, RefusalContent):
-            texts.append(part.refusal)
-        else:
-            raise RequestError(
-                f"{param}[{j}]: only text is allowed here, got an image", param=f"{param}[{j}]"
-            )
-    return "".join(texts)
+    return joined_text(content, param, _text_of)
 
 
 def _user_parts(content: str | list[ContentPart], param: str) -> list[Part]:

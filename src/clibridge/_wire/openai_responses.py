@@ -66,6 +66,7 @@ from ._common import (
     cancelled_error,
     effort_level,
     image_from_url,
+    joined_text,
     positive,
     text_parts,
     tool_call_part,
@@ -272,20 +273,16 @@ def _reject_unsupported(req: ResponsesRequest) -> None:
         )
 
 
+def _text_of(part: object) -> str | None:
+    if isinstance(part, InputText | OutputText):
+        return part.text
+    if isinstance(part, Refusal):
+        return part.refusal
+    return None
+
+
 def _text(content: str | list[MessageContent], param: str) -> str:
-    if isinstance(content, str):
-        return content
-    texts: list[str] = []
-    for j, part in enumerate(content):
-        if isinstance(part, InputText | OutputText):
-            texts.append(part.text)
-        elif isinstance(part, Refusal):
-            texts.append(part.refusal)
-        else:
-            raise RequestError(
-                f"{param}[{j}]: only text is allowed here, got an image", param=f"{param}[{j}]"
-            )
-    return "".join(texts)
+    return joined_text(content, param, _text_of)
 
 
 def _user_parts(content: str | list[MessageContent], param: str) -> list[Part]:
@@ -650,16 +647,13 @@ class StreamEncoder:
                 ),
             ]
         self._done[item.output_index] = done
-        frames.append(
-            self._event(
-                {
-                    "type": "response.output_item.done",
-                    "output_index": item.output_index,
-                    "item": done,
-                }
-            )
-        )
+        frames.append(self._item_done(item, done))
         return frames
+
+    def _item_done(self, item: _Item, done: dict[str, Any]) -> bytes:
+        return self._event(
+            {"type": "response.output_item.done", "output_index": item.output_index, "item": done}
+        )
 
     def _args_delta(self, item: _Item, fragment: str) -> bytes:
         return self._event(
@@ -693,15 +687,7 @@ class StreamEncoder:
                 }
             )
         )
-        frames.append(
-            self._event(
-                {
-                    "type": "response.output_item.done",
-                    "output_index": item.output_index,
-                    "item": done,
-                }
-            )
-        )
+        frames.append(self._item_done(item, done))
         return frames
 
     def _finish(self, event: Finished) -> list[bytes]:
