@@ -282,14 +282,10 @@ class WorkerPool:
         except BaseException:
             self._release_permit()
             raise
-        lease = Lease(self, slot)
         try:
-            yield lease
-        except TurnTimeout:
-            self._timeouts += 1
-            raise
+            async with self._held(slot) as lease:
+                yield lease
         finally:
-            self._end_lease(lease)
             elapsed = trio.current_time() - started
             self._turn_seconds = 0.8 * self._turn_seconds + 0.2 * elapsed
 
@@ -302,8 +298,13 @@ class WorkerPool:
                 self._release_permit()
             yield None
             return
-        slot = parked.slot
-        slot.state = SlotState.BUSY
+        parked.slot.state = SlotState.BUSY
+        async with self._held(parked.slot) as lease:
+            yield lease
+
+    @asynccontextmanager
+    async def _held(self, slot: _Slot) -> AsyncIterator[Lease]:
+        """A lease on ``slot`` (permit held), ended on every path (:meth:`_end_lease`)."""
         lease = Lease(self, slot)
         try:
             yield lease
