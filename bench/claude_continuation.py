@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import quiet_logs, table, write_results
 from clibridge._backends import claude
-from clibridge._backends.claude_worker import ClaudeWorker
+from clibridge._backends.claude.worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._events import (
     Finished,

@@ -11,7 +11,7 @@ the same clibridge spawn home (``prepare_claude_home``: HOME, allow-listed env w
 system prompt and the same user text. Requests run one after the other.
 
 * **warm**: a :class:`~clibridge._pool.WorkerPool` (``workers=1, spares=1``) of
-  :class:`~clibridge._backends.claude_worker.ClaudeWorker`. One unmeasured warm-up request
+  :class:`~clibridge._backends.claude.worker.ClaudeWorker`. One unmeasured warm-up request
   waits for the first boot. Each measured request is timed from entering ``pool.lease()``
   (checkout: ``/clear`` of the warm worker) to the ``Finished`` event of ``worker.turn()``.
 * **spawn**: what most peers do, one process per request:
@@ -56,11 +56,11 @@ from bench._common import (
     verdict,
     write_results,
 )
-from clibridge._backends.claude_worker import ClaudeWorker
+from clibridge._backends.claude.home import SpawnHome, prepare_claude_home
+from clibridge._backends.claude.worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._events import Finished, Message, Request, TextDelta, TextPart
 from clibridge._pool import WorkerPool
-from clibridge._spawn_home import SpawnHome, prepare_claude_home
 from clibridge._worker import Binding
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.realcli import find_real_clis

@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from clibridge._backends import codex
-from clibridge._backends.codex_worker import CodexWorker
+from clibridge._backends.codex.worker import CodexWorker
 from clibridge._config import CodexConfig, PoolConfig
 from clibridge._events import Message, Request, TextPart, collect
 from clibridge._process import ChildSpec, live_group_members

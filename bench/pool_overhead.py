@@ -3,7 +3,7 @@
 Method
 ------
 One process, one trio loop. A :class:`~clibridge._pool.WorkerPool` (``workers=1``,
-``spares=1``) of :class:`~clibridge._backends.claude_worker.ClaudeWorker` runs the bundled
+``spares=1``) of :class:`~clibridge._backends.claude.worker.ClaudeWorker` runs the bundled
 fake claude (real subprocesses, pipes, the same spawn home and argv as ``clibridge serve
 --backend fake``). The fake replies at once ("Hello from the fake CLI.", one text delta).
 
@@ -56,12 +56,12 @@ from bench._common import (
     verdict,
     write_results,
 )
-from clibridge._backends.claude_worker import ClaudeWorker
+from clibridge._backends.claude.home import prepare_claude_home
+from clibridge._backends.claude.worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._events import Finished, Message, Request, TextDelta, TextPart
 from clibridge._models import ModelTable
 from clibridge._pool import WorkerPool
-from clibridge._spawn_home import prepare_claude_home
 from clibridge._supervisor import Supervisor
 from clibridge._worker import Binding
 

@@ -210,7 +210,7 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the CLI's own login with the spawn home clibridge's workers use."""
     import subprocess
 
-    from ._codex_home import login_argv, prepare_codex_home
+    from ._backends.codex.home import login_argv, prepare_codex_home
     from ._process import CHILD_UMASK
     from ._supervisor import state_dir
 

@@ -440,7 +440,7 @@ def claude_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
 def codex_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
     """Why we believe the codex CLI has a login clibridge may use, or None."""
     if config.codex.use_real_home:
-        from ._codex_home import real_codex_home
+        from ._backends.codex.home import real_codex_home
 
         auth = real_codex_home(environ) / "auth.json"
         return f"use_real_home and {auth} exists" if auth.is_file() else None
@@ -574,7 +574,7 @@ async def serve(
             )
             pools["claude"] = WorkerPool("claude", config.claude.pool, factory)
         if choice.codex is not None:
-            from ._backends.codex_worker import make_codex_factory
+            from ._backends.codex.worker import make_codex_factory
 
             pools["codex"] = WorkerPool(
                 "codex",
@@ -669,9 +669,9 @@ def _claude_factory(
     *,
     fake: bool,
 ) -> WorkerFactory:
-    from ._backends.claude_worker import ClaudeWorker, SpawnModel
+    from ._backends.claude.home import prepare_claude_home
+    from ._backends.claude.worker import ClaudeWorker, SpawnModel
     from ._models import BUILTIN
-    from ._spawn_home import prepare_claude_home
 
     claude = attrs.evolve(config.claude, command=command)
     spawn_home = prepare_claude_home(claude, home, environ)

@@ -26,7 +26,7 @@ from clibridge._backends.claude import (
     TurnTranslator,
     UserEcho,
 )
-from clibridge._backends.claude_render import TOOL_RESULTS_HEADER
+from clibridge._backends.claude.render import TOOL_RESULTS_HEADER
 from clibridge._config import ClaudeConfig
 from clibridge._errors import (
     LoginExpired,

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from clibridge._backends.claude import tools_key
-from clibridge._backends.claude_worker import ClaudeWorker
+from clibridge._backends.claude.home import SETTINGS, SpawnHome, child_env, prepare_claude_home
+from clibridge._backends.claude.worker import ClaudeWorker
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._errors import (
     BootError,
@@ -42,7 +43,6 @@ from clibridge._events import (
     collect,
 )
 from clibridge._process import live_group_members
-from clibridge._spawn_home import SETTINGS, SpawnHome, child_env, prepare_claude_home
 from clibridge._worker import Binding, WorkerUnusable
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.pytest_plugin import require_real_cli

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from clibridge._backends import codex
-from clibridge._backends.codex_worker import CodexWorker, make_codex_factory
+from clibridge._backends.codex.worker import CodexWorker, make_codex_factory
 from clibridge._config import CodexConfig, Config, PoolConfig
 from clibridge._errors import (
     CliCrashed,

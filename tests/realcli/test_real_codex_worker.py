@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from clibridge._backends import codex
-from clibridge._backends.codex_worker import CodexWorker
+from clibridge._backends.codex.worker import CodexWorker
 from clibridge._config import CodexConfig, PoolConfig
 from clibridge._errors import LoginExpired
 from clibridge._events import Event, FinishReason, Message, Request, TextPart, collect

@@ -3,7 +3,7 @@ user turn only: never to a history clibridge replays inside the newest user mess
 tool results, and to every user message after the last assistant or tool message.
 
 Regression: a ``@stub`` tool directive from an earlier turn was read again from the history
-that ``_backends/claude_render.py`` quotes into the newest user message when a conversation
+that ``_backends/claude/render.py`` quotes into the newest user message when a conversation
 cannot continue on a parked worker; the model called the tool again, the client answered, the
 next fallback replay called it again... (~190 workers spawned in 2 minutes).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from clibridge._backends import codex
-from clibridge._backends.claude_render import (
+from clibridge._backends.claude.render import (
     HISTORY_CLOSE,
     LATEST_HEADER,
     TOOL_RESULTS_HEADER,

@@ -1,7 +1,7 @@
 """A replayed history never replays a directive: tool rounds on the fallback path.
 
 Regression: when clibridge cannot continue a conversation on a parked worker it replays the
-history quoted inside the newest user message (``_backends/claude_render.py``); a ``@stub``
+history quoted inside the newest user message (``_backends/claude/render.py``); a ``@stub``
 tool directive of the first turn was read again from that quote, the model called the tool
 again, the client answered, the next fallback replay called it again (~190 workers spawned in
 2 minutes). Each test forces the fallback path on every round (``park_ttl`` ends each parked
@@ -19,7 +19,7 @@ import openai
 import pytest
 import trio
 
-from clibridge._backends.claude_render import HISTORY_CLOSE, LATEST_HEADER, TOOL_RESULTS_HEADER
+from clibridge._backends.claude.render import HISTORY_CLOSE, LATEST_HEADER, TOOL_RESULTS_HEADER
 from clibridge.testing import model_stub as stub_module
 from clibridge.testing.model_stub import DEFAULT_TEXT, ModelStub
 from clibridge.testing.scenario import DEFAULT_REPLY, directive

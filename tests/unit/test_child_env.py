@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clibridge import _codex_home, _spawn_home
+from clibridge._backends.claude import home as claude_home
+from clibridge._backends.codex import home as codex_home
 from clibridge._config import ClaudeConfig, CodexConfig
 
 INBOUND = {
@@ -22,20 +23,20 @@ INBOUND = {
 
 
 def test_denied_names_are_never_on_an_allow_list() -> None:
-    assert not set(_spawn_home.ALLOWED_ENV) & set(_spawn_home.DENIED_ENV)
-    assert not set(_codex_home._ALLOWED) & set(_codex_home.DENIED_ENV)
+    assert not set(claude_home.ALLOWED_ENV) & set(claude_home.DENIED_ENV)
+    assert not set(codex_home._ALLOWED) & set(codex_home.DENIED_ENV)
 
 
 def test_claude_child_env() -> None:
-    env = _spawn_home.child_env(ClaudeConfig(), Path("/spawn"), INBOUND)
+    env = claude_home.child_env(ClaudeConfig(), Path("/spawn"), INBOUND)
     assert env["PATH"] == "/usr/bin"
     assert env["LC_ALL"] == "C.UTF-8"
     assert env["HOME"] == "/spawn"
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
-    for name in (*_spawn_home.DENIED_ENV, "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
+    for name in (*claude_home.DENIED_ENV, "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
         assert name not in env
     assert not [n for n in env if n.startswith("CLIBRIDGE_")]
-    on_purpose = _spawn_home.child_env(
+    on_purpose = claude_home.child_env(
         ClaudeConfig(pass_env=("ANTHROPIC_API_KEY", "CLIBRIDGE_AUTH_TOKEN")), Path("/s"), INBOUND
     )
     assert on_purpose["ANTHROPIC_API_KEY"] == "sk-ant"
@@ -43,9 +44,9 @@ def test_claude_child_env() -> None:
 
 
 def test_codex_child_env() -> None:
-    env = _codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), INBOUND)
+    env = codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), INBOUND)
     assert (env["HOME"], env["CODEX_HOME"]) == ("/u", "/ch")
-    for name in (*_codex_home.DENIED_ENV[:-1], "ANTHROPIC_API_KEY", "CLAUDECODE"):
+    for name in (*codex_home.DENIED_ENV[:-1], "ANTHROPIC_API_KEY", "CLAUDECODE"):
         assert name not in env
     assert not [n for n in env if n.startswith("CLIBRIDGE_")]
 
@@ -65,11 +66,11 @@ def test_only_the_locale_variables_the_clis_use_pass() -> None:
         "LC_MY_TOKEN": "tunnelled-through-ssh",
     }
     passed = {"LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE"}
-    claude = _spawn_home.child_env(ClaudeConfig(), Path("/spawn"), inbound)
-    codex = _codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), inbound)
+    claude = claude_home.child_env(ClaudeConfig(), Path("/spawn"), inbound)
+    codex = codex_home.child_env(CodexConfig(), Path("/ch"), Path("/u"), inbound)
     for env in (claude, codex):
         assert {n for n in env if n.startswith(("LC_", "LANG"))} == passed
         assert all(env[n] == inbound[n] for n in passed)
-    on_purpose = _spawn_home.child_env(ClaudeConfig(pass_env=("LC_TIME",)), Path("/s"), inbound)
+    on_purpose = claude_home.child_env(ClaudeConfig(pass_env=("LC_TIME",)), Path("/s"), inbound)
     assert on_purpose["LC_TIME"] == "de_DE.UTF-8"
     assert "LC_MY_TOKEN" not in on_purpose

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clibridge._codex_home import prepare_codex_home
+from clibridge._backends.claude.home import prepare_claude_home
+from clibridge._backends.codex.home import prepare_codex_home
 from clibridge._config import ClaudeConfig, CodexConfig
-from clibridge._spawn_home import prepare_claude_home
 from clibridge._state_dir import private_dir, secure_state_dir
 
 

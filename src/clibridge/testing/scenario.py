@@ -21,8 +21,8 @@ Only the text of the *newest user turn* is scanned for directives (:func:`direct
 * **Quoted history is never scanned.** When clibridge cannot continue a conversation on a
   worker that holds it, it replays the earlier turns inside the newest user message, as
   ``<conversation_history>...</conversation_history>`` (claude,
-  ``_backends/claude_render.py``) or ``<conversation_so_far>...</conversation_so_far>``
-  (codex's transcript fallback, ``_backends/codex.py``). Everything up to and including the
+  ``_backends/claude/render.py``) or ``<conversation_so_far>...</conversation_so_far>``
+  (codex's transcript fallback, ``_backends/codex/render.py``). Everything up to and including the
   *last* such closing tag (:data:`QUOTED_HISTORY_ENDS`) is quoted history.
 * **Tool results are not user turns.** Rendered ``<tool_result ...>...</tool_result>``
   elements after the history (and native ``tool_result`` blocks, which the fakes leave out
@@ -132,7 +132,7 @@ class DirectiveError(ValueError):
 
 
 #: closing tags of the quoted history clibridge renders into a replayed user message:
-#: claude (``_backends/claude_render.py``), codex's fallback (``_backends/codex.py``)
+#: claude (``_backends/claude/render.py``), codex's fallback (``_backends/codex/render.py``)
 QUOTED_HISTORY_ENDS = ("</conversation_history>", "</conversation_so_far>")
 _RENDERED_TOOL_RESULT = re.compile(r"<tool_result\b[^>]*>.*?</tool_result>", re.S)
 

@@ -16,8 +16,8 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 
-from .._events import Usage
-from ._lines import LineBuffer
+from ..._events import Usage
+from .._lines import LineBuffer
 
 # --------------------------------------------------------------------------- records
 

@@ -79,8 +79,8 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._config import ClaudeConfig, PoolConfig
-from .._errors import (
+from ..._config import ClaudeConfig, PoolConfig
+from ..._errors import (
     BootError,
     BridgeError,
     CliCrashed,
@@ -89,14 +89,13 @@ from .._errors import (
     ToolsUnavailable,
     TurnTimeout,
 )
-from .._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
-from .._janitor import Janitor
-from .._process import ChildProcess, ChildSpec, LineTooLong
-from .._spawn_home import SpawnHome
-from .._worker import Binding, WorkerUnusable
-from . import claude
-from ._host import crash_error, host_child, settled_stderr_tail
-from .claude import (
+from ..._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
+from ..._janitor import Janitor
+from ..._process import ChildProcess, ChildSpec, LineTooLong
+from ..._worker import Binding, WorkerUnusable
+from .. import claude
+from .._host import crash_error, host_child, settled_stderr_tail
+from . import (
     ClaudeParser,
     ControlRequest,
     ControlResponse,
@@ -108,7 +107,8 @@ from .claude import (
     SystemInit,
     TurnTranslator,
 )
-from .claude_tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
+from .home import SpawnHome
+from .tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ never copies one (a copied refresh token goes stale the moment either copy refre
 ``use_real_home`` uses the operator's own CODEX_HOME (``$CODEX_HOME`` or ``~/.codex``) with
 its login, config and AGENTS.md; explicit in the config and logged as a warning.
 
-The environment is an allow-list like the claude one (:data:`clibridge._spawn_home.ALLOWED_ENV`
+The environment is an allow-list like the claude one (:data:`clibridge._backends._env.ALLOWED_ENV`
 minus the claude token): ``OPENAI_API_KEY`` / ``CODEX_API_KEY`` / ``OPENAI_BASE_URL`` (they
 would switch billing or the upstream) and ``CLIBRIDGE_*`` never pass unless named in
 ``pass_env``.
@@ -35,10 +35,10 @@ from typing import Final
 
 import attrs
 
-from ._config import CodexConfig
-from ._process import ChildSpec
-from ._spawn_home import ALLOWED_ENV, allow_listed_env
-from ._state_dir import default_state_dir, private_dir
+from ..._config import CodexConfig
+from ..._process import ChildSpec
+from ..._state_dir import default_state_dir, private_dir
+from .._env import ALLOWED_ENV, allow_listed_env
 
 log = logging.getLogger(__name__)
 

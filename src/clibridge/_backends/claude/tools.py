@@ -15,8 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .._events import Request, ToolSpec
-from ._tools import check_tools as _check_tools
+from ..._events import Request, ToolSpec
+from .._tools import check_tools as _check_tools
 
 #: the SDK MCP server name client tools are exposed under; the model sees ``mcp__client__X``
 CLIENT_MCP_SERVER: Final = "client"

@@ -60,9 +60,9 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .. import __version__
-from .._config import CodexConfig, Config, PoolConfig
-from .._errors import (
+from ... import __version__
+from ..._config import CodexConfig, Config, PoolConfig
+from ..._errors import (
     BootError,
     BridgeError,
     CliCrashed,
@@ -71,13 +71,13 @@ from .._errors import (
     RequestError,
     TurnTimeout,
 )
-from .._events import Event, Message, Request, ToolResultPart
-from .._janitor import Janitor
-from .._process import ChildProcess, ChildSpec, LineTooLong
-from .._worker import Binding, WorkerRetired, WorkerUnusable
-from . import codex
-from ._host import crash_error, host_child, settled_stderr_tail
-from .codex import (
+from ..._events import Event, Message, Request, ToolResultPart
+from ..._janitor import Janitor
+from ..._process import ChildProcess, ChildSpec, LineTooLong
+from ..._worker import Binding, WorkerRetired, WorkerUnusable
+from .. import codex
+from .._host import crash_error, host_child, settled_stderr_tail
+from . import (
     AppServerParser,
     GarbageLine,
     NeedData,
@@ -733,7 +733,7 @@ def make_codex_factory(
     fake: bool,
 ) -> Callable[[int], CodexWorker]:
     """A pool factory for codex workers in clibridge's codex spawn home (blocking setup)."""
-    from .._codex_home import prepare_codex_home
+    from .home import prepare_codex_home
 
     home = prepare_codex_home(config.codex, state_dir, environ)
     if not fake and not home.real and not home.logged_in():

@@ -46,8 +46,8 @@ from typing import Any, Final
 
 import attrs
 
-from .._config import ClaudeConfig
-from .._errors import (
+from ..._config import ClaudeConfig
+from ..._errors import (
     BridgeError,
     LoginExpired,
     ProtocolError,
@@ -56,7 +56,7 @@ from .._errors import (
     UpstreamOverloaded,
     UpstreamRateLimited,
 )
-from .._events import (
+from ..._events import (
     Event,
     Finished,
     FinishReason,
@@ -68,7 +68,7 @@ from .._events import (
     TurnStarted,
     Usage,
 )
-from .claude_parser import (
+from .parser import (
     ApiRetry,
     AssistantMessage,
     GarbageLine,
@@ -80,7 +80,7 @@ from .claude_parser import (
     _int,
     usage_from,
 )
-from .claude_tools import CLIENT_TOOL_PREFIX
+from .tools import CLIENT_TOOL_PREFIX
 
 # the logger name docs/ops.md tells operators to watch for upstream retries
 log = logging.getLogger("clibridge._backends.claude")

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
-from .._events import (
+from ..._events import (
     ImagePart,
     Message,
     Part,

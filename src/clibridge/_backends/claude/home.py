@@ -1,4 +1,4 @@
-"""Spawn homes: the HOME, working directory and environment a claude worker runs with.
+"""The claude spawn home: the HOME, working directory and environment a claude worker runs with.
 
 Theory of operation
 -------------------
@@ -16,25 +16,13 @@ The settings file is rewritten on every start (an operator edit there is not hon
 the settings are part of what clibridge guarantees). ``.claude.json`` is merged, because
 the CLI itself writes into it (caches, counters).
 
-The child environment is built from an allow-list (:data:`ALLOWED_ENV` and the configured
-``pass_env``), never from the inbound environment wholesale: clibridge's own
-``CLIBRIDGE_*`` settings (which hold its API keys) never reach the CLI, and neither do
-``ANTHROPIC_API_KEY`` (it would switch the login to API billing), ``ANTHROPIC_BASE_URL``
-or ``CLAUDECODE`` unless the operator lists them in ``pass_env`` on purpose.
-``CLAUDE_CODE_OAUTH_TOKEN`` (from ``claude setup-token``) is passed when set: it is how a
-subscription login reaches a spawn home without copying a refreshable credentials file
-(which this module never does).
-
-Locale: only ``LANG``, ``LANGUAGE``, ``LC_ALL`` and ``LC_CTYPE`` pass. ``LC_*`` is an open
-namespace -- Debian's and Ubuntu's ssh pass ``LC_*`` from client to server by default
-(``SendEnv`` / ``AcceptEnv``), so people tunnel arbitrary values through it, and terminals
-set ``LC_TERMINAL`` -- and of it the CLIs read (claude 2.1.197, codex
-0.169.0, checked in their binaries) ``LC_ALL`` and ``LC_CTYPE`` (text encoding, also of
-the commands a tool-enabled claude runs), ``LC_TIME`` (how the claude UI formats dates)
-and ``LC_TERMINAL`` (iTerm2 key hints in the claude UI); codex reads only ``LANG`` and
-``LANGUAGE``. Encoding matters to a headless worker; date formats and terminal hints are
-for a screen it does not have, and a worker should behave the same on every machine.
-Name others in ``pass_env`` to pass them.
+The child environment is built from the shared allow-list (:mod:`clibridge._backends._env`:
+:data:`~clibridge._backends._env.ALLOWED_ENV` and the configured ``pass_env``), never from the
+inbound environment wholesale; on top of it claude never gets ``ANTHROPIC_API_KEY`` (it would
+switch the login to API billing), ``ANTHROPIC_BASE_URL`` or ``CLAUDECODE`` (:data:`DENIED_ENV`)
+unless the operator lists them in ``pass_env`` on purpose. ``CLAUDE_CODE_OAUTH_TOKEN`` (from
+``claude setup-token``) is passed when set: it is how a subscription login reaches a spawn home
+without copying a refreshable credentials file (which this module never does).
 
 Everything this module creates under the state dir is the user's alone: directories 0700
 and the files it writes 0600 (see :mod:`clibridge._state_dir`); the CLI runs with umask
@@ -57,15 +45,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
-from ._config import ClaudeConfig
-from ._process import ChildSpec
-from ._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
+from ..._config import ClaudeConfig
+from ..._process import ChildSpec
+from ..._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
+from .._env import ALLOWED_ENV, allow_listed_env
 
 __all__ = [
     "ALLOWED_ENV",
@@ -81,32 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: variables copied from the server's environment when set
-ALLOWED_ENV: Final = (
-    "PATH",
-    # locale: what the CLIs use (see the module doc); not LC_* wholesale
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TERM",
-    "TZ",
-    "TMPDIR",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "NODE_EXTRA_CA_CERTS",
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "NO_PROXY",
-    "https_proxy",
-    "http_proxy",
-    "no_proxy",
-    # the subscription login for spawn homes (``claude setup-token``)
-    "CLAUDE_CODE_OAUTH_TOKEN",
-)
 #: never passed unless named in ``pass_env`` (and CLIBRIDGE_* never at all)
 DENIED_ENV: Final = (
     "ANTHROPIC_API_KEY",
@@ -148,22 +111,6 @@ class SpawnHome:
 
     def child_spec(self, argv: list[str] | tuple[str, ...]) -> ChildSpec:
         return ChildSpec(argv=tuple(argv), env=dict(self.env), cwd=self.workdir)
-
-
-def allow_listed_env(
-    source: Mapping[str, str], allowed: Iterable[str], pass_env: Iterable[str]
-) -> dict[str, str]:
-    """The variables of ``source`` a CLI child may see: ``allowed`` and the operator's
-    ``pass_env``; never ``CLIBRIDGE_*``. Anything else -- the ``DENIED_ENV`` API keys and
-    base URLs, other ``LC_*`` variables -- reaches a child only when named in ``pass_env``."""
-    allowed = frozenset(allowed)
-    passed = frozenset(pass_env)
-    return {
-        name: value
-        for name, value in source.items()
-        if not name.startswith("CLIBRIDGE_")
-        and (name in allowed or name in passed)
-    }
 
 
 def child_env(

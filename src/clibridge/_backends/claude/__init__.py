@@ -1,0 +1,113 @@
+"""The claude backend: ``claude -p`` in stream-json mode, one conversation per process.
+
+Theory of operation
+-------------------
+A claude worker runs ``claude -p --input-format stream-json --output-format stream-json
+--verbose --include-partial-messages --no-session-persistence ...`` (:func:`build_argv`).
+We write one JSON object per line to its stdin (the ``*_line`` encoders) and it writes one
+JSON object per line to stdout. The package's modules; the names the worker, tests and
+bench use are re-exported here (``__all__``):
+
+* :mod:`.argv` -- the command line (:func:`build_argv`);
+* :mod:`.protocol` -- the stdin lines (control requests, user messages);
+* :mod:`.parser` -- stdout bytes in, typed records out (h11 shape:
+  :meth:`ClaudeParser.receive_data` / :meth:`ClaudeParser.next_event` until
+  :data:`NEED_DATA`);
+* :mod:`.translator` -- one turn's records in, neutral events out
+  (:class:`TurnTranslator`), failing fast on upstream trouble per :class:`RetryPolicy`;
+* :mod:`.tools` -- client tools: :func:`check_tools`, :func:`tools_key`, and the
+  replies of the SDK MCP server that hosts them (:func:`mcp_reply`);
+* :mod:`.render` -- a conversation as the content of ONE ``user`` line
+  (:func:`render_user_content`);
+* :mod:`.home` -- the spawn home (HOME, work dir, child environment);
+* :mod:`.worker` -- :class:`~.worker.ClaudeWorker`, the IO around all this (spawn,
+  handshake, pumping, teardown), the pool's worker.
+"""
+
+from __future__ import annotations
+
+from .argv import build_argv
+from .parser import (
+    NEED_DATA,
+    ApiRetry,
+    AssistantMessage,
+    ClaudeParser,
+    ControlRequest,
+    ControlResponse,
+    GarbageLine,
+    NeedData,
+    OtherMessage,
+    Record,
+    Result,
+    StreamEvent,
+    SystemInit,
+    UserEcho,
+    parse_line,
+)
+from .protocol import (
+    clear_line,
+    control_error_line,
+    control_request_line,
+    initialize_line,
+    interrupt_line,
+    mcp_response_line,
+    mcp_set_servers_line,
+    mcp_status_line,
+    set_model_line,
+    user_line,
+)
+from .render import CONTINUE_REQUEST, HISTORY_PREAMBLE, Block, render_user_content
+from .tools import (
+    CLIENT_MCP_SERVER,
+    CLIENT_TOOL_PREFIX,
+    check_tools,
+    mcp_reply,
+    mcp_tool_result,
+    tool_use_id,
+    tools_from_key,
+    tools_key,
+)
+from .translator import RetryPolicy, TurnTranslator
+
+__all__ = [
+    "CLIENT_MCP_SERVER",
+    "CLIENT_TOOL_PREFIX",
+    "CONTINUE_REQUEST",
+    "HISTORY_PREAMBLE",
+    "NEED_DATA",
+    "ApiRetry",
+    "AssistantMessage",
+    "Block",
+    "ClaudeParser",
+    "ControlRequest",
+    "ControlResponse",
+    "GarbageLine",
+    "NeedData",
+    "OtherMessage",
+    "Record",
+    "Result",
+    "RetryPolicy",
+    "StreamEvent",
+    "SystemInit",
+    "TurnTranslator",
+    "UserEcho",
+    "build_argv",
+    "check_tools",
+    "clear_line",
+    "control_error_line",
+    "control_request_line",
+    "initialize_line",
+    "interrupt_line",
+    "mcp_reply",
+    "mcp_response_line",
+    "mcp_set_servers_line",
+    "mcp_status_line",
+    "mcp_tool_result",
+    "parse_line",
+    "render_user_content",
+    "set_model_line",
+    "tool_use_id",
+    "tools_from_key",
+    "tools_key",
+    "user_line",
+]
