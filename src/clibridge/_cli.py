@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import __version__
+from ._backends import BACKENDS
 from ._config import Config
 from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
 
@@ -27,8 +28,8 @@ _GROUPS = {
     "server": "HTTP server",
     "top": "backends, models, logging",
     "pool": "pools (both backends; --claude-* / --codex-* set one)",
-    "claude": "claude backend",
-    "codex": "codex backend",
+    # one group per backend's config section
+    **{name: f"{name} backend" for name in BACKENDS},
 }
 
 _ENV_EPILOG = """\
@@ -42,7 +43,7 @@ environment < flags. `clibridge config` prints the effective configuration as TO
 
 def _group_of(setting: Setting) -> str:
     head = setting.key.split(".", 1)[0]
-    if head in ("server", "claude", "codex", "pool"):
+    if head in ("server", "pool") or head in BACKENDS:
         return head
     if setting.is_alias:
         return "pool"
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "login",
         help="log a CLI in for clibridge (codex: runs `codex login` in clibridge's CODEX_HOME)",
     )
-    login.add_argument("backend", choices=("codex",))
+    login.add_argument("backend", choices=[n for n, b in BACKENDS.items() if b.login is not None])
     login.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
     login.add_argument(
         "--state-dir",
@@ -210,7 +211,6 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the CLI's own login with the spawn home clibridge's workers use."""
     import subprocess
 
-    from ._backends.codex.home import login_argv, prepare_codex_home
     from ._process import CHILD_UMASK
     from ._supervisor import state_dir
 
@@ -231,13 +231,15 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     args.cli_args = cli_args
     flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
     config = load_config(flags, environ, args.config)
-    home = prepare_codex_home(config.codex, state_dir(config), environ)
-    argv = login_argv(config.codex, *args.cli_args)
-    print(f"clibridge: running {' '.join(argv)} with CODEX_HOME={home.codex_home}", file=sys.stderr)
+    login = BACKENDS[args.backend].login
+    assert login is not None  # the parser offers only backends with a login
+    command = login(config, state_dir(config), environ, args.cli_args)
+    argv = command.argv
+    print(f"clibridge: {command.note}", file=sys.stderr)
     try:
         # umask 077 like every CLI child: the login it writes is the user's alone
         return subprocess.call(
-            list(argv), env=dict(home.env), cwd=home.workdir, umask=CHILD_UMASK
+            list(argv), env=dict(command.env), cwd=command.cwd, umask=CHILD_UMASK
         )
     except OSError as exc:
         print(f"clibridge: error: cannot run {argv[0]!r}: {exc}", file=sys.stderr)

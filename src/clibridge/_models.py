@@ -4,43 +4,33 @@ Clients send whatever their tool defaults to (``gpt-5.5``, ``claude-sonnet-4-5``
 ``sonnet``...). The table maps such names to a backend and the id handed to the CLI, plus
 a reasoning effort implied by a suffix (``gpt-5.5-high``). Names not in the table but shaped
 like a backend's model ids (``claude-*`` for claude; ``gpt-*``, ``o<digit>*`` for codex) pass
-through unchanged, so a new upstream model works before clibridge knows about it. Operators
+through unchanged, so a new upstream model works before clibridge knows about it. The names
+and patterns are each backend's (:attr:`~clibridge._backends.Backend.aliases`,
+:attr:`~clibridge._backends.Backend.model_pattern`); two backends may share them (the same
+CLI driven two ways), the first running one serves them. Operators
 add or override entries with ``[models]`` in the config file (``alias = "backend:cli-id"``,
 optionally ``"codex:gpt-5.5@high"``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 import attrs
 
+from ._backends import BACKENDS
 from ._errors import ModelNotFound, RequestError
 from ._service import ModelInfo
 
 EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 
-#: alias -> (backend, cli model id)
-BUILTIN: dict[str, tuple[str, str]] = {
-    "claude-opus-4-5": ("claude", "claude-opus-4-5"),
-    "claude-sonnet-4-5": ("claude", "claude-sonnet-4-5"),
-    "claude-haiku-4-5": ("claude", "claude-haiku-4-5"),
-    "claude-opus-4-1": ("claude", "claude-opus-4-1"),
-    "claude-sonnet-4-0": ("claude", "claude-sonnet-4-0"),
-    "opus": ("claude", "claude-opus-4-5"),
-    "sonnet": ("claude", "claude-sonnet-4-5"),
-    "haiku": ("claude", "claude-haiku-4-5"),
-    "gpt-5.5": ("codex", "gpt-5.5"),
-    "gpt-5.3-codex": ("codex", "gpt-5.3-codex"),
-    "gpt-5-codex": ("codex", "gpt-5-codex"),
-    "gpt-5": ("codex", "gpt-5"),
-}
-
-_PASSTHROUGH = (
-    ("claude", re.compile(r"claude-[a-z0-9][a-z0-9.\-]*")),
-    ("codex", re.compile(r"(gpt-[a-z0-9][a-z0-9.\-]*|o[0-9][a-z0-9.\-]*)")),
+#: (alias, backend, cli model id): every backend's aliases, in registry order
+BUILTIN: tuple[tuple[str, str, str], ...] = tuple(
+    (alias, b.name, cli_model) for b in BACKENDS.values() for alias, cli_model in b.aliases.items()
 )
+
+#: names shaped like a backend's model ids pass through to it unchanged
+_PASSTHROUGH = tuple((b.name, b.model_pattern) for b in BACKENDS.values())
 
 
 @attrs.frozen
@@ -53,15 +43,21 @@ class Route:
 def parse_target(alias: str, target: str) -> Route:
     """``"codex:gpt-5.5@high"`` -> Route; raises ValueError naming the alias."""
     backend, sep, rest = target.partition(":")
-    if not sep or backend not in ("claude", "codex") or not rest:
-        raise ValueError(
-            f"models.{alias}: expected 'claude:<model id>' or 'codex:<model id>[@effort]', "
-            f"got {target!r}"
+    if not sep or backend not in BACKENDS or not rest:
+        expected = " or ".join(
+            f"'{b.name}:<model id>{'[@effort]' if b.effort_suffix else ''}'"
+            for b in BACKENDS.values()
         )
+        raise ValueError(f"models.{alias}: expected {expected}, got {target!r}")
     model, _, effort = rest.partition("@")
     if effort and effort not in EFFORTS:
         raise ValueError(f"models.{alias}: effort must be one of {', '.join(EFFORTS)}")
     return Route(backend, model, effort or None)
+
+
+def _effort_suffix(name: str) -> bool:
+    b = BACKENDS.get(name)
+    return b is not None and b.effort_suffix
 
 
 class ModelTable:
@@ -77,7 +73,13 @@ class ModelTable:
     ) -> None:
         self.backends = frozenset(backends)
         self.fake_backends = frozenset(fake_backends)
-        entries = {alias: Route(*target) for alias, target in BUILTIN.items()}
+        entries: dict[str, Route] = {}
+        for alias, backend, cli_model in BUILTIN:
+            # two backends with the same alias (the same CLI driven two ways): the first
+            # running one serves it
+            held = entries.get(alias)
+            if held is None or (held.backend not in self.backends and backend in self.backends):
+                entries[alias] = Route(backend, cli_model)
         for alias, target in (overrides or {}).items():
             entries[alias] = parse_target(alias, target)
         self._entries = entries
@@ -107,12 +109,13 @@ class ModelTable:
         base, _, suffix = name.rpartition("-")
         if base and suffix in EFFORTS:
             inner = self._lookup(base)
-            if inner is not None and inner.backend == "codex":
+            if inner is not None and _effort_suffix(inner.backend):
                 return attrs.evolve(inner, reasoning_effort=suffix)
-        for backend, pattern in _PASSTHROUGH:
-            if pattern.fullmatch(name):
-                return Route(backend, name)
-        return None
+        matches = [backend for backend, pattern in _PASSTHROUGH if pattern.fullmatch(name)]
+        if not matches:
+            return None
+        # the first running backend whose ids look so, else the first (to name it in the 404)
+        return Route(next((b for b in matches if b in self.backends), matches[0]), name)
 
     def listing(self) -> list[ModelInfo]:
         """The entries of running backends, in table order (for ``/v1/models``)."""

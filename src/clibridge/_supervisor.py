@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ._backends import BACKENDS, FAKE_FALLBACK, backend
 from ._config import Config
 from ._conversations import (
     Conversation,
@@ -56,7 +57,7 @@ from ._conversations import (
 from ._errors import BridgeError, CliCrashed, ToolsUnavailable
 from ._events import Event, Finished, FinishReason, Request, ToolCallStart, TurnStarted, collect
 from ._models import ModelTable
-from ._pool import Lease, WorkerFactory, WorkerPool
+from ._pool import Lease, WorkerPool
 from ._service import ModelInfo, Readiness
 from ._worker import Binding
 
@@ -65,8 +66,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clibridge")
 
-FAKE_CLAUDE_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_claude")
-FAKE_CODEX_COMMAND = (sys.executable, "-m", "clibridge.testing.fake_codex")
+#: the bundled fake CLIs (the tests' names for :attr:`Backend.fake_command
+#: <clibridge._backends.Backend.fake_command>`)
+FAKE_CLAUDE_COMMAND = backend("claude").fake_command
+FAKE_CODEX_COMMAND = backend("codex").fake_command
 
 #: failures of the worker rather than of the request: a turn that produced no output yet
 #: runs once more on another worker (see :meth:`Supervisor._retrying`)
@@ -106,7 +109,7 @@ class Supervisor:
         self._conversations = {
             name: ConversationTable(pool.config.park_ttl)
             for name, pool in self.pools.items()
-            if name in CONTINUABLE_BACKENDS
+            if _continuable(name)
         }
         #: continuation outcomes per backend: "hits", and misses by reason
         self._resumes: dict[str, collections.Counter[str]] = {
@@ -132,14 +135,9 @@ class Supervisor:
             model=route.cli_model,
             reasoning_effort=request.reasoning_effort or route.reasoning_effort,  # type: ignore[arg-type]
         )
-        if route.backend == "claude":
-            from ._backends.claude import check_tools
-
-            request = check_tools(request)
-        elif route.backend == "codex":
-            from ._backends.codex import check_tools as check_codex_tools
-
-            request = check_codex_tools(request)
+        served_by = BACKENDS.get(route.backend)
+        if served_by is not None:
+            request = served_by.check_tools(request)
         elif request.tool_choice.mode == "none":
             request = attrs.evolve(request, tools=())
         binding = Binding(
@@ -288,7 +286,7 @@ class Supervisor:
             why = (
                 "backend = fake, chosen on purpose"
                 if self.fake_on_purpose
-                else "no logged-in claude/codex found"
+                else f"no logged-in {'/'.join(_default_backends())} found"
             )
             reason = f"FAKE CLI ({why}): " + reason
         # a janitor being restarted does not stop serving, only the hard-kill safety net
@@ -345,9 +343,17 @@ _MISS_REASONS = {
     "the parked worker was let go",
 }
 
-#: backends whose workers keep a conversation between requests (``turn(messages=...,
-#: tool_results=...)``, ``paused``)
-CONTINUABLE_BACKENDS = frozenset({"claude", "codex"})
+
+def _continuable(name: str) -> bool:
+    """Whether the workers of pool ``name`` keep a conversation between requests
+    (``turn(messages=..., tool_results=...)``, ``paused``): :attr:`Backend.continuation
+    <clibridge._backends.Backend.continuation>`; pools of no registered backend (tests) do not."""
+    served_by = BACKENDS.get(name)
+    return served_by is not None and served_by.continuation
+
+
+def _default_backends() -> list[str]:
+    return [name for name, b in BACKENDS.items() if b.default]
 
 
 class _Tracker:
@@ -416,36 +422,34 @@ class _Tracker:
 # ---------------------------------------------------------------------- backend choice
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class BackendChoice:
-    claude: tuple[str, ...] | None  # the command to run, None when not served
-    codex: tuple[str, ...] | None
+    """What to serve: the command of each chosen backend, in registry order."""
+
+    commands: Mapping[str, tuple[str, ...]]
     fake: bool
     notes: tuple[str, ...]  # what was detected, for the banner and the log
 
-
-def claude_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
-    """Why we believe the claude CLI can reach its upstream, or None."""
-    if environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
-        return "CLAUDE_CODE_OAUTH_TOKEN is set"
-    if "ANTHROPIC_API_KEY" in config.claude.pass_env and environ.get("ANTHROPIC_API_KEY"):
-        return "ANTHROPIC_API_KEY is passed through on purpose"
-    if config.claude.use_real_home:
-        creds = Path(environ.get("HOME", "~")).expanduser() / ".claude" / ".credentials.json"
-        if creds.is_file():
-            return f"use_real_home and {creds} exists"
-    return None
-
-
-def codex_logged_in(config: Config, environ: Mapping[str, str]) -> str | None:
-    """Why we believe the codex CLI has a login clibridge may use, or None."""
-    if config.codex.use_real_home:
-        from ._backends.codex.home import real_codex_home
-
-        auth = real_codex_home(environ) / "auth.json"
-        return f"use_real_home and {auth} exists" if auth.is_file() else None
-    auth = state_dir(config) / "codex" / "home" / "auth.json"
-    return f"{auth} exists (clibridge login codex)" if auth.is_file() else None
+    def __init__(
+        self,
+        commands: Mapping[str, tuple[str, ...] | None] | None = None,
+        *,
+        fake: bool,
+        notes: Sequence[str] = (),
+        **by_name: tuple[str, ...] | None,
+    ) -> None:
+        """``commands`` and/or one keyword per backend (``claude=..., codex=None``); a
+        None command is not served."""
+        given = {**(commands or {}), **by_name}
+        unknown = sorted(set(given) - set(BACKENDS))
+        if unknown:
+            raise TypeError(f"BackendChoice: no backend {', '.join(unknown)}")
+        chosen: dict[str, tuple[str, ...]] = {}
+        for name in BACKENDS:
+            command = given.get(name)
+            if command is not None:
+                chosen[name] = command
+        self.__attrs_init__(chosen, fake, tuple(notes))
 
 
 def _find(command: tuple[str, ...], environ: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -463,23 +467,18 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
     """
     mode = config.backend
     if mode == "fake":
-        return BackendChoice(FAKE_CLAUDE_COMMAND, FAKE_CODEX_COMMAND, True, ("fake CLIs",))
+        fakes = {name: BACKENDS[name].fake_command for name in _default_backends()}
+        return BackendChoice(fakes, fake=True, notes=("fake CLIs",))
     notes: list[str] = []
-    chosen: dict[str, tuple[str, ...] | None] = {"claude": None, "codex": None}
-    checks = {
-        "claude": (
-            config.claude.command,
-            claude_logged_in,
-            "claude setup-token, then set CLAUDE_CODE_OAUTH_TOKEN",
-        ),
-        "codex": (config.codex.command, codex_logged_in, "clibridge login codex"),
-    }
-    for name, (command, logged_in, fix) in checks.items():
-        wanted = mode in (name, "both")
-        if not (wanted or mode == "auto"):
+    chosen: dict[str, tuple[str, ...]] = {}
+    home = state_dir(config)
+    for name, b in BACKENDS.items():
+        wanted = mode == name or (mode == "both" and b.default)
+        if not (wanted or (mode == "auto" and b.default)):
             continue
+        command = b.settings(config).command
         found = _find(command, environ)
-        why = logged_in(config, environ)
+        why = b.logged_in(config, environ, home)
         if found and why:
             chosen[name] = found
             notes.append(f"{name}: {found[0]} ({why})")
@@ -490,14 +489,15 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
                     f"(set {name}.command)"
                 )
             chosen[name] = found
-            notes.append(f"{name}: {found[0]} (no login detected: run `{fix}`)")
+            notes.append(f"{name}: {found[0]} (no login detected: run `{b.login_fix}`)")
         else:
             notes.append(
                 f"{name}: " + ("not logged in for clibridge" if found else "not installed")
             )
-    if mode == "auto" and not any(chosen.values()):
-        return BackendChoice(FAKE_CLAUDE_COMMAND, None, True, tuple(notes))
-    return BackendChoice(chosen["claude"], chosen["codex"], False, tuple(notes))
+    if mode == "auto" and not chosen:
+        fallback = {FAKE_FALLBACK: BACKENDS[FAKE_FALLBACK].fake_command}
+        return BackendChoice(fallback, fake=True, notes=notes)
+    return BackendChoice(chosen, fake=False, notes=notes)
 
 
 def state_dir(config: Config) -> Path:
@@ -568,26 +568,16 @@ async def serve(
     secure_state_dir(home)
     with Janitor.start(environ=environ) as janitor:
         pools: dict[str, WorkerPool] = {}
-        if choice.claude is not None:
-            factory = _claude_factory(
-                config, choice.claude, home, janitor, environ, fake=choice.fake
+        for name, command in choice.commands.items():
+            served_by = backend(name)
+            factory = served_by.pool_factory(
+                config, command, home, janitor, environ, fake=choice.fake
             )
-            pools["claude"] = WorkerPool("claude", config.claude.pool, factory)
-        if choice.codex is not None:
-            from ._backends.codex.worker import make_codex_factory
-
-            pools["codex"] = WorkerPool(
-                "codex",
-                config.codex.pool,
-                make_codex_factory(
-                    config,
-                    choice.codex,
-                    home,
-                    janitor,
-                    environ,
-                    fake=choice.fake,
-                ),
-                threads_per_worker=config.codex.threads_per_worker,
+            pools[name] = WorkerPool(
+                name,
+                served_by.settings(config).pool,
+                factory,
+                threads_per_worker=served_by.threads_per_worker(config),
             )
         table = ModelTable(
             pools,
@@ -647,43 +637,3 @@ async def _on_signal(shutdown: trio.Event) -> None:
                 raise KeyboardInterrupt
             log.info("received %s", signal.Signals(signum).name)
             shutdown.set()
-
-
-def _fake_env(
-    env: Mapping[str, str], fake: bool, source: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The fake CLIs' own knobs are the one CLIBRIDGE_* exception: users script them so."""
-    out = dict(env)
-    if fake:
-        src = env if source is None else source
-        out.update({k: v for k, v in src.items() if k.startswith("CLIBRIDGE_FAKE_")})
-    return out
-
-
-def _claude_factory(
-    config: Config,
-    command: tuple[str, ...],
-    home: Path,
-    janitor: Any,
-    environ: Mapping[str, str],
-    *,
-    fake: bool,
-) -> WorkerFactory:
-    from ._backends.claude.home import prepare_claude_home
-    from ._backends.claude.worker import ClaudeWorker, SpawnModel
-    from ._models import BUILTIN
-
-    claude = attrs.evolve(config.claude, command=command)
-    spawn_home = prepare_claude_home(claude, home, environ)
-    if fake:
-        spawn_home = attrs.evolve(spawn_home, env=_fake_env({**spawn_home.env}, True, environ))
-    log.info("claude spawn home: %s (work dir %s)", spawn_home.home, spawn_home.workdir)
-
-    spawn_model = SpawnModel(BUILTIN["sonnet"][1])
-
-    def factory(worker_id: int) -> ClaudeWorker:
-        return ClaudeWorker(
-            worker_id, claude, claude.pool, spawn_home, janitor, spawn_model=spawn_model
-        )
-
-    return factory

@@ -80,8 +80,8 @@ async def test_fallback_fake_claude_answers_bad_directives_with_400(tmp_path: Pa
     empty = tmp_path / "empty-path"
     empty.mkdir()
     choice = choose_backends(Config(backend="auto"), {"PATH": str(empty), "HOME": str(tmp_path)})
-    assert choice.fake and choice.codex is None and choice.claude is not None
-    async with open_e2e_server(tmp_path, command=choice.claude) as server:
+    assert choice.fake and list(choice.commands) == ["claude"]
+    async with open_e2e_server(tmp_path, command=choice.commands["claude"]) as server:
         with trio.fail_after(90):
             # booted first: a stream whose worker is still booting starts before its error
             await server.wait_stats(lambda s: s["idle"] >= 1)

@@ -26,6 +26,13 @@ bench use are re-exported here (``__all__``):
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from .. import Backend
 from .argv import build_argv
 from .parser import (
     NEED_DATA,
@@ -69,11 +76,19 @@ from .tools import (
 )
 from .translator import RetryPolicy, TurnTranslator
 
+if TYPE_CHECKING:
+    from ..._config import ClaudeConfig, Config
+    from ..._janitor import Janitor
+    from ..._pool import WorkerFactory
+
 __all__ = [
+    "ALIASES",
+    "BACKEND",
     "CLIENT_MCP_SERVER",
     "CLIENT_TOOL_PREFIX",
     "CONTINUE_REQUEST",
     "HISTORY_PREAMBLE",
+    "MODEL_PATTERN",
     "NEED_DATA",
     "ApiRetry",
     "AssistantMessage",
@@ -111,3 +126,56 @@ __all__ = [
     "tools_key",
     "user_line",
 ]
+
+#: built-in client model names -> the CLI's model id
+ALIASES: Final[Mapping[str, str]] = {
+    "claude-opus-4-5": "claude-opus-4-5",
+    "claude-sonnet-4-5": "claude-sonnet-4-5",
+    "claude-haiku-4-5": "claude-haiku-4-5",
+    "claude-opus-4-1": "claude-opus-4-1",
+    "claude-sonnet-4-0": "claude-sonnet-4-0",
+    "opus": "claude-opus-4-5",
+    "sonnet": "claude-sonnet-4-5",
+    "haiku": "claude-haiku-4-5",
+}
+#: other claude model ids pass through unchanged
+MODEL_PATTERN: Final = re.compile(r"claude-[a-z0-9][a-z0-9.\-]*")
+
+
+def _settings(config: Config) -> ClaudeConfig:
+    return config.claude
+
+
+def _pool_factory(
+    config: Config,
+    command: tuple[str, ...],
+    state_dir: Path,
+    janitor: Janitor | None,
+    environ: Mapping[str, str],
+    *,
+    fake: bool,
+) -> WorkerFactory:
+    from .worker import make_claude_factory
+
+    return make_claude_factory(config, command, state_dir, janitor, environ, fake=fake)
+
+
+def _logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> str | None:
+    from .home import logged_in
+
+    return logged_in(config, environ, state_dir)
+
+
+#: the registry entry (:data:`clibridge._backends.BACKENDS`)
+BACKEND: Final[Backend] = Backend(
+    name="claude",
+    settings=_settings,
+    aliases=ALIASES,
+    model_pattern=MODEL_PATTERN,
+    check_tools=check_tools,
+    pool_factory=_pool_factory,
+    logged_in=_logged_in,
+    login_fix="claude setup-token, then set CLAUDE_CODE_OAUTH_TOKEN",
+    fake_command=(sys.executable, "-m", "clibridge.testing.fake_claude"),
+    continuation=True,
+)

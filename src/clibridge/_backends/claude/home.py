@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import attrs
 
-from ..._config import ClaudeConfig
+from ..._config import ClaudeConfig, Config
 from ..._process import ChildSpec
 from ..._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
 from .._env import ALLOWED_ENV, allow_listed_env
@@ -65,6 +65,7 @@ __all__ = [
     "allow_listed_env",
     "child_env",
     "default_state_dir",
+    "logged_in",
     "prepare_claude_home",
 ]
 
@@ -176,3 +177,16 @@ def prepare_claude_home(
             home,
         )
     return SpawnHome(home, workdir, env)
+
+
+def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> str | None:
+    """Why we believe the claude CLI can reach its upstream, or None."""
+    if environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
+        return "CLAUDE_CODE_OAUTH_TOKEN is set"
+    if "ANTHROPIC_API_KEY" in config.claude.pass_env and environ.get("ANTHROPIC_API_KEY"):
+        return "ANTHROPIC_API_KEY is passed through on purpose"
+    if config.claude.use_real_home:
+        creds = Path(environ.get("HOME", "~")).expanduser() / ".claude" / ".credentials.json"
+        if creds.is_file():
+            return f"use_real_home and {creds} exists"
+    return None

@@ -5,7 +5,7 @@ Parsing has the h11 shape: the IO layer feeds stdout bytes to
 :meth:`ClaudeParser.next_event` until it returns :data:`NEED_DATA`. Every stdout line
 becomes exactly one record; lines that are not a JSON object become :class:`GarbageLine`
 and message types we do not know become :class:`OtherMessage` (logged, never fatal).
-What a record means for a turn is :mod:`.claude_turn`'s business.
+What a record means for a turn is :mod:`.translator`'s business.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A :class:`TurnTranslator` follows one turn -- from our ``user`` line to the CLI's
-``result`` -- and turns its records (:mod:`.claude_parser`) into neutral events::
+``result`` -- and turns its records (:mod:`.parser`) into neutral events::
 
     system/init                      -> TurnStarted(model)
     stream_event content_block_*     -> TextDelta / ThinkingDelta / ToolCallStart/Delta/End
@@ -23,7 +23,7 @@ from its content blocks. Events with a ``parent_tool_use_id`` belong to a sub-ag
 are skipped.
 
 Non-JSON lines: between turns (boot banners, warnings) they are logged and skipped by the
-worker. Inside a turn a :class:`~.claude_parser.GarbageLine` is a
+worker. Inside a turn a :class:`~.parser.GarbageLine` is a
 :class:`~clibridge._errors.ProtocolError`: we cannot tell whether it carried part of the
 answer, so the turn cannot be trusted.
 

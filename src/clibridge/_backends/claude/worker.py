@@ -73,13 +73,14 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import trio
 
-from ..._config import ClaudeConfig, PoolConfig
+from ..._config import ClaudeConfig, Config, PoolConfig
 from ..._errors import (
     BootError,
     BridgeError,
@@ -94,8 +95,10 @@ from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec, LineTooLong
 from ..._worker import Binding, WorkerUnusable
 from .. import claude
+from .._env import with_fake_knobs
 from .._host import crash_error, host_child, settled_stderr_tail
 from . import (
+    ALIASES,
     ClaudeParser,
     ControlRequest,
     ControlResponse,
@@ -107,7 +110,7 @@ from . import (
     SystemInit,
     TurnTranslator,
 )
-from .home import SpawnHome
+from .home import SpawnHome, prepare_claude_home
 from .tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -717,3 +720,29 @@ class ClaudeWorker:
                     self.id,
                 )
                 self.healthy = False
+
+
+def make_claude_factory(
+    config: Config,
+    command: tuple[str, ...],
+    state_dir: Path,
+    janitor: Janitor | None,
+    environ: Mapping[str, str],
+    *,
+    fake: bool,
+) -> Callable[[int], ClaudeWorker]:
+    """A pool factory for claude workers in clibridge's claude spawn home (blocking setup)."""
+    settings = attrs.evolve(config.claude, command=command)
+    spawn_home = prepare_claude_home(settings, state_dir, environ)
+    if fake:
+        spawn_home = attrs.evolve(spawn_home, env=with_fake_knobs(spawn_home.env, environ))
+    log.info("claude spawn home: %s (work dir %s)", spawn_home.home, spawn_home.workdir)
+
+    spawn_model = SpawnModel(ALIASES["sonnet"])
+
+    def factory(worker_id: int) -> ClaudeWorker:
+        return ClaudeWorker(
+            worker_id, settings, settings.pool, spawn_home, janitor, spawn_model=spawn_model
+        )
+
+    return factory

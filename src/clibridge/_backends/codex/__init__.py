@@ -52,6 +52,13 @@ The package's modules (their public names are re-exported here, ``__all__``): :m
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from .. import Backend, LoginCommand
 from .argv import (
     BASE_OVERRIDES,
     NO_CLI_TOOLS_OVERRIDES,
@@ -100,11 +107,19 @@ from .translator import (
     usage_from,
 )
 
+if TYPE_CHECKING:
+    from ..._config import CodexConfig, Config
+    from ..._janitor import Janitor
+    from ..._pool import WorkerFactory
+
 __all__ = [
+    "ALIASES",
     "APPROVAL_DECLINES",
+    "BACKEND",
     "BASE_OVERRIDES",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
+    "MODEL_PATTERN",
     "NEED_DATA",
     "NO_CLI_TOOLS_OVERRIDES",
     "TOOL_CALL_METHOD",
@@ -137,3 +152,67 @@ __all__ = [
     "turn_start_params",
     "usage_from",
 ]
+
+#: built-in client model names -> the CLI's model id
+ALIASES: Final[Mapping[str, str]] = {
+    "gpt-5.5": "gpt-5.5",
+    "gpt-5.3-codex": "gpt-5.3-codex",
+    "gpt-5-codex": "gpt-5-codex",
+    "gpt-5": "gpt-5",
+}
+#: other OpenAI model ids pass through unchanged
+MODEL_PATTERN: Final = re.compile(r"(gpt-[a-z0-9][a-z0-9.\-]*|o[0-9][a-z0-9.\-]*)")
+
+
+def _settings(config: Config) -> CodexConfig:
+    return config.codex
+
+
+def _threads_per_worker(config: Config) -> int:
+    return config.codex.threads_per_worker
+
+
+def _pool_factory(
+    config: Config,
+    command: tuple[str, ...],
+    state_dir: Path,
+    janitor: Janitor | None,
+    environ: Mapping[str, str],
+    *,
+    fake: bool,
+) -> WorkerFactory:
+    from .worker import make_codex_factory
+
+    return make_codex_factory(config, command, state_dir, janitor, environ, fake=fake)
+
+
+def _logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> str | None:
+    from .home import logged_in
+
+    return logged_in(config, environ, state_dir)
+
+
+def _login(
+    config: Config, state_dir: Path, environ: Mapping[str, str], cli_args: Sequence[str]
+) -> LoginCommand:
+    from .home import login_command
+
+    return login_command(config, state_dir, environ, cli_args)
+
+
+#: the registry entry (:data:`clibridge._backends.BACKENDS`)
+BACKEND: Final[Backend] = Backend(
+    name="codex",
+    settings=_settings,
+    aliases=ALIASES,
+    model_pattern=MODEL_PATTERN,
+    check_tools=check_tools,
+    pool_factory=_pool_factory,
+    logged_in=_logged_in,
+    login_fix="clibridge login codex",
+    fake_command=(sys.executable, "-m", "clibridge.testing.fake_codex"),
+    effort_suffix=True,
+    continuation=True,
+    threads_per_worker=_threads_per_worker,
+    login=_login,
+)

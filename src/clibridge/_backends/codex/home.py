@@ -35,9 +35,10 @@ from typing import Final
 
 import attrs
 
-from ..._config import CodexConfig
+from ..._config import CodexConfig, Config
 from ..._process import ChildSpec
 from ..._state_dir import default_state_dir, private_dir
+from .. import LoginCommand
 from .._env import ALLOWED_ENV, allow_listed_env
 
 log = logging.getLogger(__name__)
@@ -110,3 +111,22 @@ def prepare_codex_home(
 def login_argv(config: CodexConfig, *extra: str) -> tuple[str, ...]:
     """The CLI's own login command (``codex login``), to run with the spawn home's env."""
     return (*config.command, "login", *extra)
+
+
+def login_command(
+    config: Config, state_dir: Path, environ: Mapping[str, str], cli_args: Sequence[str]
+) -> LoginCommand:
+    """``clibridge login codex``: ``codex login`` with the spawn home's CODEX_HOME and env."""
+    home = prepare_codex_home(config.codex, state_dir, environ)
+    argv = login_argv(config.codex, *cli_args)
+    note = f"running {' '.join(argv)} with CODEX_HOME={home.codex_home}"
+    return LoginCommand(argv, home.env, home.workdir, note)
+
+
+def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> str | None:
+    """Why we believe the codex CLI has a login clibridge may use, or None."""
+    if config.codex.use_real_home:
+        auth = real_codex_home(environ) / "auth.json"
+        return f"use_real_home and {auth} exists" if auth.is_file() else None
+    auth = state_dir / "codex" / "home" / "auth.json"
+    return f"{auth} exists (clibridge login codex)" if auth.is_file() else None

@@ -76,6 +76,7 @@ from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec, LineTooLong
 from ..._worker import Binding, WorkerRetired, WorkerUnusable
 from .. import codex
+from .._env import with_fake_knobs
 from .._host import crash_error, host_child, settled_stderr_tail
 from . import (
     AppServerParser,
@@ -86,6 +87,7 @@ from . import (
     ServerRequest,
     TurnTranslator,
 )
+from .home import prepare_codex_home
 
 log = logging.getLogger(__name__)
 
@@ -733,8 +735,6 @@ def make_codex_factory(
     fake: bool,
 ) -> Callable[[int], CodexWorker]:
     """A pool factory for codex workers in clibridge's codex spawn home (blocking setup)."""
-    from .home import prepare_codex_home
-
     home = prepare_codex_home(config.codex, state_dir, environ)
     if not fake and not home.real and not home.logged_in():
         log.warning(
@@ -746,9 +746,7 @@ def make_codex_factory(
     )
     spec = home.child_spec(argv)
     if fake:
-        # the fake's own knobs are the one CLIBRIDGE_* exception: users script it with them
-        extra = {k: v for k, v in environ.items() if k.startswith("CLIBRIDGE_FAKE_")}
-        spec = attrs.evolve(spec, env={**spec.env, **extra})
+        spec = attrs.evolve(spec, env=with_fake_knobs(spec.env, environ))
 
     def factory(worker_id: int) -> CodexWorker:
         return CodexWorker(worker_id, config.codex, config.codex.pool, spec, janitor)
