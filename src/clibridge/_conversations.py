@@ -30,17 +30,19 @@ against the request's items, where a parked item the request lacks may be skippe
 it is *droppable*: user text or image that follows another user item (never the first
 item of a user turn, never a tool result or anything the model wrote). The request's
 items after the walk are the new ones; they must start on a message boundary.
-:meth:`ConversationTable.take` tries every parked conversation of the request's setup
-(system prompt, tools, model) and takes the one that aligns furthest.
+:func:`best_match` tries every parked conversation of the request's setup (system prompt,
+tools, model) and takes the one that aligns furthest. The parked conversations themselves
+live in the pool, with their workers (:meth:`clibridge._pool.WorkerPool.parked`): one
+owner, one clock (``park_ttl``, pressure, drain), nothing to keep in step.
 
 One-shot clients. A client that starts a new conversation with every request never
 continues what was parked for it, and parking costs it: the worker holding the finished
 conversation is reused only after a ``/clear`` on the next request's path. So a setup whose
 last :data:`ONE_SHOT_STREAK` requests all began new conversations gets its finished
-conversations not parked (:meth:`ConversationTable.parks_finished`): the worker is released,
+conversations not parked (:meth:`OneShotWatch.parks_finished`): the worker is released,
 cleared in the background and ready. The first request with history for that setup --
 hit or miss -- ends the streak. Turns paused on tool calls are always parked. Already
-from the second new conversation in a row (:meth:`ConversationTable.reuses_finished`) a
+from the second new conversation in a row (:meth:`OneShotWatch.reuses_finished`) a
 request takes the worker of a parked finished conversation of its setup at once, before a
 spare and however recently it was parked (otherwise a conversation parked moments ago is
 left to its client while a boot can serve the request: :mod:`clibridge._pool`).
@@ -59,7 +61,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -190,7 +192,6 @@ class Conversation:
     held: tuple[Item, ...]
     #: the pending calls of a turn waiting for results: (canonical client id, CLI id)
     pending: tuple[tuple[str, str], ...]
-    since: float
 
     @property
     def mid_turn(self) -> bool:
@@ -282,13 +283,40 @@ ONE_SHOT_STREAK = 3
 STREAK_SETUPS = 256
 
 
-class ConversationTable:
-    """Parked conversations by key (the pool holds the workers under the same key)."""
+def best_match(
+    parked: Iterable[Conversation],
+    setup: str,
+    messages: Sequence[Message],
+    request: Sequence[Item],
+) -> Match | None:
+    """The parked conversation of ``setup`` that ``request`` continues furthest, if any.
 
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._by_key: dict[str, Conversation] = {}
-        #: setup digest -> new conversations in a row (module doc, "One-shot clients")
+    ``parked``: what the pool holds parked now (the pool is the one owner of parked
+    conversations and their expiry; this only chooses among them)."""
+    best: tuple[int, Conversation, int] | None = None
+    for conversation in parked:
+        if conversation.setup != setup:
+            continue
+        walked = align(conversation.held, request)
+        if walked is None:
+            continue
+        used, dropped = walked
+        if best is None or used > best[0]:
+            best = (used, conversation, dropped)
+    if best is None:
+        return None
+    used, conversation, dropped = best
+    start = request[used].message if used < len(request) else len(messages)
+    new = tuple(messages[start:])
+    return Match(conversation, new, dropped, plan(conversation, new))
+
+
+class OneShotWatch:
+    """Per backend: how many new conversations in a row each setup's requests began
+    (module doc, "One-shot clients")."""
+
+    def __init__(self) -> None:
+        #: setup digest -> new conversations in a row (least recently seen first)
         self._new_in_a_row: dict[str, int] = {}
         #: finished conversations released instead of parked (one-shot clients)
         self.one_shot_releases = 0
@@ -310,39 +338,3 @@ class ConversationTable:
         new conversations: the conversation parked by that one was not continued, so this
         one may take its worker at once rather than a spare or a boot (module doc)."""
         return self._new_in_a_row.get(setup, 0) >= 2
-
-    def __len__(self) -> int:
-        return len(self._by_key)
-
-    def add(self, conversation: Conversation) -> None:
-        self._by_key.pop(conversation.key, None)
-        self._by_key[conversation.key] = conversation
-
-    def take(
-        self, setup: str, messages: Sequence[Message], request: Sequence[Item]
-    ) -> Match | None:
-        """Remove and return the parked conversation ``request`` continues furthest."""
-        best: tuple[int, Conversation, int, int] | None = None
-        for conversation in self._by_key.values():
-            if conversation.setup != setup:
-                continue
-            walked = align(conversation.held, request)
-            if walked is None:
-                continue
-            used, dropped = walked
-            if best is None or used > best[0]:
-                best = (used, conversation, used, dropped)
-        if best is None:
-            return None
-        _, conversation, used, dropped = best
-        del self._by_key[conversation.key]
-        start = request[used].message if used < len(request) else len(messages)
-        new = tuple(messages[start:])
-        return Match(conversation, new, dropped, plan(conversation, new))
-
-    def prune(self, now: float) -> None:
-        """Forget entries the pool has surely reclaimed (older than its park_ttl)."""
-        for key, conversation in list(self._by_key.items()):
-            if now - conversation.since < self._ttl:
-                break  # insertion order: the rest is younger
-            del self._by_key[key]

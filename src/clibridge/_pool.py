@@ -154,6 +154,8 @@ class Lease:
         self.retire_on_release = False
         self.park_key: Hashable | None = None
         self.park_reusable = False
+        self._park_holding: object = None
+        self._park_on_reclaim: Callable[[], object] | None = None
 
     @property
     def worker(self) -> Worker:
@@ -176,17 +178,29 @@ class Lease:
         self._slot_released = False
         pool._retried += 1
 
-    def park(self, key: Hashable, *, reusable: bool) -> None:
+    def park(
+        self,
+        key: Hashable,
+        *,
+        reusable: bool,
+        holding: object = None,
+        on_reclaim: Callable[[], object] | None = None,
+    ) -> None:
         """Keep the worker checked out under ``key`` when this lease ends.
 
         The parked lease keeps its permit (it counts toward capacity) until
         :meth:`WorkerPool.resume` takes it up, ``park_ttl`` passes, or a queued request
         needs the permit (oldest parked first). ``reusable``: the worker is at a turn
         boundary and may serve others after a reclaim; otherwise (a turn waiting for a
-        client's tool result) a reclaim retires it.
+        client's tool result) a reclaim retires it. ``holding``: what the caller needs to
+        know about the parked conversation (:meth:`WorkerPool.parked` lists it while it
+        is parked). ``on_reclaim``: called when the pool ends the parked lease instead of
+        a request resuming it (e.g. to end a paused thread of a multiplexed worker).
         """
         self.park_key = key
         self.park_reusable = reusable
+        self._park_holding = holding
+        self._park_on_reclaim = on_reclaim
 
 
 @attrs.define(eq=False)
@@ -195,6 +209,8 @@ class _Parked:
     key: Hashable
     reusable: bool
     since: float
+    holding: object = None
+    on_reclaim: Callable[[], object] | None = None
 
 
 class WorkerPool:
@@ -331,7 +347,14 @@ class WorkerPool:
             old = self._parked.pop(key, None)
             if old is not None:  # the same key parked twice: the older one loses
                 self._reclaim(old)
-            self._parked[key] = _Parked(slot, key, lease.park_reusable, trio.current_time())
+            self._parked[key] = _Parked(
+                slot,
+                key,
+                lease.park_reusable,
+                trio.current_time(),
+                lease._park_holding,
+                lease._park_on_reclaim,
+            )
             self._served += 1  # the turn itself is done; parking only keeps the worker
             if self.capacity == 1:
                 slot.state = SlotState.PARKED
@@ -344,10 +367,17 @@ class WorkerPool:
         self._release(slot, retire=lease.retire_on_release)
         self._release_permit()
 
+    def parked(self) -> list[object]:
+        """What each parked lease holds (:meth:`Lease.park`), the oldest first; a lease
+        whose worker died while parked is not listed."""
+        return [p.holding for p in self._parked.values() if p.slot.state is not SlotState.RETIRING]
+
     def _reclaim(self, parked: _Parked) -> None:
         """End a parked lease (ttl, pressure, drain): free its permit; retire if mid-turn."""
         slot = parked.slot
         self._reclaimed += 1
+        if parked.on_reclaim is not None:
+            parked.on_reclaim()
         if slot.state is SlotState.PARKED:
             slot.state = SlotState.BUSY
         self._release(slot, retire=not parked.reusable, count=False)
@@ -558,7 +588,9 @@ class WorkerPool:
         now = trio.current_time()
         slot.last_used = now
         slot.active -= 1
-        if (now - worker.started_at) >= self.config.max_age or worker.turns >= self.config.max_turns:
+        if (
+            now - worker.started_at
+        ) >= self.config.max_age or worker.turns >= self.config.max_turns:
             slot.closing = True
         if retire or slot.state is not SlotState.BUSY:
             self._retire(slot)  # a broken process: its other leases fail with it
@@ -713,9 +745,7 @@ class WorkerPool:
         return self._boot_failures_in_a_row >= limit or self._crashes_in_a_row >= limit
 
     def _counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(
-            ("booting", "idle", "idle_unbound", "busy", "parked", "retiring"), 0
-        )
+        counts = dict.fromkeys(("booting", "idle", "idle_unbound", "busy", "parked", "retiring"), 0)
         for slot in self._slots.values():
             counts[slot.state.value] += 1
             if slot.worker.binding is None and self._has_room(slot):

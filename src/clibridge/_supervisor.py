@@ -45,9 +45,10 @@ from ._backends import BACKENDS, FAKE_FALLBACK, backend
 from ._config import Config
 from ._conversations import (
     Conversation,
-    ConversationTable,
+    OneShotWatch,
     ToolResume,
     assistant_message,
+    best_match,
     canonical_id,
     conversation_key,
     items,
@@ -106,11 +107,8 @@ class Supervisor:
         self.fake_on_purpose = fake_on_purpose
         #: park workers between requests (tool round trips, follow-up turns); see turn()
         self.continuation = continuation
-        self._conversations = {
-            name: ConversationTable(pool.config.park_ttl)
-            for name, pool in self.pools.items()
-            if _continuable(name)
-        }
+        #: per continuable backend; the parked conversations themselves live in its pool
+        self._one_shot = {name: OneShotWatch() for name in self.pools if _continuable(name)}
         #: continuation outcomes per backend: "hits", and misses by reason
         self._resumes: dict[str, collections.Counter[str]] = {
             name: collections.Counter() for name in self.pools
@@ -143,18 +141,18 @@ class Supervisor:
         binding = Binding(
             system=request.system, tools_key=tools_key(request), model=route.cli_model
         )
-        table = self._conversations.get(route.backend) if self.continuation else None
-        if table is None:
+        watch = self._one_shot.get(route.backend) if self.continuation else None
+        if watch is None:
             events = self._fresh(pool, binding, request, None, None)
             try:
                 yield events
             finally:
                 await events.aclose()
             return
-        table.prune(trio.current_time())
         tracker = _Tracker(binding, request)
-        table.note_request(tracker.setup, request.messages)
-        match = table.take(tracker.setup, request.messages, tracker.items)
+        watch.note_request(tracker.setup, request.messages)
+        parked_now = [c for c in pool.parked() if isinstance(c, Conversation)]
+        match = best_match(parked_now, tracker.setup, request.messages, tracker.items)
         counts = self._resumes[route.backend]
         miss = "not_parked"
         if match is not None:
@@ -182,7 +180,7 @@ class Supervisor:
                         yield events
                     finally:
                         await events.aclose()
-                        tracker.park(lease, table)
+                        tracker.park(lease, watch)
                     return
                 miss = "gone" if lease is None else "cannot_continue"
                 if lease is not None and not lease.worker.drop_paused_calls(
@@ -199,7 +197,7 @@ class Supervisor:
                 miss,
                 _MISS_REASONS[miss],
             )
-        events = self._fresh(pool, binding, request, tracker, table)
+        events = self._fresh(pool, binding, request, tracker, watch)
         try:
             yield events
         finally:
@@ -211,13 +209,11 @@ class Supervisor:
         binding: Binding,
         request: Request,
         tracker: _Tracker | None,
-        table: ConversationTable | None,
+        watch: OneShotWatch | None,
     ) -> AsyncGenerator[Event, None]:
         """The turn on a freshly leased worker (the whole history), retried once
         (:meth:`_retrying`)."""
-        reuse = (
-            tracker is not None and table is not None and table.reuses_finished(tracker.setup)
-        )
+        reuse = tracker is not None and watch is not None and watch.reuses_finished(tracker.setup)
         async with pool.lease(binding, reuse_finished=reuse) as lease:
             events = self._retrying(
                 pool, lease, binding, request, tracker, lease.worker.turn(request)
@@ -227,8 +223,8 @@ class Supervisor:
                     async for event in events:
                         yield event
             finally:
-                if tracker is not None and table is not None:
-                    tracker.park(lease, table)
+                if tracker is not None and watch is not None:
+                    tracker.park(lease, watch)
 
     async def _retrying(
         self,
@@ -307,8 +303,8 @@ class Supervisor:
                 for key, n in sorted(counts.items())
                 if key.startswith("miss:")
             }
-            table = self._conversations.get(name)
-            stats["one_shot_releases"] = table.one_shot_releases if table is not None else 0
+            watch = self._one_shot.get(name)
+            stats["one_shot_releases"] = watch.one_shot_releases if watch is not None else 0
         return out
 
     def begin_drain(self) -> None:
@@ -394,29 +390,32 @@ class _Tracker:
                 (canonical_id(call.id), cli_ids[i]) for i, call in enumerate(completion.tool_calls)
             )
         key = conversation_key(self.setup, held)
-        self._parked = Conversation(key, self.setup, held, pending, trio.current_time())
+        self._parked = Conversation(key, self.setup, held, pending)
 
-    def park(self, lease: Lease, table: ConversationTable) -> None:
+    def park(self, lease: Lease, watch: OneShotWatch) -> None:
         """Park the lease's worker if the turn ended where a next request can take it up."""
         parked = self._parked
         worker = lease.worker
         if parked is None or not worker.healthy:
             return
+        on_reclaim = None
         if parked.mid_turn:
-            if not worker.holds_paused_calls(cli for _, cli in parked.pending):
+            calls = tuple(cli for _, cli in parked.pending)
+            if not worker.holds_paused_calls(calls):
                 return  # e.g. a tool_use stop the worker did not pause on: nothing to resume
             # a worker that serves other conversations (codex threads) is not retired when
-            # the pause is reclaimed: it ends the paused thread itself after park_ttl
+            # the pause is reclaimed: only the paused thread ends
             reusable = not worker.continues_finished_turns
+            if reusable:
+                on_reclaim = partial(worker.drop_paused_calls, calls)
         elif worker.continues_finished_turns and not worker.paused:
-            if not table.parks_finished(self.setup):
-                table.one_shot_releases += 1
+            if not watch.parks_finished(self.setup):
+                watch.one_shot_releases += 1
                 return  # a one-shot client: released, and cleared in the background
             reusable = True
         else:
             return
-        lease.park(parked.key, reusable=reusable)
-        table.add(parked)
+        lease.park(parked.key, reusable=reusable, holding=parked, on_reclaim=on_reclaim)
 
 
 # ---------------------------------------------------------------------- backend choice

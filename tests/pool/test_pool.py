@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -556,3 +558,29 @@ async def test_a_lease_whose_move_fails_gives_its_permit_back(
     h.plan.crash_in_turn = False
     await trio.sleep(60)  # past the backoff
     assert await h.turn() >= 2  # capacity is back
+
+
+async def test_the_pool_owns_parked_conversations_and_their_one_clock(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """What a parked lease holds is listed by ``parked()`` for exactly as long as the
+    lease is parked: a resume takes it without ``on_reclaim``; ``park_ttl`` (the one
+    clock) ends the other and calls its ``on_reclaim`` (a codex worker ends the paused
+    thread there)."""
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=1, park_ttl=10)))
+    await trio.sleep(1.1)
+    reclaimed: list[str] = []
+    for name in ("resumed", "expires"):
+        async with h.pool.lease(A) as lease:
+            lease.park(
+                name, reusable=True, holding=name, on_reclaim=partial(reclaimed.append, name)
+            )
+    assert h.pool.parked() == ["resumed", "expires"]
+    await trio.sleep(5)
+    async with h.pool.resume("resumed") as lease:
+        assert lease is not None
+    assert h.pool.parked() == ["expires"] and reclaimed == []
+    await trio.sleep(5.1)  # "expires" was parked 10.1 s ago
+    assert h.pool.parked() == [] and reclaimed == ["expires"]
+    async with h.pool.resume("expires") as gone:
+        assert gone is None

@@ -10,10 +10,11 @@ from clibridge._conversations import (
     STREAK_SETUPS,
     Continue,
     Conversation,
-    ConversationTable,
     Item,
+    OneShotWatch,
     ToolResume,
     align,
+    best_match,
     canonical_id,
     conversation_key,
     items,
@@ -71,12 +72,12 @@ def test_responses_api_call_ids_wrapped_by_openclaw_still_match() -> None:
 
 
 def test_plans() -> None:
-    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")), 0.0)
+    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")))
     results = Message("user", (ToolResultPart("call_B", "2"), ToolResultPart("callA", "1")))
     step = plan(mid, [results])
     assert isinstance(step, ToolResume) and set(step.results) == {"toolu_1", "toolu_2"}
     assert plan(mid, [Message("user", (ToolResultPart("calla", "1"),))]) is None  # one missing
-    done = Conversation("k", "s", (), (), 0.0)
+    done = Conversation("k", "s", (), ())
     assert isinstance(plan(done, [user("next")]), Continue)
     assert plan(done, [Message("assistant", (TextPart("x"),))]) is None
     assert plan(done, []) is None
@@ -85,7 +86,7 @@ def test_plans() -> None:
 def test_context_after_tool_results_goes_to_the_last_result() -> None:
     """Regression: OpenClaw sends its internal context message after the tool results;
     plan() accepted only tool results, so no tool round trip ever resumed."""
-    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")), 0.0)
+    mid = Conversation("k", "s", (), (("calla", "toolu_1"), ("callb", "toolu_2")))
     results = Message("user", (ToolResultPart("callb", "2"), ToolResultPart("calla", "1")))
     step = plan(mid, [results, user("<<<CTX>>> now 12:00")])
     assert isinstance(step, ToolResume)
@@ -118,13 +119,13 @@ def test_alignment_drops_trailing_context_but_nothing_else() -> None:
     assert align(held, items([user("do it"), result])) is None
 
 
-def test_table_takes_the_conversation_that_aligns_furthest() -> None:
+def test_the_conversation_that_aligns_furthest_is_the_match() -> None:
     setup = setup_digest("setup")
     short = tuple(items([user("a"), Message("assistant", (TextPart("b"),))]))
     longer = (*short, *items([user("c"), Message("assistant", (TextPart("d"),))], 2))
-    table = ConversationTable(ttl=60)
-    for held in (short, longer):
-        table.add(Conversation(conversation_key(setup, held), setup, held, (), 0.0))
+    parked = [
+        Conversation(conversation_key(setup, held), setup, held, ()) for held in (short, longer)
+    ]
     messages = [
         user("a"),
         Message("assistant", (TextPart("b"),)),
@@ -132,11 +133,10 @@ def test_table_takes_the_conversation_that_aligns_furthest() -> None:
         Message("assistant", (TextPart("d"),)),
         user("e"),
     ]
-    match = table.take(setup, messages, items(messages))
+    match = best_match(parked, setup, messages, items(messages))
     assert match is not None and match.conversation.held == longer
     assert match.new == (user("e"),) and isinstance(match.plan, Continue)
-    assert len(table) == 1
-    assert table.take(setup_digest("other"), messages, items(messages)) is None
+    assert best_match(parked, setup_digest("other"), messages, items(messages)) is None
     assert isinstance(short[0], Item)
 
 
@@ -198,7 +198,7 @@ def test_mcp_replies() -> None:
 def test_a_one_shot_client_stops_parking_and_history_resumes_it() -> None:
     """ONE_SHOT_STREAK new conversations in a row: finished turns of that setup are not
     parked; the first request with history (of that setup only) parks again."""
-    table = ConversationTable(ttl=300)
+    table = OneShotWatch()
     history = [user("hi"), Message("assistant", (TextPart("hello"),)), user("more")]
     reuses = []
     for i in range(ONE_SHOT_STREAK):
@@ -215,7 +215,7 @@ def test_a_one_shot_client_stops_parking_and_history_resumes_it() -> None:
 
 
 def test_one_shot_streaks_are_remembered_for_a_bounded_number_of_setups() -> None:
-    table = ConversationTable(ttl=300)
+    table = OneShotWatch()
     for _ in range(ONE_SHOT_STREAK):
         table.note_request("first", [user("new")])
     for i in range(STREAK_SETUPS):

@@ -24,8 +24,8 @@ import trio
 from clibridge._conversations import (
     Continue,
     Conversation,
-    ConversationTable,
     ToolResume,
+    best_match,
     conversation_key,
     items,
     setup_digest,
@@ -148,9 +148,8 @@ def test_matcher_on_openclaw_requests(api: str, cell: str) -> None:
     held = (*items(first.messages), *items([reply], len(first.messages)))
     setup = setup_digest("setup")
     pending = tuple((p.id, "toolu_1") for p in reply.parts if isinstance(p, ToolCallPart))
-    table = ConversationTable(ttl=60)
-    table.add(Conversation(conversation_key(setup, held), setup, held, pending, 0.0))
-    match = table.take(setup, second.messages, items(second.messages))
+    parked = [Conversation(conversation_key(setup, held), setup, held, pending)]
+    match = best_match(parked, setup, second.messages, items(second.messages))
     assert match is not None
     # OpenClaw's context of request 1 is dropped, except where the Responses API keeps it
     assert match.dropped == (0 if (api, cell) == ("openai-responses", "tool_loop") else 1)
