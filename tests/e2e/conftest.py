@@ -1,26 +1,31 @@
-"""End-to-end fixtures: the whole clibridge server, in-process, with real child processes.
+"""End-to-end fixtures: the whole clibridge server, in-process, with real child processes,
+on either backend.
 
-:func:`open_e2e_server` runs :func:`clibridge._supervisor.serve` -- janitor, pool of real
+:func:`open_e2e_server` runs :func:`clibridge._supervisor.serve` -- janitor, pools of real
 CLI worker processes, Quart-Trio app on Hypercorn -- inside the test's trio loop on
-127.0.0.1:0, either on the bundled fake claude (scripted by a scenario file and ``@fake``
-lines in the prompts; optionally the fake codex next to it) or on the pinned real claude
-pointed at the loopback model stub.
+127.0.0.1:0. ``backend`` ("claude" or "codex", see :data:`BACKENDS`) names the pool the
+test is about: it gets ``pool`` and the server's :meth:`E2EServer.stats`,
+:meth:`E2EServer.assert_clean` and :meth:`E2EServer.assert_serves` look at it. It runs on
+the bundled fake CLI (scripted by a scenario file and ``@fake`` lines in the prompts) unless
+``fake=False`` and a real command are given (the pinned real claude or codex pointed at the
+loopback model stub); the other backend runs next to it when its command is given.
 
-Every fake claude records itself (``CLIBRIDGE_FAKE_RECORD``): its pid, any grandchild it
+Every fake CLI records itself (``CLIBRIDGE_FAKE_RECORD``): its pid, any grandchild it
 spawned, and every stdin line. :meth:`E2EServer.assert_clean` uses that to prove the
 process table is clean: each worker the pools report is alive, every other CLI process
 ever started is gone (a grandchild may live only inside a live worker's process group),
 nothing but the live workers and the janitor is a child of the server (this test process),
 and every pool has its full capacity back -- nothing in flight but *parked* conversations,
 which hold a permit yet give way under pressure. Leaving the context drains the server and
-then checks that *no* process survived, the janitor included.
+then checks that *no* process survived, nor anything in their process groups, the janitor
+included.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +35,18 @@ import httpx
 import pytest
 import trio
 
-from clibridge._config import ClaudeConfig, Config, PoolConfig, ServerConfig
-from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
+from clibridge._config import ClaudeConfig, CodexConfig, Config, PoolConfig, ServerConfig
+from clibridge._process import live_group_members
+from clibridge._supervisor import FAKE_CLAUDE_COMMAND, FAKE_CODEX_COMMAND, BackendChoice, serve
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
-from tests._procs import alive, children_of, cmdline, pgid_of, read_record, wait_gone
+from clibridge.testing.realcli import CODEX_KEY_ENV, CodexSetup
+from tests._procs import alive, children_of, cmdline, pgid_of, read_record
+
+Backend = Literal["claude", "codex"]
 
 MODEL = "claude-sonnet-4-5"
 CODEX_MODEL = "gpt-5"
+BOUND = 60  # seconds: a bound on any one real wait in these tests
 #: small pool, short timeouts: failures show within seconds
 FAST_POOL = PoolConfig(
     workers=2,
@@ -51,9 +61,39 @@ FAST_POOL = PoolConfig(
     restart_backoff_initial=0.05,
     restart_backoff_max=0.5,
 )
+#: one codex process (it serves several threads at once), short timeouts
+CODEX_POOL = attrs.evolve(FAST_POOL, workers=1, spares=0, max_queue=8, queue_timeout=20.0)
+#: the claude pool next to a codex one
+CLAUDE_SIDE_POOL = attrs.evolve(CODEX_POOL, workers=1, spares=0)
 
 
-# --------------------------------------------------------------------------- /proc
+@attrs.frozen
+class BackendSetup:
+    """How the harness runs one backend when a test is about it."""
+
+    name: Backend
+    #: the model :meth:`E2EServer.assert_serves` asks for
+    model: str
+    fake_command: tuple[str, ...]
+    pool: PoolConfig
+    #: the pool when the test is about the other backend (``None``: the library default)
+    side_pool: PoolConfig | None
+    #: further ``ClaudeConfig`` / ``CodexConfig`` fields when the test is about it
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+BACKENDS: dict[Backend, BackendSetup] = {
+    "claude": BackendSetup("claude", MODEL, FAKE_CLAUDE_COMMAND, FAST_POOL, CLAUDE_SIDE_POOL),
+    "codex": BackendSetup(
+        "codex",
+        CODEX_MODEL,
+        FAKE_CODEX_COMMAND,
+        CODEX_POOL,
+        None,
+        # threads start with the turn: the record shows each thread/start next to its turn
+        {"threads_per_worker": 4, "prestart_threads": False},
+    ),
+}
 
 
 # --------------------------------------------------------------------------- the server
@@ -64,12 +104,18 @@ class E2EServer:
     base_url: str
     shutdown: trio.Event
     record: Path
-    #: pids of fake CLI processes seen so far (refreshed by :meth:`cli_pids`)
+    #: on the fake CLIs (they record themselves)
     fake: bool = True
     #: which pool :meth:`stats` and :meth:`assert_clean` look at
     backend: str = "claude"
     #: the model :meth:`assert_serves` asks for
     model: str = MODEL
+    #: every child of this test process seen while the server ran
+    children: set[int] = attrs.field(factory=set)
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("timeout", 30.0)
@@ -83,14 +129,18 @@ class E2EServer:
         pools: dict[str, dict[str, Any]] = response.json()["service"]
         return pools
 
-    async def stats(self) -> dict[str, Any]:
-        """The statistics of :attr:`backend`'s pool."""
-        return (await self.all_stats())[self.backend]
+    async def stats(self, backend: str | None = None) -> dict[str, Any]:
+        """The statistics of ``backend``'s pool (:attr:`backend`'s by default)."""
+        return (await self.all_stats())[backend or self.backend]
+
+    def facts(self) -> list[dict[str, Any]]:
+        """Everything the fake CLIs recorded."""
+        return read_record(self.record)
 
     def cli_pids(self) -> set[int]:
         """Every fake CLI process (and grandchild) ever started by this server."""
         pids: set[int] = set()
-        for fact in read_record(self.record):
+        for fact in self.facts():
             if "pid" in fact and "argv" in fact:
                 pids.add(int(fact["pid"]))
             if "grandchild_pid" in fact:
@@ -98,12 +148,22 @@ class E2EServer:
         return pids
 
     def grandchild_pids(self) -> set[int]:
-        return {int(f["grandchild_pid"]) for f in read_record(self.record) if "grandchild_pid" in f}
+        return {int(f["grandchild_pid"]) for f in self.facts() if "grandchild_pid" in f}
 
     def stdin_lines(self) -> list[Any]:
-        return [f["stdin"] for f in read_record(self.record) if "stdin" in f]
+        return [f["stdin"] for f in self.facts() if "stdin" in f]
 
-    async def wait_stats(self, predicate: Any, within: float = 15.0) -> dict[str, Any]:
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        """Every JSON-RPC request with ``method`` the server wrote to a fake codex."""
+        return [
+            line
+            for line in self.stdin_lines()
+            if isinstance(line, dict) and line.get("method") == method
+        ]
+
+    async def wait_stats(
+        self, predicate: Callable[[dict[str, Any]], bool], within: float = 15.0
+    ) -> dict[str, Any]:
         """Poll /v1/stats until ``predicate(stats)``; fail with the last stats."""
         stats: dict[str, Any] = {}
         with trio.move_on_after(within):
@@ -157,6 +217,36 @@ class E2EServer:
         assert not others, f"unexpected children of the server: {others}"
         return pools[self.backend]
 
+    async def assert_full_capacity(self, *, workers: int = 1) -> dict[str, Any]:
+        """:attr:`backend`'s pool: nothing in flight or queued, exactly ``workers`` idle
+        workers, and (on the fakes) no process of its CLI outside the pool.
+
+        ``workers=0`` after a crash with no spares: the replacement boots on demand.
+        """
+
+        def settled(s: dict[str, Any]) -> bool:
+            return (
+                s["in_flight"] == 0
+                and s["queued"] == 0
+                and s["booting"] == 0
+                and len(s["workers"]) == workers
+                and all(w["state"] == "idle" for w in s["workers"])
+            )
+
+        stats = await self.wait_stats(settled)
+        pool = _worker_pids(stats)
+        assert all(alive(p) for p in pool), stats
+        if self.fake:
+            await wait_gone({p for p in self.cli_pids() - pool if self._runs(p, self.backend)})
+        return stats
+
+    def _runs(self, pid: int, backend: str) -> bool:
+        """The fake CLI ``pid`` is ``backend``'s."""
+        for fact in self.facts():
+            if fact.get("pid") == pid and "argv" in fact:
+                return any(f"fake_{backend}" in a for a in fact["argv"])
+        return False
+
     async def assert_serves(self, text: str = "follow-up") -> None:
         """A follow-up request succeeds (the pool is usable again)."""
         async with self.client() as client:
@@ -172,19 +262,43 @@ def _worker_pids(stats: Mapping[str, Any]) -> set[int]:
     return {int(w["pid"]) for w in stats["workers"] if w["pid"] is not None}
 
 
+async def wait_gone(pids: set[int], within: float = 10.0) -> None:
+    """Wait until none of ``pids`` (nor anything in their groups) is alive."""
+    with trio.move_on_after(within):
+        # Why polling: the exit of a process we are not the parent of signals nothing.
+        while any(alive(p) or live_group_members(p) for p in pids):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    survivors = {p: live_group_members(p) for p in pids if alive(p) or live_group_members(p)}
+    assert not survivors, f"processes survived: {survivors}"
+
+
 def make_config(
     tmp: Path,
     *,
     pool: PoolConfig = FAST_POOL,
     claude: Mapping[str, Any] | None = None,
+    codex: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
     backend: Literal["claude", "codex", "fake", "both"] = "fake",
+    about: Backend = "claude",
 ) -> Config:
+    """The server's configuration; the test is ``about`` that backend: it gets ``pool`` and
+    its :data:`BACKENDS` settings, the other one its side pool."""
     server_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 5.0}
     server_kwargs.update(server or {})
+    sections: dict[Backend, dict[str, Any]] = {}
+    for name, setup in BACKENDS.items():
+        fields: dict[str, Any] = {}
+        if name == about:
+            fields.update(setup.settings, pool=pool)
+        elif setup.side_pool is not None:
+            fields["pool"] = setup.side_pool
+        fields.update((claude if name == "claude" else codex) or {})
+        sections[name] = fields
     return Config(
         server=ServerConfig(**server_kwargs),
-        claude=ClaudeConfig(pool=pool, **(claude or {})),
+        claude=ClaudeConfig(**sections["claude"]),
+        codex=CodexConfig(**sections["codex"]),
         backend=backend,
         state_dir=tmp / "state",
     )
@@ -194,16 +308,28 @@ def make_config(
 async def open_e2e_server(
     tmp: Path,
     *,
+    backend: Backend = "claude",
     scenario: Mapping[str, Any] | None = None,
-    pool: PoolConfig = FAST_POOL,
+    pool: PoolConfig | None = None,
     claude: Mapping[str, Any] | None = None,
+    codex_settings: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
-    command: tuple[str, ...] = FAKE_CLAUDE_COMMAND,
+    command: tuple[str, ...] | None = None,
+    codex: tuple[str, ...] | None = None,
     environ: Mapping[str, str] | None = None,
     fake: bool = True,
-    codex: tuple[str, ...] | None = None,
 ) -> AsyncIterator[E2EServer]:
-    """The real server in this trio loop; on exit: drain, then no process may survive."""
+    """The real server in this trio loop; on exit: drain, then no process may survive.
+
+    ``command`` is claude's, ``codex`` codex's; ``backend``'s defaults to its fake, the
+    other backend runs only when its command is given. ``pool`` defaults to ``backend``'s
+    in :data:`BACKENDS`; ``claude`` and ``codex_settings`` are further config fields.
+    """
+    setup = BACKENDS[backend]
+    if backend == "claude":
+        command = command or setup.fake_command
+    else:
+        codex = codex or setup.fake_command
     os.makedirs(tmp, exist_ok=True)
     record = tmp / "fake-record.jsonl"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost"}
@@ -214,16 +340,22 @@ async def open_e2e_server(
             path.write_text(json.dumps(scenario))
             env["CLIBRIDGE_FAKE_SCENARIO"] = str(path)
     env.update(environ or {})
-    backend: Literal["claude", "codex", "fake", "both"] = "fake"
+    mode: Literal["claude", "codex", "fake", "both"] = "fake"
     if not fake:
-        backend = "both" if codex is not None and command is not None else "claude"
-        if command is None:
-            backend = "codex"
-    config = make_config(tmp, pool=pool, claude=claude, server=server, backend=backend)
+        mode = "both" if command and codex else "claude" if command else "codex"
+    config = make_config(
+        tmp,
+        pool=pool or setup.pool,
+        claude=claude,
+        codex=codex_settings,
+        server=server,
+        backend=mode,
+        about=backend,
+    )
     choice = BackendChoice(claude=command, codex=codex, fake=fake, notes=())
     shutdown = trio.Event()
-    before = set(children_of(os.getpid()))
-    all_children: set[int] = set()
+    me = os.getpid()
+    before = children_of(me)
     serve_done = trio.Event()
 
     async def run_server(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
@@ -232,17 +364,22 @@ async def open_e2e_server(
         finally:
             serve_done.set()
 
+    running: E2EServer | None = None
+
     async def watch_children() -> None:
-        # the real claude does not record itself: remember every child we ever saw
+        # a real CLI does not record itself: remember every child we ever saw
         while not serve_done.is_set():
-            all_children.update(set(children_of(os.getpid())) - before)
+            if running is not None:
+                running.children |= children_of(me) - before
             with trio.move_on_after(0.05):
                 await serve_done.wait()
 
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(60):
+        with trio.fail_after(BOUND):
             host, port = await nursery.start(run_server)
-        running = E2EServer(f"http://{host}:{port}", shutdown, record, fake=fake)
+        running = E2EServer(
+            f"http://{host}:{port}", shutdown, record, fake=fake, backend=backend, model=setup.model
+        )
         nursery.start_soon(watch_children)
         try:
             yield running
@@ -251,8 +388,8 @@ async def open_e2e_server(
             # a drain longer than this is a bug of its own
             nursery.cancel_scope.deadline = trio.current_time() + 30
     assert serve_done.is_set()
-    all_children.update(set(children_of(os.getpid())) - before)
-    await wait_gone(running.cli_pids() | all_children)
+    running.children |= children_of(me) - before
+    await wait_gone(running.cli_pids() | running.children)
 
 
 async def open_raw(
@@ -308,3 +445,20 @@ async def open_real_server(
         fake=False,
     ) as running:
         yield running
+
+
+def real_codex_settings(setup: CodexSetup) -> dict[str, Any]:
+    """:func:`open_e2e_server` arguments that run the real codex of ``setup`` against its
+    stub, the way :func:`clibridge.testing.realcli.codex_setup` sets it up: the ``-c``
+    provider overrides go into ``codex.overrides``, the provider's key variable into
+    ``codex.pass_env`` -- the server builds its children's environment from an allow-list,
+    so that is the one way to hand the key over."""
+    return {
+        "codex": setup.argv_prefix,
+        "codex_settings": {
+            "overrides": tuple(setup.config_args[1::2]),  # the values of the "-c" pairs
+            "pass_env": (CODEX_KEY_ENV,),
+        },
+        "environ": {CODEX_KEY_ENV: setup.env[CODEX_KEY_ENV]},
+        "fake": False,
+    }
