@@ -1,9 +1,13 @@
 """The official OpenAI and Anthropic SDKs -- sync, async, streaming helpers -- against the
-whole server: once on the fake claude, once on the real claude behind the model stub.
+whole server: on each fake CLI (claude, codex), and on each real CLI behind the model stub.
 
 Each request carries a directive (``@fake`` for the fake CLI, ``@stub`` for the stub the real
 CLI talks to) fixing the reply text and the token counts the CLI reports, so the test can
 assert that the usage every dialect shows is exactly what the CLI reported.
+
+Codex only: reasoning effort -- ``reasoning_effort`` (chat), ``reasoning.effort``
+(Responses) and a model suffix (``gpt-5.5-high``) -- reaches the ``turn/start`` the fake
+records, and the upstream request the real codex makes (the claude backend takes no effort).
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ import openai
 import pytest
 import trio
 
-from clibridge._supervisor import FAKE_CODEX_COMMAND
 from clibridge.testing.model_stub import ModelStub
+from clibridge.testing.realcli import CodexSetup
 
-from .conftest import CODEX_MODEL, MODEL, E2EServer, open_e2e_server, open_real_server
+from .conftest import (
+    BOUND,
+    MODEL,
+    Backend,
+    E2EServer,
+    open_e2e_server,
+    open_real_server,
+    real_codex_settings,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -44,23 +56,19 @@ class Flavor:
 
     @classmethod
     def fake(cls, model: str = MODEL) -> Flavor:
-        fields = {
-            "reply": TEXT,
-            "chunk_chars": 3,
-            "input_tokens": INPUT_TOKENS,
-            "output_tokens": OUTPUT_TOKENS,
-        }
-        return cls(f"@fake {json.dumps(fields)}\nsay hi", model)
+        """For the fake CLI: ``@fake`` names the reply ``reply``."""
+        return cls._directive("@fake", "reply", model)
 
     @classmethod
-    def stub(cls) -> Flavor:
-        fields = {
-            "text": TEXT,
-            "chunk_chars": 3,
-            "input_tokens": INPUT_TOKENS,
-            "output_tokens": OUTPUT_TOKENS,
-        }
-        return cls(f"@stub {json.dumps(fields)}\nsay hi")
+    def stub(cls, model: str = MODEL) -> Flavor:
+        """For the model stub behind a real CLI: ``@stub`` names the reply ``text``."""
+        return cls._directive("@stub", "text", model)
+
+    @classmethod
+    def _directive(cls, directive: str, reply: str, model: str) -> Flavor:
+        fields = {reply: TEXT, "chunk_chars": 3}
+        fields.update(input_tokens=INPUT_TOKENS, output_tokens=OUTPUT_TOKENS)
+        return cls(f"{directive} {json.dumps(fields)}\nsay hi", model)
 
     @property
     def messages(self) -> list[Any]:
@@ -230,15 +238,54 @@ async def run_all(server: E2EServer, flavor: Flavor) -> int:
     return count
 
 
-async def test_sdks_on_fake_claude(tmp_path: Path) -> None:
-    async with open_e2e_server(tmp_path) as server:
-        await run_all(server, Flavor.fake())
+async def run_efforts(server: E2EServer, flavor: Flavor) -> int:
+    """Three requests that each ask for a reasoning effort a different way (low, medium,
+    high by the model suffix); returns how many requests it made."""
+    async with openai.AsyncOpenAI(
+        api_key="unused", base_url=server.v1, max_retries=0, timeout=30
+    ) as oai:
+        chat = await oai.chat.completions.create(
+            model=flavor.model, messages=flavor.messages, reasoning_effort="low"
+        )
+        assert chat.choices[0].finish_reason == "stop"
+        response = await oai.responses.create(
+            model=flavor.model, input=flavor.prompt, reasoning={"effort": "medium"}
+        )
+        assert response.status == "completed"
+        suffixed = await oai.chat.completions.create(model="gpt-5.5-high", messages=flavor.messages)
+        assert suffixed.choices[0].finish_reason == "stop"
+    return 3
 
 
-async def test_sdks_on_fake_codex(tmp_path: Path) -> None:
-    async with open_e2e_server(tmp_path, codex=FAKE_CODEX_COMMAND) as server:
-        server.backend, server.model = "codex", CODEX_MODEL
-        await run_all(server, Flavor.fake(CODEX_MODEL))
+#: the model each backend's fake is asked for
+FAKE_MODELS: dict[Backend, str] = {"claude": MODEL, "codex": "gpt-5.5"}
+
+
+@pytest.mark.parametrize("backend", list(FAKE_MODELS))
+async def test_sdks_on_fake(tmp_path: Path, backend: Backend) -> None:
+    async with open_e2e_server(tmp_path, backend=backend) as server:
+        await run_all(server, Flavor.fake(FAKE_MODELS[backend]))
+
+
+async def test_codex_reasoning_effort_reaches_turn_start(tmp_path: Path) -> None:
+    flavor = Flavor.fake("gpt-5.5")
+    async with open_e2e_server(tmp_path, backend="codex") as server:
+        with trio.fail_after(BOUND):
+            count = await run_async_clients(server.base_url, flavor)
+            count += await run_efforts(server, flavor)
+        stats = await server.assert_full_capacity()
+        assert stats["served"] == count
+        starts = server.sent("thread/start")
+        turns = server.sent("turn/start")
+        assert len(starts) == len(turns) == count
+        plain = count - 3
+        assert {s["params"]["model"] for s in starts[:plain]} == {"gpt-5.5"}
+        assert all("effort" not in t["params"] for t in turns[:plain])
+        efforts = [
+            (s["params"]["model"], t["params"].get("effort"))
+            for s, t in zip(starts[plain:], turns[plain:], strict=True)
+        ]
+        assert efforts == [("gpt-5.5", "low"), ("gpt-5.5", "medium"), ("gpt-5.5", "high")]
 
 
 @pytest.mark.realcli
@@ -249,3 +296,25 @@ async def test_sdks_on_real_claude(
         count = await run_all(server, Flavor.stub())
         # exactly one upstream call per request
         assert len(model_stub.model_calls()) == count
+
+
+@pytest.mark.realcli
+async def test_sdks_on_real_codex(
+    real_codex: CodexSetup, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    flavor = Flavor.stub("gpt-stub")
+    async with open_e2e_server(
+        tmp_path / "srv", backend="codex", **real_codex_settings(real_codex)
+    ) as server:
+        with trio.fail_after(BOUND):
+            count = await run_async_clients(server.base_url, flavor)
+            count += await run_efforts(server, flavor)
+        await server.assert_full_capacity()
+    calls = model_stub.model_calls()
+    assert len(calls) == count  # exactly one upstream call per request
+    plain = count - 3
+    assert {c.body["model"] for c in calls[:plain]} == {"gpt-stub"}
+    efforts = [
+        (c.body["model"], (c.body.get("reasoning") or {}).get("effort")) for c in calls[plain:]
+    ]
+    assert efforts == [("gpt-stub", "low"), ("gpt-stub", "medium"), ("gpt-5.5", "high")]

@@ -16,15 +16,16 @@ import httpx
 import pytest
 import trio
 
+from clibridge._supervisor import FAKE_CLAUDE_COMMAND
 from clibridge.testing.model_stub import ModelStub
 from clibridge.testing.realcli import CodexSetup
 
-from .conftest import BOUND, CodexServer, open_codex_server
+from .conftest import BOUND, E2EServer, open_e2e_server, real_codex_settings
 
 N = 4
 
 
-async def concurrent_chats(server: CodexServer, model: str, prompt_for: Any) -> dict[int, str]:
+async def concurrent_chats(server: E2EServer, model: str, prompt_for: Any) -> dict[int, str]:
     results: dict[int, str] = {}
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
@@ -47,7 +48,7 @@ async def test_concurrent_requests_share_one_fake_codex_worker(tmp_path: Path) -
         fields = {"reply": f"answer {i}", "chunk_chars": 2, "chunk_delay": 0.05}
         return f"@fake {json.dumps(fields)}\nq{i}"
 
-    async with open_codex_server(tmp_path) as server:
+    async with open_e2e_server(tmp_path, backend="codex") as server:
         results = await concurrent_chats(server, "gpt-5.5", slow)
         assert results == {i: f"answer {i}" for i in range(N)}
         stats = await server.assert_full_capacity(workers=1)
@@ -66,7 +67,9 @@ async def test_concurrent_requests_overlap_on_one_real_codex_worker(
         fields = {"text": f"answer {i}", "chunk_chars": 2, "chunk_delay": 0.05}
         return f"@stub {json.dumps(fields)}\nq{i}"
 
-    async with open_codex_server(tmp_path / "srv", real=real_codex) as server:
+    async with open_e2e_server(
+        tmp_path / "srv", backend="codex", **real_codex_settings(real_codex)
+    ) as server:
         results = await concurrent_chats(server, "gpt-stub", slow)
         assert results == {i: f"answer {i}" for i in range(N)}
         stats = await server.assert_full_capacity(workers=1)
@@ -76,7 +79,10 @@ async def test_concurrent_requests_overlap_on_one_real_codex_worker(
 
 
 async def test_both_backends_route_by_model_and_unknown_models_get_404(tmp_path: Path) -> None:
-    async with open_codex_server(tmp_path, with_claude=True) as server, server.client() as client:
+    async with (
+        open_e2e_server(tmp_path, backend="codex", command=FAKE_CLAUDE_COMMAND) as server,
+        server.client() as client,
+    ):
         with trio.fail_after(BOUND):
             listed = (await client.get("/v1/models")).json()["data"]
             ids = {entry["id"] for entry in listed}

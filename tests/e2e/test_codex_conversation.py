@@ -18,7 +18,7 @@ import trio
 from clibridge.testing.model_stub import ModelStub
 from clibridge.testing.realcli import CodexSetup
 
-from .conftest import BOUND, open_codex_server
+from .conftest import BOUND, open_e2e_server, real_codex_settings
 
 
 def conversation(last: str) -> list[dict[str, Any]]:
@@ -31,7 +31,7 @@ def conversation(last: str) -> list[dict[str, Any]]:
 
 
 async def test_conversation_reaches_the_fake_codex(tmp_path: Path) -> None:
-    async with open_codex_server(tmp_path) as server, server.client() as client:
+    async with open_e2e_server(tmp_path, backend="codex") as server, server.client() as client:
         with trio.fail_after(BOUND):
             body = {"model": "gpt-5.5", "messages": conversation('@fake {"echo": true}\nq2')}
             response = await client.post("/v1/chat/completions", json=body)
@@ -56,7 +56,9 @@ async def test_conversation_reaches_the_model_behind_the_real_codex(
     real_codex: CodexSetup, model_stub: ModelStub, tmp_path: Path
 ) -> None:
     last = "@stub " + json.dumps({"text": "a2"}) + "\nq2"
-    async with open_codex_server(tmp_path / "srv", real=real_codex) as server:
+    async with open_e2e_server(
+        tmp_path / "srv", backend="codex", **real_codex_settings(real_codex)
+    ) as server:
         async with server.client() as client:
             with trio.fail_after(BOUND):
                 body = {"model": "gpt-stub", "messages": conversation(last)}
