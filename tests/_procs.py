@@ -1,5 +1,5 @@
 """Processes as the tests see them (psutil): who is alive, whose child, in which group,
-and the fake CLIs' record files. Shared by the e2e, e2e_codex and chaos suites."""
+and the fake CLIs' record files. Shared by the e2e and chaos suites."""
 
 from __future__ import annotations
 

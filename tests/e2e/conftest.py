@@ -462,3 +462,40 @@ def real_codex_settings(setup: CodexSetup) -> dict[str, Any]:
         "environ": {CODEX_KEY_ENV: setup.env[CODEX_KEY_ENV]},
         "fake": False,
     }
+
+
+# --------------------------------------------------------------------------- codex
+
+#: the one server type; the name the codex tests outside tests/e2e import
+CodexServer = E2EServer
+
+
+@asynccontextmanager
+async def open_codex_server(
+    tmp: Path,
+    *,
+    scenario: Mapping[str, Any] | None = None,
+    pool: PoolConfig = CODEX_POOL,
+    threads_per_worker: int = 4,
+    with_claude: bool = False,
+    real: CodexSetup | None = None,
+    server: Mapping[str, Any] | None = None,
+) -> AsyncIterator[E2EServer]:
+    """The server about the codex pool, in the shape the codex tests call it: ``real=`` a
+    :class:`CodexSetup` instead of a command, ``with_claude`` for the fake claude next to it
+    (see :func:`open_e2e_server`)."""
+    kwargs: dict[str, Any] = {} if real is None else real_codex_settings(real)
+    kwargs["codex_settings"] = {
+        "threads_per_worker": threads_per_worker,
+        **kwargs.get("codex_settings", {}),
+    }
+    async with open_e2e_server(
+        tmp,
+        backend="codex",
+        scenario=scenario,
+        pool=pool,
+        server=server,
+        command=FAKE_CLAUDE_COMMAND if with_claude else None,
+        **kwargs,
+    ) as running:
+        yield running

@@ -44,9 +44,16 @@ except ImportError:  # pragma: no cover
 
 from clibridge.testing.model_stub import ModelStub, Reply, StubToolCall
 from clibridge.testing.scenario import directive
-from tests.e2e_codex.conftest import BOUND, open_codex_server
 
-from .conftest import FAST_POOL, MODEL, E2EServer, open_e2e_server, open_real_server
+from .conftest import (
+    BOUND,
+    FAST_POOL,
+    MODEL,
+    E2EServer,
+    open_codex_server,
+    open_e2e_server,
+    open_real_server,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

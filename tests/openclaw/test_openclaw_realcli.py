@@ -3,7 +3,7 @@
 Two stages, one after the other (each server accounts for every child of this process, so
 two cannot run at once): the whole server in-process on the pinned real claude
 (:func:`tests.e2e.conftest.open_real_server`), then on the pinned real codex
-(:func:`tests.e2e_codex.conftest.open_codex_server`), each pointed at its own loopback
+(:func:`tests.e2e.conftest.open_codex_server`), each pointed at its own loopback
 :class:`~clibridge.testing.model_stub.ModelStub`. A recording proxy sits between every
 OpenClaw home and the server. OpenClaw's config is written by the real command,
 ``clibridge openclaw-config --url <proxy> --api <api> --write <HOME>/.openclaw/openclaw.json``
@@ -54,8 +54,7 @@ from clibridge.testing.model_stub import directive as stub_directive
 from clibridge.testing.pytest_plugin import require_real_cli
 from clibridge.testing.realcli import RealClis, codex_setup
 from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
-from tests.e2e.conftest import FAST_POOL, open_real_server
-from tests.e2e_codex.conftest import CODEX_POOL, open_codex_server
+from tests.e2e.conftest import CODEX_POOL, FAST_POOL, open_codex_server, open_real_server
 
 from .harness import (
     API_TYPES,

@@ -23,7 +23,7 @@ import trio
 
 from clibridge.testing.model_stub import ModelStub, Reply, StubToolCall
 from clibridge.testing.realcli import CodexSetup
-from tests.e2e_codex.conftest import BOUND, CODEX_POOL, CodexServer, open_codex_server
+from tests.e2e.conftest import BOUND, CODEX_POOL, CodexServer, open_codex_server
 from tests.tools import _loops
 
 pytestmark = [
