@@ -2,9 +2,12 @@
 
 Theory of operation
 -------------------
-:meth:`ClaudeWorker.run` owns the process (via :func:`clibridge._process.open_child`) and
-one reader task, the *pump*, which is the only reader of stdout. The pump feeds a
-:class:`~clibridge._backends.claude.ClaudeParser` and routes each record:
+:meth:`ClaudeWorker.run` owns the process through a
+:class:`~clibridge._backends._session.CliSession` (spawn via
+:func:`clibridge._process.open_child`, the *pump* -- the only reader of stdout --,
+control request/response correlation, writes, crash mapping, stderr tail). The pump
+parses each line into a record (:func:`~clibridge._backends.claude.parser.parse_line`)
+and this worker routes it:
 
 * ``control_response`` -> the waiter of that request id (readiness ping, initialize,
   set_model, interrupt);
@@ -75,7 +78,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import trio
@@ -92,18 +95,16 @@ from ..._errors import (
 )
 from ..._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
 from ..._janitor import Janitor
-from ..._process import ChildProcess, ChildSpec, LineTooLong
+from ..._process import ChildProcess, ChildSpec
 from ..._worker import Binding, WorkerUnusable
 from .. import claude
 from .._env import with_fake_knobs
-from .._host import crash_error, host_child, settled_stderr_tail
+from .._session import CliSession
 from . import (
     ALIASES,
-    ClaudeParser,
     ControlRequest,
     ControlResponse,
     GarbageLine,
-    NeedData,
     Record,
     Result,
     RetryPolicy,
@@ -111,12 +112,10 @@ from . import (
     TurnTranslator,
 )
 from .home import SpawnHome, prepare_claude_home
+from .parser import parse_line
 from .tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
 
 log = logging.getLogger(__name__)
-
-#: an unfinished stdout line longer than this is a protocol error (runaway output)
-MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
 @attrs.define
@@ -129,14 +128,6 @@ class SpawnModel:
     """
 
     model: str
-
-
-class _Waiter:
-    __slots__ = ("done", "response")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: ControlResponse | None = None
 
 
 @attrs.define(eq=False)
@@ -201,7 +192,6 @@ class ClaudeWorker:
         self.pid: int | None = None
         self._config = config
         self._pool = pool
-        self._janitor = janitor
         self._spawn_model = spawn_model
         if isinstance(launch, SpawnHome):
             argv = claude.build_argv(
@@ -215,12 +205,19 @@ class ClaudeWorker:
         #: the model the CLI currently uses, when known
         self.model = _argv_model(launch.argv)
         self._policy = RetryPolicy.from_config(config)
-        self._child: ChildProcess | None = None
-        self._send_lock = trio.Lock()
-        self._waiters: dict[str, _Waiter] = {}
+        self._session: CliSession[Record, str, ControlResponse] = CliSession(
+            launch,
+            cli="claude",
+            worker_id=id,
+            kill_grace=pool.kill_grace,
+            janitor=janitor,
+            parse=parse_line,
+            route=self._route,
+            unhealthy=self._unhealthy,
+            on_exit=self._wake_exchange,
+        )
+        self._exited = self._session.exited
         self._exchange: trio.MemorySendChannel[Record] | None = None
-        self._exited = trio.Event()
-        self._pump_error: BridgeError | None = None
         self._ids = itertools.count(1)
         self._busy = False
         self._dirty = False  # the conversation holds a turn: /clear before reuse
@@ -237,8 +234,11 @@ class ClaudeWorker:
         self._tool_calls: dict[str, ControlRequest] = {}
         self._tool_call_arrived = trio.Event()
         self._paused: _Paused | None = None
-        #: bytes written to the CLI's stdin (benchmarks read it)
-        self.bytes_written = 0
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written to the CLI's stdin (benchmarks read it)."""
+        return self._session.bytes_written
 
     @property
     def paused(self) -> bool:
@@ -262,31 +262,16 @@ class ClaudeWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn, answer the readiness ping, serve until cancelled or the process exits."""
         self.started_at = trio.current_time()
-        try:
-            await host_child(
-                self._spec,
-                cli="claude",
-                worker_id=self.id,
-                kill_grace=self._pool.kill_grace,
-                janitor=self._janitor,
-                max_line=MAX_LINE_BYTES,
-                on_spawned=self._on_spawned,
-                handshake=self._handshake,
-                exited=self._exited,
-                task_status=task_status,
-            )
-        finally:
-            self.healthy = False
-            self._wake_all()
+        await self._session.run(
+            on_spawned=self._on_spawned, handshake=self._handshake, task_status=task_status
+        )
 
     def _on_spawned(self, child: ChildProcess, nursery: trio.Nursery) -> None:
-        self._child = child
         self._nursery = nursery
         # a turn that runs or waits for tool results: stopping politely would let the CLI
         # finish it with one more (paid, unread) model request
         child.holds_work = lambda: self._exchange is not None or self._paused is not None
         self.pid = child.pid
-        nursery.start_soon(self._pump, child)
 
     async def _handshake(self) -> None:
         rid = self._next_id("ready")
@@ -295,50 +280,27 @@ class ClaudeWorker:
         except (CliCrashed, TurnTimeout) as exc:
             raise BootError(
                 f"claude worker {self.id} did not get ready: {exc.message}",
-                detail=await self._stderr_tail(),
+                detail=await self._session.stderr_tail(),
             ) from exc
         if not response.ok:
             raise BootError(
                 f"claude refused the readiness ping: {response.error}",
-                detail=await self._stderr_tail(),
+                detail=await self._session.stderr_tail(),
             )
 
-    # ------------------------------------------------------------------ pump
-
-    async def _pump(self, child: ChildProcess) -> None:
-        parser = ClaudeParser()
-        try:
-            while True:
-                data = await child.receive_some()
-                if not data:
-                    break
-                parser.receive_data(data)
-                while not isinstance(record := parser.next_event(), NeedData):
-                    await self._route(record)
-                if parser.buffered > MAX_LINE_BYTES:
-                    raise LineTooLong(f"a stdout line over {MAX_LINE_BYTES} bytes")
-        except LineTooLong as exc:
-            self._pump_error = ProtocolError(f"the claude CLI misbehaved: {exc}")
-            self.healthy = False
-        finally:
-            self._exited.set()
-            self._wake_all()
+    # ------------------------------------------------------------------ routing
 
     async def _route(self, record: Record) -> None:
         if isinstance(record, ControlResponse):
-            waiter = self._waiters.pop(record.request_id, None)
-            if waiter is None:
+            if not self._session.resolve(record.request_id, record):
                 log.debug("worker %d: unexpected control_response %s", self.id, record.request_id)
-                return
-            waiter.response = record
-            waiter.done.set()
         elif isinstance(record, ControlRequest) and record.subtype == "mcp_message":
             with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
                 await self._on_mcp(record)
         elif isinstance(record, ControlRequest):
             log.warning("worker %d: refusing the CLI's %r control request", self.id, record.subtype)
             with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
-                await self._send(
+                await self._session.send(
                     claude.control_error_line(
                         record.request_id, f"clibridge does not handle {record.subtype!r} yet"
                     )
@@ -360,7 +322,7 @@ class ClaudeWorker:
                 refusal = claude.mcp_tool_result(
                     message, "no turn is waiting for this call", is_error=True
                 )
-                await self._send(claude.mcp_response_line(record.request_id, refusal))
+                await self._session.send(claude.mcp_response_line(record.request_id, refusal))
                 return
             self._tool_calls[claude.tool_use_id(message)] = record
             self._tool_call_arrived.set()
@@ -368,60 +330,32 @@ class ClaudeWorker:
             return
         reply = claude.mcp_reply(message, self._tools)
         if reply is not None:
-            await self._send(claude.mcp_response_line(record.request_id, reply))
+            await self._session.send(claude.mcp_response_line(record.request_id, reply))
 
-    def _wake_all(self) -> None:
+    def _wake_exchange(self) -> None:
+        """The process is gone: a waiting tool call and the exchange see it (a crash)."""
         self._tool_call_arrived.set()
-        for waiter in self._waiters.values():
-            waiter.done.set()
-        self._waiters.clear()
         if self._exchange is not None:
             self._exchange.close()
+
+    def _unhealthy(self) -> None:
+        self.healthy = False
 
     # ------------------------------------------------------------------ plumbing
 
     def _next_id(self, kind: str) -> str:
         return f"{kind}-{self.id}-{next(self._ids)}"
 
-    async def _stderr_tail(self) -> str:
-        return await settled_stderr_tail(self._child)
-
-    async def _crashed(self, what: str) -> BridgeError:
-        self.healthy = False
-        if self._pump_error is not None:
-            return self._pump_error
-        return await crash_error(self._child, cli="claude", what=what)
-
-    async def _send(self, line: bytes) -> None:
-        child = self._child
-        if child is None or self._exited.is_set():
-            raise await self._crashed("a write")
-        async with self._send_lock:
-            self.bytes_written += len(line) + 1
-            try:
-                await child.send_line(line)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise await self._crashed("a write") from None
-
     async def _control(self, rid: str, line: bytes, what: str) -> ControlResponse:
         """Send a control request and wait (up to ready_timeout) for its response."""
-        timeout = self._pool.ready_timeout
-        waiter = self._waiters[rid] = _Waiter()
-        await self._send(line)
-        with trio.move_on_after(timeout):
-            await waiter.done.wait()
-        self._waiters.pop(rid, None)
-        if waiter.response is not None:
-            return waiter.response
-        if self._exited.is_set():
-            raise await self._crashed(what)
-        self.healthy = False
-        raise TurnTimeout(f"the claude CLI did not answer its {what} within {timeout:g} s")
+        return await self._session.call(
+            rid, line, what, within=self._pool.ready_timeout, asked=f"its {what}"
+        )
 
     def _enter(self) -> None:
         if self._busy:
             raise RuntimeError(f"claude worker {self.id} is already serving a call")
-        if not self.healthy or self._child is None or self._exited.is_set():
+        if not self.healthy or self._session.child is None or self._exited.is_set():
             raise WorkerUnusable(f"claude worker {self.id} is not usable")
         self._busy = True
 
@@ -559,13 +493,13 @@ class ClaudeWorker:
         send, receive = trio.open_memory_channel[Record](math.inf)
         self._exchange = send
         try:
-            await self._send(claude.clear_line())
+            await self._session.send(claude.clear_line())
             with trio.move_on_after(timeout):
                 async for record in receive:
                     if isinstance(record, Result):
                         self._dirty = False
                         return
-                raise await self._crashed("/clear")
+                raise await self._session.crashed("/clear")
             self.healthy = False
             raise TurnTimeout(f"the claude CLI did not finish /clear within {timeout:g} s")
         finally:
@@ -622,7 +556,7 @@ class ClaudeWorker:
                     yield event
                 await self._answer_tool_calls(paused.calls, tool_results, deadline)
             else:
-                await self._send(claude.user_line(content))
+                await self._session.send(claude.user_line(content))
             while not translator.done:
                 idle_deadline = trio.current_time() + pool.stream_idle_timeout
                 record: Record | None = None
@@ -630,7 +564,7 @@ class ClaudeWorker:
                     try:
                         record = await receive.receive()
                     except trio.EndOfChannel:
-                        raise await self._crashed("a turn") from None
+                        raise await self._session.crashed("a turn") from None
                 if record is None:
                     self.healthy = False
                     if trio.current_time() >= deadline:
@@ -685,7 +619,7 @@ class ClaudeWorker:
             with trio.move_on_at(limit):
                 while call_id not in self._tool_calls:
                     if self._exited.is_set():
-                        raise await self._crashed("a tool call")
+                        raise await self._session.crashed("a tool call")
                     await self._tool_call_arrived.wait()
             request = self._tool_calls.pop(call_id, None)
             if request is None:
@@ -695,7 +629,7 @@ class ClaudeWorker:
                 )
             message: Mapping[str, Any] = request.request.get("message") or {}
             reply = claude.mcp_tool_result(message, result.content, is_error=result.is_error)
-            await self._send(claude.mcp_response_line(request.request_id, reply))
+            await self._session.send(claude.mcp_response_line(request.request_id, reply))
 
     async def _interrupt(self, receive: trio.MemoryReceiveChannel[Record]) -> None:
         """Stop the running turn; unhealthy unless the CLI ends it within interrupt_grace."""
@@ -704,8 +638,8 @@ class ClaudeWorker:
             with trio.move_on_after(self._pool.interrupt_grace):
                 rid = self._next_id("interrupt")
                 try:
-                    self._waiters[rid] = _Waiter()
-                    await self._send(claude.interrupt_line(rid))
+                    self._session.expect(rid)
+                    await self._session.send(claude.interrupt_line(rid))
                     async for record in receive:
                         if isinstance(record, Result):
                             ended = True
@@ -713,7 +647,7 @@ class ClaudeWorker:
                 except BridgeError:
                     pass
                 finally:
-                    self._waiters.pop(rid, None)
+                    self._session.forget(rid)
             if not ended:
                 log.warning(
                     "claude worker %d did not end its turn within interrupt_grace; retiring it",

@@ -9,8 +9,11 @@ with the system prompt as ``baseInstructions`` and the model), appends the earli
 conversation (``thread/inject_items``; an app-server that refuses it gets a quoted
 transcript instead), then ``turn/start`` with the reasoning effort.
 
-:meth:`run` owns the process and the *pump*, the only reader of stdout. The pump feeds an
-:class:`~clibridge._backends.codex.AppServerParser` and routes each message:
+:meth:`run` owns the process through a :class:`~clibridge._backends._session.CliSession`
+(spawn, the *pump* -- the only reader of stdout --, request/response correlation by
+JSON-RPC id, writes, crash mapping, stderr tail). The pump parses each line into a
+JSON-RPC message (:func:`~clibridge._backends.codex.parser.parse_message`) and this
+worker routes it:
 
 * a response -> the waiter of its id;
 * a server request -> answered at once: approvals are declined, anything else gets a
@@ -67,35 +70,34 @@ from ..._errors import (
     BridgeError,
     CliCrashed,
     ModelNotFound,
-    ProtocolError,
     RequestError,
     TurnTimeout,
 )
 from ..._events import Event, Message, Request, ToolResultPart
 from ..._janitor import Janitor
-from ..._process import ChildProcess, ChildSpec, LineTooLong
+from ..._process import ChildProcess, ChildSpec
 from ..._worker import Binding, WorkerRetired, WorkerUnusable
 from .. import codex
 from .._env import with_fake_knobs
-from .._host import crash_error, host_child, settled_stderr_tail
+from .._session import CliSession
 from . import (
-    AppServerParser,
     GarbageLine,
-    NeedData,
     Notification,
     Response,
     ServerRequest,
     TurnTranslator,
 )
 from .home import prepare_codex_home
+from .parser import parse_message
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 #: distinct system prompt / tool sets a worker keeps one pre-started thread for
 _MAX_SPARE_THREADS: Final = 2
 
 
+#: one parsed stdout line
+_Line = Response | ServerRequest | Notification | GarbageLine
 #: what the pump hands a thread: its notifications and its ``item/tool/call`` requests
 Incoming = Notification | ServerRequest
 
@@ -109,14 +111,6 @@ class _Paused:
     translator: TurnTranslator
     #: the pending ``item/tool/call`` requests by codex's callId
     calls: dict[str, ServerRequest]
-
-
-class _Waiter:
-    __slots__ = ("done", "response")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: Response | None = None
 
 
 class CodexWorker:
@@ -142,11 +136,19 @@ class CodexWorker:
         self._config = config
         self._pool = pool
         self._spec = spec
-        self._janitor = janitor
-        self._child: ChildProcess | None = None
-        self._send_lock = trio.Lock()
+        self._session: CliSession[_Line, int, Response] = CliSession(
+            spec,
+            cli="codex",
+            worker_id=id,
+            kill_grace=pool.kill_grace,
+            janitor=janitor,
+            parse=parse_message,
+            route=self._route,
+            unhealthy=self._unhealthy,
+            on_exit=self._close_threads,
+        )
+        self._exited = self._session.exited
         self._ids = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
         self._threads: dict[str, trio.MemorySendChannel[Incoming]] = {}
         #: threads started ahead of demand, by their thread/start params (see _prestart_soon)
         self._spare_threads: dict[str, tuple[str, trio.MemoryReceiveChannel[Incoming]]] = {}
@@ -159,8 +161,6 @@ class CodexWorker:
         self.tool_settle = 0.2
         #: thread id -> when it was abandoned
         self._abandoned: dict[str, float] = {}
-        self._exited = trio.Event()
-        self._pump_error: BridgeError | None = None
         self._nursery: trio.Nursery | None = None
         self._inject_supported = True
         self.active = 0
@@ -177,32 +177,17 @@ class CodexWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn, ``initialize`` + ``initialized``, serve until cancelled or the process exits."""
         self.started_at = trio.current_time()
-        try:
-            await host_child(
-                self._spec,
-                cli="codex",
-                worker_id=self.id,
-                kill_grace=self._pool.kill_grace,
-                janitor=self._janitor,
-                max_line=MAX_LINE_BYTES,
-                on_spawned=self._on_spawned,
-                handshake=self._handshake,
-                exited=self._exited,
-                task_status=task_status,
-            )
-        finally:
-            self.healthy = False
-            self._wake_all()
+        await self._session.run(
+            on_spawned=self._on_spawned, handshake=self._handshake, task_status=task_status
+        )
         if self._retired_itself:
             raise WorkerRetired(f"codex worker {self.id} retired itself")
 
     def _on_spawned(self, child: ChildProcess, nursery: trio.Nursery) -> None:
-        self._child = child
         self.pid = child.pid
         self._nursery = nursery
         # running or paused turns: a polite stop could let codex finish them upstream
         child.holds_work = lambda: self.active > 0 or bool(self._paused)
-        nursery.start_soon(self._pump, child)
 
     async def _handshake(self) -> None:
         try:
@@ -211,42 +196,19 @@ class CodexWorker:
             )
             if response.error is not None:
                 raise BootError(f"codex refused initialize: {response.error_message}")
-            await self._send(codex.notification_line("initialized"))
+            await self._session.send(codex.notification_line("initialized"))
         except (CliCrashed, TurnTimeout) as exc:
             raise BootError(
                 f"codex worker {self.id} did not get ready: {exc.message}",
-                detail=await self._stderr_tail(),
+                detail=await self._session.stderr_tail(),
             ) from exc
 
-    # ------------------------------------------------------------------ pump
+    # ------------------------------------------------------------------ routing
 
-    async def _pump(self, child: ChildProcess) -> None:
-        parser = AppServerParser()
-        try:
-            while True:
-                data = await child.receive_some()
-                if not data:
-                    break
-                parser.receive_data(data)
-                while not isinstance(msg := parser.next_event(), NeedData):
-                    await self._route(msg)
-                if parser.buffered > MAX_LINE_BYTES:
-                    raise LineTooLong(f"a stdout line over {MAX_LINE_BYTES} bytes")
-        except LineTooLong as exc:
-            self._pump_error = ProtocolError(f"the codex CLI misbehaved: {exc}")
-            self.healthy = False
-        finally:
-            self._exited.set()
-            self._wake_all()
-
-    async def _route(self, msg: Response | ServerRequest | Notification | GarbageLine) -> None:
+    async def _route(self, msg: _Line) -> None:
         if isinstance(msg, Response):
-            waiter = self._waiters.pop(msg.id, None) if isinstance(msg.id, int) else None
-            if waiter is None:
+            if not (isinstance(msg.id, int) and self._session.resolve(msg.id, msg)):
                 log.debug("codex worker %d: unexpected response %r", self.id, msg.id)
-                return
-            waiter.response = msg
-            waiter.done.set()
         elif isinstance(msg, ServerRequest):
             await self._answer(msg)
         elif isinstance(msg, Notification):
@@ -279,59 +241,34 @@ class CodexWorker:
                 request.id, f"clibridge does not handle {request.method!r}", codex.METHOD_NOT_FOUND
             )
         with contextlib.suppress(BridgeError):  # a dead CLI ends the pump by itself
-            await self._send(line)
+            await self._session.send(line)
 
-    def _wake_all(self) -> None:
-        for waiter in self._waiters.values():
-            waiter.done.set()
-        self._waiters.clear()
+    def _close_threads(self) -> None:
+        """The process is gone: every thread's turn sees its channel end (a crash)."""
         for channel in self._threads.values():
             channel.close()
 
-    # ------------------------------------------------------------------ plumbing
-
-    async def _stderr_tail(self) -> str:
-        return await settled_stderr_tail(self._child)
-
-    async def _crashed(self, what: str) -> BridgeError:
+    def _unhealthy(self) -> None:
         self.healthy = False
-        if self._pump_error is not None:
-            return self._pump_error
-        return await crash_error(self._child, cli="codex", what=what)
 
-    async def _send(self, line: bytes) -> None:
-        child = self._child
-        if child is None or self._exited.is_set():
-            raise await self._crashed("a write")
-        async with self._send_lock:
-            try:
-                await child.send_line(line)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise await self._crashed("a write") from None
+    # ------------------------------------------------------------------ plumbing
 
     async def _call(self, method: str, params: Mapping[str, Any], what: str) -> Response:
         """Send a request and wait (up to ready_timeout) for its response."""
-        timeout = self._pool.ready_timeout
         req_id = next(self._ids)
-        waiter = self._waiters[req_id] = _Waiter()
-        try:
-            await self._send(codex.request_line(req_id, method, params))
-            with trio.move_on_after(timeout):
-                await waiter.done.wait()
-        finally:
-            self._waiters.pop(req_id, None)
-        if waiter.response is not None:
-            return waiter.response
-        if self._exited.is_set():
-            raise await self._crashed(what)
-        self.healthy = False
-        raise TurnTimeout(f"the codex CLI did not answer {what} within {timeout:g} s")
+        return await self._session.call(
+            req_id,
+            codex.request_line(req_id, method, params),
+            what,
+            within=self._pool.ready_timeout,
+            asked=what,
+        )
 
     # ------------------------------------------------------------------ bind
 
     async def bind(self, binding: Binding) -> None:
         """Multiplexed: nothing to set up per binding; only check the process is usable."""
-        if not self.healthy or self._child is None or self._exited.is_set():
+        if not self.healthy or self._session.child is None or self._exited.is_set():
             raise WorkerUnusable(f"codex worker {self.id} is not usable")
 
     # ------------------------------------------------------------------ turn
@@ -453,7 +390,7 @@ class CodexWorker:
             codex.render_input(request)  # refuse a bad conversation before touching the CLI
         if self._exited.is_set():
             # the process died since the lease was given: a crash like any other (retried)
-            raise await self._crashed("the start of a turn")
+            raise await self._session.crashed("the start of a turn")
         if not self.healthy:
             raise WorkerUnusable(f"codex worker {self.id} is not usable")
         self.active += 1
@@ -484,7 +421,7 @@ class CodexWorker:
                     try:
                         msg = await receive.receive()
                     except trio.EndOfChannel:
-                        raise await self._crashed("a turn") from None
+                        raise await self._session.crashed("a turn") from None
                 now = trio.current_time()
                 if msg is None:
                     if calls and now >= settle_at and not starting:
@@ -624,7 +561,7 @@ class CodexWorker:
                     if self._exited.is_set():
                         break
                     with contextlib.suppress(BridgeError):
-                        await self._send(
+                        await self._session.send(
                             codex.result_line(
                                 request.id,
                                 {
@@ -648,7 +585,9 @@ class CodexWorker:
             result = results.get(call_id)
             if result is None:  # the supervisor matched every call; defensive
                 result = ToolResultPart(call_id, "no result was sent for this call", True)
-            await self._send(codex.result_line(request.id, codex.tool_call_response(result)))
+            await self._session.send(
+                codex.result_line(request.id, codex.tool_call_response(result))
+            )
 
     async def _interrupt(
         self,
@@ -674,7 +613,7 @@ class CodexWorker:
                             if isinstance(turn, Mapping) and isinstance(turn.get("id"), str):
                                 translator.set_turn_id(str(turn["id"]))
                     if not ended and translator.turn_id is not None:
-                        await self._send(
+                        await self._session.send(
                             codex.request_line(
                                 next(self._ids),
                                 "turn/interrupt",
@@ -705,7 +644,7 @@ class CodexWorker:
             "contentItems": [{"type": "inputText", "text": "the turn was interrupted"}],
             "success": False,
         }
-        await self._send(codex.result_line(request.id, reply))
+        await self._session.send(codex.result_line(request.id, reply))
 
     async def _watch_abandoned(self, thread_id: str) -> None:
         await trio.sleep(self._pool.interrupt_grace)
