@@ -106,7 +106,12 @@ async def test_a_child_mid_turn_gets_no_polite_stop(tmp_path: Path, mid_turn: bo
             assert await child.receive_line() == b"ready"
             child.holds_work = lambda: mid_turn
     assert marker.exists() is not mid_turn
-    assert child.returncode == (-signal.SIGKILL if mid_turn else 0)
+    if mid_turn:
+        assert child.returncode == -signal.SIGKILL
+    else:
+        # the SIGTERM that follows the EOF may land while Python is exiting, after it has
+        # restored the default handler: -15 then, but only after the polite stop worked
+        assert child.returncode in (0, -signal.SIGTERM)
 
 
 async def test_cancelled_body_still_tears_down() -> None:
