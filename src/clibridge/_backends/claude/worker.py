@@ -201,7 +201,6 @@ class ClaudeWorker:
                 host_client_tools=True,
             )
             launch = launch.child_spec(argv)
-        self._spec = launch
         #: the model the CLI currently uses, when known
         self.model = _argv_model(launch.argv)
         self._policy = RetryPolicy.from_config(config)
