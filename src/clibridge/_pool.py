@@ -376,7 +376,12 @@ class WorkerPool:
         """End a parked lease (ttl, pressure, drain): free its permit; retire if mid-turn."""
         slot = parked.slot
         self._reclaimed += 1
-        if parked.on_reclaim is not None:
+        if (
+            parked.on_reclaim is not None
+            and slot.state is not SlotState.RETIRING
+            and slot.worker.healthy
+        ):
+            # only a live worker has a pause to end (a dead one's nursery is closed)
             parked.on_reclaim()
         if slot.state is SlotState.PARKED:
             slot.state = SlotState.BUSY

@@ -584,3 +584,20 @@ async def test_the_pool_owns_parked_conversations_and_their_one_clock(
     assert h.pool.parked() == [] and reclaimed == ["expires"]
     async with h.pool.resume("expires") as gone:
         assert gone is None
+
+
+async def test_a_reclaim_does_not_call_on_reclaim_of_a_worker_that_died_parked(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``on_reclaim`` ends a live worker's pause; a worker that died while parked has
+    none to end (a codex worker's nursery is closed then: the call would raise in the
+    pool's maintainer)."""
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=0, park_ttl=10)))
+    called: list[str] = []
+    async with h.pool.lease(A) as lease:
+        lease.park("dies", reusable=True, on_reclaim=partial(called.append, "dies"))
+        worker = lease.worker
+    assert isinstance(worker, ScriptedWorker)
+    worker.healthy = False  # the process died while parked
+    await trio.sleep(10.1)
+    assert called == [] and h.pool.statistics().reclaimed == 1
