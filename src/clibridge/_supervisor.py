@@ -95,7 +95,6 @@ class Supervisor:
         *,
         fake: bool = False,
         fake_on_purpose: bool = False,
-        continuation: bool = True,
         janitor: Janitor | None = None,
     ) -> None:
         self.pools = dict(pools)
@@ -105,8 +104,6 @@ class Supervisor:
         self.fake = fake
         #: the fake serves because ``backend = "fake"`` asked for it, not for want of a login
         self.fake_on_purpose = fake_on_purpose
-        #: park workers between requests (tool round trips, follow-up turns); see turn()
-        self.continuation = continuation
         #: per continuable backend; the parked conversations themselves live in its pool
         self._one_shot = {name: OneShotWatch() for name in self.pools if _continuable(name)}
         #: continuation outcomes per backend: "hits", and misses by reason
@@ -141,15 +138,15 @@ class Supervisor:
         binding = Binding(
             system=request.system, tools_key=tools_key(request), model=route.cli_model
         )
-        watch = self._one_shot.get(route.backend) if self.continuation else None
+        watch = self._one_shot.get(route.backend)
+        tracker = _Tracker(binding, request)
         if watch is None:
-            events = self._fresh(pool, binding, request, None, None)
+            events = self._fresh(pool, binding, request, tracker, None)
             try:
                 yield events
             finally:
                 await events.aclose()
             return
-        tracker = _Tracker(binding, request)
         watch.note_request(tracker.setup, request.messages)
         parked_now = [c for c in pool.parked() if isinstance(c, Conversation)]
         match = best_match(parked_now, tracker.setup, request.messages, tracker.items)
@@ -180,7 +177,7 @@ class Supervisor:
                         yield events
                     finally:
                         await events.aclose()
-                        tracker.park(lease, watch)
+                        tracker.settle(lease, watch)
                     return
                 miss = "gone" if lease is None else "cannot_continue"
                 if lease is not None and not lease.worker.drop_paused_calls(
@@ -208,12 +205,12 @@ class Supervisor:
         pool: WorkerPool,
         binding: Binding,
         request: Request,
-        tracker: _Tracker | None,
+        tracker: _Tracker,
         watch: OneShotWatch | None,
     ) -> AsyncGenerator[Event, None]:
         """The turn on a freshly leased worker (the whole history), retried once
         (:meth:`_retrying`)."""
-        reuse = tracker is not None and watch is not None and watch.reuses_finished(tracker.setup)
+        reuse = watch is not None and watch.reuses_finished(tracker.setup)
         async with pool.lease(binding, reuse_finished=reuse) as lease:
             events = self._retrying(
                 pool, lease, binding, request, tracker, lease.worker.turn(request)
@@ -223,8 +220,7 @@ class Supervisor:
                     async for event in events:
                         yield event
             finally:
-                if tracker is not None and watch is not None:
-                    tracker.park(lease, watch)
+                tracker.settle(lease, watch)
 
     async def _retrying(
         self,
@@ -232,7 +228,7 @@ class Supervisor:
         lease: Lease,
         binding: Binding,
         request: Request,
-        tracker: _Tracker | None,
+        tracker: _Tracker,
         source: AsyncIterator[Event],
     ) -> AsyncGenerator[Event, None]:
         """``source``'s events; on a worker failure before any output, the whole request once
@@ -243,7 +239,7 @@ class Supervisor:
         """
         announced = produced = False
         for attempt in (1, 2):
-            events = source if tracker is None else tracker.events(source)
+            events = tracker.events(source)
             try:
                 async with aclosing(events):  # type: ignore[type-var]
                     async for event in events:
@@ -392,17 +388,31 @@ class _Tracker:
         key = conversation_key(self.setup, held)
         self._parked = Conversation(key, self.setup, held, pending)
 
-    def park(self, lease: Lease, watch: OneShotWatch) -> None:
-        """Park the lease's worker if the turn ended where a next request can take it up."""
+    def settle(self, lease: Lease, watch: OneShotWatch | None) -> None:
+        """At the end of the response: park the lease's worker if the turn ended where a
+        next request can take it up (``watch`` is None for a backend without continuation); else end
+        the pause the turn left, so nothing waits in a worker that no request can reach."""
         parked = self._parked
         worker = lease.worker
         if parked is None or not worker.healthy:
+            return  # no finished turn (a cancelled one is interrupted), or a broken worker
+        if watch is not None and self._park(lease, watch, parked):
             return
+        calls = tuple(cli for _, cli in parked.pending)
+        if (
+            parked.mid_turn
+            and worker.holds_paused_calls(calls)
+            and not worker.drop_paused_calls(calls)
+        ):
+            lease.retire_on_release = True  # the paused turn ends only with its process
+
+    def _park(self, lease: Lease, watch: OneShotWatch, parked: Conversation) -> bool:
+        worker = lease.worker
         on_reclaim = None
         if parked.mid_turn:
             calls = tuple(cli for _, cli in parked.pending)
             if not worker.holds_paused_calls(calls):
-                return  # e.g. a tool_use stop the worker did not pause on: nothing to resume
+                return False  # e.g. a tool_use stop the worker did not pause on
             # a worker that serves other conversations (codex threads) is not retired when
             # the pause is reclaimed: only the paused thread ends
             reusable = not worker.continues_finished_turns
@@ -411,11 +421,12 @@ class _Tracker:
         elif worker.continues_finished_turns and not worker.paused:
             if not watch.parks_finished(self.setup):
                 watch.one_shot_releases += 1
-                return  # a one-shot client: released, and cleared in the background
+                return True  # a one-shot client: released, and cleared in the background
             reusable = True
         else:
-            return
+            return False
         lease.park(parked.key, reusable=reusable, holding=parked, on_reclaim=on_reclaim)
+        return True
 
 
 # ---------------------------------------------------------------------- backend choice

@@ -246,15 +246,19 @@ async def test_dropped_paused_thread_is_interrupted_and_the_worker_goes_on(
         assert done.text == "next"
 
 
-async def test_paused_thread_expires_after_park_ttl(tmp_path: Path) -> None:
-    pool = attrs.evolve(POOL, park_ttl=0.2, interrupt_grace=0.2)
+async def test_a_paused_thread_has_no_clock_of_its_own(tmp_path: Path) -> None:
+    """One owner, one clock: the pool's ``park_ttl`` reclaims a parked pause and drops it
+    (``drop_paused_calls``); the worker itself never ends a pause on a timer of its own."""
+    pool = attrs.evolve(POOL, park_ttl=0.1, interrupt_grace=0.1)
     async with running(tmp_path, pool) as worker:
         worker.tool_settle = 0.05
-        await _turn(worker, _request(_fake(_calls("Tokyo")), tools=(WEATHER,)))
-        assert worker.paused_threads == 1
+        first = collect("m", await _turn(worker, _request(_fake(_calls("Tokyo")), tools=(WEATHER,))))
+        await trio.sleep(1.0)  # well past park_ttl + interrupt_grace
+        assert worker.paused_threads == 1 and worker.holds_paused_calls([first.tool_calls[0].id])
+        worker.drop_paused_calls([first.tool_calls[0].id])
         with trio.fail_after(10):
-            while worker._threads:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            while worker._threads:  # noqa: ASYNC110 (the drop runs in the worker's nursery)
+                await trio.sleep(0.01)
         assert worker.paused_threads == 0 and worker.healthy
 
 

@@ -166,8 +166,11 @@ async def test_park_timeout_falls_back_to_the_full_history(tmp_path: Path) -> No
             assert [i["call_id"] for i in inject[3:]] == [cid for cid, _, _ in first]
             assert server.sent("turn/start")[-1]["params"]["input"] == []
             stats = await server.assert_full_capacity()
-            # a reclaim ends the paused thread, not the multiplexed process
+            # a reclaim ends the paused thread (the pool's one clock: the worker has none of
+            # its own), not the multiplexed process
             assert [w["pid"] for w in stats["workers"]] == pids and stats["resume_hits"] == 0
+            abandoned = {"type": "inputText", "text": "no result: call abandoned"}
+            assert tool_replies(server) == [{"contentItems": [abandoned], "success": False}] * 2
 
 
 async def test_other_threads_go_on_while_one_is_parked(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ thread then stays *paused*: its channel keeps collecting, the ``item/tool/call``
 stay unanswered. ``turn(request, tool_results=...)`` (by codex's ``callId``) answers them
 (``DynamicToolCallResponse``) and streams the continuation; a call that came after the
 pause is simply the first thing the continuation reports. A paused thread nobody resumes
-within ``park_ttl`` (plus a margin: the pool reclaims its lease first) gets error replies
-and ``turn/interrupt``; ``turn(tool_results=...)`` for a thread that is gone runs the full
+gets error replies and ``turn/interrupt`` when the supervisor drops it
+(:meth:`CodexWorker.drop_paused_calls`: the pool reclaimed its parked lease at ``park_ttl``,
+under pressure or at drain, or the response ended where nobody can resume it); ``turn(tool_results=...)`` for a thread that is gone runs the full
 history on a fresh thread instead. The pool parks such a lease as *reusable*: on a
 multiplexed worker a reclaim must not end the process and its other threads.
 
@@ -530,8 +531,6 @@ class CodexWorker:
 
     def _pause(self, paused: _Paused) -> None:
         self._paused[paused.thread_id] = paused
-        if self._nursery is not None:
-            self._nursery.start_soon(self._expire_paused, paused)
 
     def _take_paused(self, results: Mapping[str, ToolResultPart]) -> _Paused | None:
         for thread_id, paused in self._paused.items():
@@ -539,19 +538,6 @@ class CodexWorker:
                 del self._paused[thread_id]
                 return paused
         return None
-
-    async def _expire_paused(self, paused: _Paused) -> None:
-        # the pool reclaims the parked lease at park_ttl; the margin keeps a request that
-        # resumes just in time from finding its thread gone
-        await trio.sleep(self._pool.park_ttl + self._pool.interrupt_grace + 1.0)
-        if self._paused.get(paused.thread_id) is paused:
-            del self._paused[paused.thread_id]
-            log.info(
-                "codex worker %d: no tool results for thread %s within park_ttl; ending it",
-                self.id,
-                paused.thread_id,
-            )
-            await self._abandon_paused(paused)
 
     async def _abandon_paused(self, paused: _Paused) -> None:
         """Answer the pending calls with errors and interrupt the turn (bounded, shielded)."""
