@@ -241,7 +241,7 @@ class Supervisor:
         for attempt in (1, 2):
             events = tracker.events(source)
             try:
-                async with aclosing(events):  # type: ignore[type-var]
+                async with aclosing(events):
                     async for event in events:
                         if isinstance(event, TurnStarted):
                             if announced:
