@@ -306,6 +306,30 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
+def _synthetic_assistant(session_id: str, text: str) -> dict[str, Any]:
+    """The CLI's own ``<synthetic>`` assistant message (``/clear``'s ``(no content)``, an
+    upstream error's text), as the recorded samples show it."""
+    return {
+        "type": "assistant",
+        "message": {
+            "id": _uuid(),
+            "container": None,
+            "model": "<synthetic>",
+            "role": "assistant",
+            "stop_details": None,
+            "stop_reason": "stop_sequence",
+            "stop_sequence": "",
+            "type": "message",
+            "usage": _usage(0, 0),
+            "content": [{"type": "text", "text": text}],
+            "context_management": None,
+        },
+        "parent_tool_use_id": None,
+        "session_id": session_id,
+        "uuid": _uuid(),
+    }
+
+
 def _usage(inp: int, out: int, cache_read: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": inp,
@@ -754,27 +778,7 @@ class FakeClaude:
         self.session_id = _uuid()
         self.carry.clear()
         self.system_init()
-        self.emit(
-            {
-                "type": "assistant",
-                "message": {
-                    "id": _uuid(),
-                    "container": None,
-                    "model": "<synthetic>",
-                    "role": "assistant",
-                    "stop_details": None,
-                    "stop_reason": "stop_sequence",
-                    "stop_sequence": "",
-                    "type": "message",
-                    "usage": _usage(0, 0),
-                    "content": [{"type": "text", "text": "(no content)"}],
-                    "context_management": None,
-                },
-                "parent_tool_use_id": None,
-                "session_id": self.session_id,
-                "uuid": _uuid(),
-            }
-        )
+        self.emit(_synthetic_assistant(self.session_id, "(no content)"))
         self.emit(
             {
                 "type": "result",
@@ -1324,28 +1328,7 @@ class Turn:
         fake = self.fake
         error, template = API_ERRORS.get(status, ("unknown", "API Error: {status} {detail}"))
         text = template.format(status=status, detail=detail)
-        fake.emit(
-            {
-                "type": "assistant",
-                "message": {
-                    "id": _uuid(),
-                    "container": None,
-                    "model": "<synthetic>",
-                    "role": "assistant",
-                    "stop_details": None,
-                    "stop_reason": "stop_sequence",
-                    "stop_sequence": "",
-                    "type": "message",
-                    "usage": _usage(0, 0),
-                    "content": [{"type": "text", "text": text}],
-                    "context_management": None,
-                },
-                "parent_tool_use_id": None,
-                "session_id": fake.session_id,
-                "uuid": _uuid(),
-                "error": error,
-            }
-        )
+        fake.emit({**_synthetic_assistant(fake.session_id, text), "error": error})
         ms = int((time.monotonic() - self.started) * 1000)
         fake.emit(
             {
