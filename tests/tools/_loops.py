@@ -166,3 +166,45 @@ def first_user(dialect: str, text: str) -> list[Any]:
     if dialect == "responses":
         return [{"role": "user", "content": text}]
     return [{"role": "user", "content": text}]
+
+
+def openai_client(base_url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=30)
+
+
+def anthropic_client(base_url: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=base_url, api_key="x", max_retries=0, timeout=30)
+
+
+#: per dialect: the round and how the client appends its tool results
+ROUNDS: dict[str, tuple[Any, Any]] = {
+    "chat": (chat_round, chat_results),
+    "responses": (responses_round, responses_results),
+    "messages": (messages_round, messages_results),
+}
+
+
+async def tool_loop(
+    base_url: str,
+    dialect: str,
+    *,
+    stream: bool,
+    prompt: str,
+    model: str,
+    rewrite: Any = None,
+    between: Any = None,
+) -> tuple[list[Call], str, list[Any]]:
+    """Round 1 (tool calls), the client's results, round 2 (the answer): the calls, the
+    answer's text and the whole conversation as the client holds it."""
+    convo = first_user(dialect, prompt)
+    round_, results = ROUNDS[dialect]
+    client: Any = anthropic_client(base_url) if dialect == "messages" else openai_client(base_url)
+    async with client:
+        first, _, finish = await round_(client, convo, stream=stream, model=model)
+        assert finish in ("tool_calls", "tool_use")
+        if between is not None:
+            await between()
+        results(convo, first, rewrite)
+        second, text, finish = await round_(client, convo, stream=stream, model=model)
+    assert second == [] and finish in ("stop", "end_turn", "completed")
+    return first, text, convo

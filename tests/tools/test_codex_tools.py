@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import attrs
 import openai
 import pytest
@@ -25,6 +24,7 @@ from clibridge.testing.model_stub import ModelStub, Reply, StubToolCall
 from clibridge.testing.realcli import CodexSetup
 from tests.e2e.conftest import BOUND, CODEX_POOL, CodexServer, open_codex_server
 from tests.tools import _loops
+from tests.tools.test_tool_loops import codex_tool_replies
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -44,30 +44,7 @@ def fake(**fields: Any) -> str:
 
 
 def openai_client(server: CodexServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0, timeout=30)
-
-
-def anthropic_client(server: CodexServer) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
-        base_url=server.base_url, api_key="x", max_retries=0, timeout=30
-    )
-
-
-def tool_replies(server: CodexServer) -> list[dict[str, Any]]:
-    """Our answers to the fake's ``item/tool/call`` requests (DynamicToolCallResponse)."""
-    return [
-        f["stdin"]["result"]
-        for f in server.facts()
-        if isinstance(f.get("stdin"), dict) and "contentItems" in (f["stdin"].get("result") or {})
-    ]
-
-
-def dialect_fns(dialect: str) -> tuple[Any, Any]:
-    if dialect == "messages":
-        return _loops.messages_round, _loops.messages_results
-    if dialect == "chat":
-        return _loops.chat_round, _loops.chat_results
-    return _loops.responses_round, _loops.responses_results
+    return _loops.openai_client(server.base_url)
 
 
 async def tool_loop(
@@ -77,67 +54,11 @@ async def tool_loop(
     stream: bool,
     prompt: str,
     model: str = MODEL,
-    rewrite: Any = None,
     between: Any = None,
 ) -> tuple[list[_loops.Call], str, list[Any]]:
-    """Round 1 (tool calls), the results, round 2 (the answer)."""
-    convo = _loops.first_user(dialect, prompt)
-    round_, results = dialect_fns(dialect)
-    client: Any = anthropic_client(server) if dialect == "messages" else openai_client(server)
-    async with client:
-        first, _, finish = await round_(client, convo, stream=stream, model=model)
-        assert finish in ("tool_calls", "tool_use")
-        if between is not None:
-            await between()
-        results(convo, first, rewrite)
-        second, text, finish = await round_(client, convo, stream=stream, model=model)
-    assert second == [] and finish in ("stop", "end_turn", "completed")
-    return first, text, convo
-
-
-@pytest.mark.parametrize("dialect", ["chat", "responses", "messages"])
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("calls", [ONE, TWO], ids=["single", "parallel"])
-async def test_codex_tool_loop_resumes_the_paused_thread(
-    tmp_path: Path, dialect: str, stream: bool, calls: list[Any]
-) -> None:
-    with trio.fail_after(BOUND):
-        async with open_codex_server(tmp_path) as server:
-            prompt = fake(tool_calls=calls, reply="Done.") + "\nweather?"
-            first, text, _ = await tool_loop(server, dialect, stream=stream, prompt=prompt)
-            assert [(n, a) for _, n, a in first] == [("get_weather", c["arguments"]) for c in calls]
-            assert all(ID.fullmatch(cid) for cid, _, _ in first)
-            assert text == "Done."
-            stats = await server.stats()
-            assert stats["resume_hits"] == 1 and stats["resume_misses"] == 0
-            # one thread and one turn: the results answered the paused item/tool/call
-            assert len(server.sent("thread/start")) == len(server.sent("turn/start")) == 1
-            start = server.sent("thread/start")[0]["params"]
-            assert [t["name"] for t in start["dynamicTools"]] == ["get_weather"]
-            assert tool_replies(server) == [
-                {
-                    "contentItems": [
-                        {"type": "inputText", "text": _loops.weather(c["arguments"]["city"])}
-                    ],
-                    "success": True,
-                }
-                for c in calls
-            ]
-            await server.assert_full_capacity()
-
-
-async def test_rewritten_ids_still_match(tmp_path: Path) -> None:
-    """OpenClaw replays ``call_1`` as ``call1``: ids without separators, case changed."""
-
-    def rewrite(cid: str) -> str:
-        return "call_" + cid.removeprefix("call").upper()
-
-    with trio.fail_after(BOUND):
-        async with open_codex_server(tmp_path) as server:
-            prompt = fake(tool_calls=TWO, reply="Done.") + "\nweather?"
-            await tool_loop(server, "chat", stream=False, prompt=prompt, rewrite=rewrite)
-            assert (await server.stats())["resume_hits"] == 1
-            assert len(tool_replies(server)) == 2
+    return await _loops.tool_loop(
+        server.base_url, dialect, stream=stream, prompt=prompt, model=model, between=between
+    )
 
 
 async def test_park_timeout_falls_back_to_the_full_history(tmp_path: Path) -> None:
@@ -170,7 +91,9 @@ async def test_park_timeout_falls_back_to_the_full_history(tmp_path: Path) -> No
             # its own), not the multiplexed process
             assert [w["pid"] for w in stats["workers"]] == pids and stats["resume_hits"] == 0
             abandoned = {"type": "inputText", "text": "no result: call abandoned"}
-            assert tool_replies(server) == [{"contentItems": [abandoned], "success": False}] * 2
+            assert (
+                codex_tool_replies(server) == [{"contentItems": [abandoned], "success": False}] * 2
+            )
 
 
 async def test_other_threads_go_on_while_one_is_parked(tmp_path: Path) -> None:
@@ -201,44 +124,12 @@ async def test_other_threads_go_on_while_one_is_parked(tmp_path: Path) -> None:
                 {"cannot_continue": 1},
             )
             assert stats["crashes"] == 0
-            assert tool_replies(server) == [
+            assert codex_tool_replies(server) == [
                 {
                     "contentItems": [{"type": "inputText", "text": "no result: call abandoned"}],
                     "success": False,
                 }
             ]
-
-
-async def test_tool_choice_and_bad_schemas_are_clear_400s(tmp_path: Path) -> None:
-    with trio.fail_after(BOUND):
-        async with open_codex_server(tmp_path) as server, AsyncExitStack() as stack:
-            client = await stack.enter_async_context(openai_client(server))
-            msgs: list[Any] = [{"role": "user", "content": "x"}]
-            with pytest.raises(openai.BadRequestError, match="tool_choice"):
-                await client.chat.completions.create(
-                    model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="required"
-                )
-            named: Any = {"type": "function", "function": {"name": "get_weather"}}
-            with pytest.raises(openai.BadRequestError, match="get_weather"):
-                await client.chat.completions.create(
-                    model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice=named
-                )
-            bad = [
-                {"type": "function", "function": {"name": "bad name!", "parameters": _loops.SCHEMA}}
-            ]
-            with pytest.raises(openai.BadRequestError, match="bad name!"):
-                await client.chat.completions.create(model=MODEL, messages=msgs, tools=bad)  # type: ignore[arg-type]
-            arr = [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]
-            with pytest.raises(openai.BadRequestError, match="'f'"):
-                await client.chat.completions.create(model=MODEL, messages=msgs, tools=arr)  # type: ignore[arg-type]
-            # none: the tools are not exposed, the model answers in text
-            msgs = [{"role": "user", "content": fake(tool_calls=ONE, reply="text") + "\nw"}]
-            done = await client.chat.completions.create(
-                model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="none"
-            )
-            assert done.choices[0].finish_reason == "stop"
-            assert done.choices[0].message.content == "text"
-            assert all("dynamicTools" not in s["params"] for s in server.sent("thread/start"))
 
 
 # --------------------------------------------------------------------------- real codex
@@ -351,7 +242,7 @@ async def test_a_resumed_turn_whose_process_dies_before_output_runs_again(tmp_pa
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(second)
-                    while not tool_replies(server):  # noqa: ASYNC110 (a file another process writes)
+                    while not codex_tool_replies(server):  # noqa: ASYNC110 (a file another process writes)
                         await trio.sleep(0.02)
                     async with server.client() as raw:
                         crash = await raw.post(

@@ -1,4 +1,5 @@
-"""Client tool calling and continuation end to end: official SDKs -> server -> fake claude.
+"""Client tools and continuation on the claude backend's own machinery: official SDKs ->
+server -> fake claude (the tool loop both backends share is in ``test_tool_loops.py``).
 
 The whole server runs in-process (``serve``) on the fake claude with real worker
 processes; ``@fake`` lines make the fake model call ``get_weather`` and echo the tool
@@ -8,13 +9,11 @@ results it got. Every test ends by draining the server and proving no process is
 
 from __future__ import annotations
 
-import re
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import attrs
 import openai
 import pytest
@@ -32,81 +31,20 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-ID = re.compile(r"call[0-9a-f]{24}")
 ONE = [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]
-TWO = [*ONE, {"name": "get_weather", "arguments": {"city": "Paris"}}]
 
 
 def openai_client(server: E2EServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
-
-
-def anthropic_client(server: E2EServer) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0)
+    return _loops.openai_client(server.base_url)
 
 
 async def tool_loop(
-    server: E2EServer, dialect: str, *, stream: bool, calls: list[Any], rewrite: Any = None
+    server: E2EServer, dialect: str, *, stream: bool, calls: list[Any]
 ) -> tuple[list[_loops.Call], str, list[Any]]:
     prompt = directive(tool_calls=calls, echo_tool_results=True, reply="Done.") + "\nweather?"
-    convo = _loops.first_user(dialect, prompt)
-    client: Any
-    round_: Any
-    results: Any
-    if dialect == "messages":
-        client = anthropic_client(server)
-        round_, results = _loops.messages_round, _loops.messages_results
-    else:
-        client = openai_client(server)
-        round_, results = (
-            (_loops.chat_round, _loops.chat_results)
-            if dialect == "chat"
-            else (_loops.responses_round, _loops.responses_results)
-        )
-    async with client:
-        first, _, finish = await round_(client, convo, stream=stream, model=MODEL)
-        assert finish in ("tool_calls", "tool_use")
-        results(convo, first, rewrite)
-        second, text, finish = await round_(client, convo, stream=stream, model=MODEL)
-    assert second == [] and finish in ("stop", "end_turn", "completed")
-    return first, text, convo
-
-
-@pytest.mark.parametrize("dialect", ["chat", "responses", "messages"])
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("calls", [ONE, TWO], ids=["single", "parallel"])
-async def test_tool_loop_resumes_the_parked_turn(
-    tmp_path: Path, dialect: str, stream: bool, calls: list[Any]
-) -> None:
-    with trio.fail_after(90):
-        async with open_e2e_server(tmp_path) as server:
-            first, text, _ = await tool_loop(server, dialect, stream=stream, calls=calls)
-            assert [(n, a) for _, n, a in first] == [("get_weather", c["arguments"]) for c in calls]
-            assert all(ID.fullmatch(cid) for cid, _, _ in first)
-            # the model got each result for its own call, in its turn (echo_tool_results)
-            assert text.startswith("Done.")
-            for c in calls:
-                assert f"] sunny in {c['arguments']['city']}" in text
-            stats = await server.stats()
-            assert stats["resume_hits"] == 1 and stats["resume_misses"] == 0
-            # the results went to the paused CLI turn, not as a new user message
-            users = [
-                m for m in server.stdin_lines() if isinstance(m, dict) and m.get("type") == "user"
-            ]
-            assert len(users) == 1
-
-
-async def test_rewritten_ids_still_match(tmp_path: Path) -> None:
-    """OpenClaw replays ``call_1`` as ``call1``: ids without separators, case changed."""
-
-    def rewrite(cid: str) -> str:
-        return "call_" + cid.removeprefix("call").upper()
-
-    with trio.fail_after(60):
-        async with open_e2e_server(tmp_path) as server:
-            _, text, _ = await tool_loop(server, "chat", stream=False, calls=TWO, rewrite=rewrite)
-            assert "sunny in Tokyo" in text and "sunny in Paris" in text
-            assert (await server.stats())["resume_hits"] == 1
+    return await _loops.tool_loop(
+        server.base_url, dialect, stream=stream, prompt=prompt, model=MODEL
+    )
 
 
 async def test_continuation_writes_only_the_new_message(tmp_path: Path) -> None:
@@ -184,33 +122,6 @@ async def test_parked_workers_give_way_under_pressure(tmp_path: Path) -> None:
                     )
             stats = await server.stats()
             assert stats["reclaimed"] == 2 and stats["parked"] == 2  # the two new turns parked
-
-
-async def test_tool_choice_and_bad_schemas_are_clear_400s(tmp_path: Path) -> None:
-    with trio.fail_after(60):
-        async with open_e2e_server(tmp_path) as server, AsyncExitStack() as stack:
-            client = await stack.enter_async_context(openai_client(server))
-            msgs: list[Any] = [{"role": "user", "content": "x"}]
-            with pytest.raises(openai.BadRequestError, match="tool_choice"):
-                await client.chat.completions.create(
-                    model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="required"
-                )
-            bad = [
-                {"type": "function", "function": {"name": "bad name!", "parameters": _loops.SCHEMA}}
-            ]
-            with pytest.raises(openai.BadRequestError, match="bad name!"):
-                await client.chat.completions.create(model=MODEL, messages=msgs, tools=bad)  # type: ignore[arg-type]
-            arr = [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]
-            with pytest.raises(openai.BadRequestError, match="'f'"):
-                await client.chat.completions.create(model=MODEL, messages=msgs, tools=arr)  # type: ignore[arg-type]
-            # none: the tools are not exposed, the model answers in text
-            msgs = [{"role": "user", "content": directive(tool_calls=ONE) + "\nw"}]
-            done = await client.chat.completions.create(
-                model=MODEL, messages=msgs, tools=_loops.CHAT_TOOLS, tool_choice="none"
-            )
-            assert (
-                done.choices[0].finish_reason == "stop" and not done.choices[0].message.tool_calls
-            )
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
