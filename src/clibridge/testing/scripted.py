@@ -23,7 +23,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -180,6 +180,10 @@ class Plan:
     turn_delay: float = 0.5
     #: the process exits by itself during the next turn
     crash_in_turn: bool = False
+    #: the next this many turns (of any worker) crash like ``crash_in_turn``
+    crashes: int = 0
+    #: a crash comes after the turn's text instead of before it
+    crash_after_text: bool = False
     #: ends a turn only this long after an interrupt (None: never acknowledges)
     interrupt_ack: float | None = 0.01
     #: like codex app-server: per-request threads, so a worker never becomes bound
@@ -224,6 +228,12 @@ class ScriptedWorker:
             if not self._exit.is_set():
                 self._note("killed")
 
+    def _crash(self) -> NoReturn:
+        self._note("crash")
+        self._exit.set()
+        self.healthy = False
+        raise CliCrashed("scripted crash", detail=f"worker {self.id}")
+
     async def bind(self, binding: Binding) -> None:
         await trio.lowlevel.checkpoint()
         self.binds.append(binding)
@@ -250,11 +260,13 @@ class ScriptedWorker:
         yield TurnStarted(model=request.model)
         try:
             await trio.sleep(self._plan.turn_delay)
-            if self._plan.crash_in_turn:
-                self._exit.set()
-                self.healthy = False
-                raise CliCrashed("scripted crash")
+            crash = self._plan.crash_in_turn or self._plan.crashes > 0
+            self._plan.crashes = max(0, self._plan.crashes - 1)
+            if crash and not self._plan.crash_after_text:
+                self._crash()
             yield TextDelta("hi")
+            if crash:
+                self._crash()
         except trio.Cancelled:
             self._note("interrupt")
             with trio.CancelScope(shield=True):
