@@ -116,13 +116,15 @@ def start_server(state: Path, fake: bool, stub_url: str) -> tuple[Any, int]:
 
 
 def cli_pids(server_pid: int) -> list[int]:
+    """The server's claude processes (not its janitor, nor the fake codex that
+    ``--backend fake`` runs next to the fake claude)."""
     out = []
     for pid in children_of(server_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"janitor" not in cmdline:
+        if b"claude" in cmdline and b"janitor" not in cmdline:
             out.append(pid)
     return out
 

@@ -56,12 +56,14 @@ only: a ``user`` line (or the lines merged into one turn) minus its quoted histo
 ``<conversation_history>`` clibridge renders when it replays a conversation into a fresh
 worker) and minus tool results. A directive in an earlier turn never fires again.
 
-The start path imports only the standard library; the scenario module (attrs, cattrs) is
-imported at the first turn, so the fake answers ``mcp_status`` in a few tens of ms.
+The start path imports only the standard library, so the fake answers ``mcp_status`` in a
+few tens of ms; the scenario module (attrs, cattrs) is imported in the background meanwhile,
+so a first turn is as fast as the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -706,6 +708,10 @@ class FakeClaude:
 
     # -- turns
 
+    def _preload_book(self) -> None:
+        with contextlib.suppress(Exception):  # a bad book raises again at the turn
+            self.book()
+
     def book(self) -> ScenarioBook:
         if self._book is None:
             from .scenario import load_book
@@ -715,6 +721,10 @@ class FakeClaude:
 
     def run(self) -> int:
         self.start_reader()
+        # Why: the scenario machinery (attrs, cattrs, the book) costs 50-170 ms to import
+        # and load; loaded meanwhile, a first turn does not pay it (the real CLI's first
+        # turn is as fast as the next), while control requests are answered at once
+        threading.Thread(target=self._preload_book, daemon=True).start()
         try:
             self.boot()
             while True:
