@@ -212,6 +212,9 @@ async def test_real_codex_park_timeout_then_result_uses_the_fallback(
             assert (await server.stats())["resume_hits"] == 0
             await server.assert_full_capacity()
     upstream = model_stub.model_calls()
+    # the reclaimed turn was interrupted before its calls were answered as abandoned: it
+    # did not go on to the model (regression: a third, unread and paid, model request)
+    assert len(upstream) == 2, [c.body.get("input") for c in upstream]
     body = upstream[-1].body
     calls_up = _items(body, "function_call")
     outputs = _items(body, "function_call_output")

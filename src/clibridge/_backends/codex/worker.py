@@ -540,29 +540,45 @@ class CodexWorker:
         return None
 
     async def _abandon_paused(self, paused: _Paused) -> None:
-        """Answer the pending calls with errors and interrupt the turn (bounded, shielded)."""
+        """Interrupt the turn, then answer the pending calls with errors (bounded, shielded).
+
+        Why in this order: answered first, the calls' failed results go on to the model
+        before the interrupt lands -- one more paid model request nobody reads (seen: the
+        real codex 0.169.0 made it in a loaded CI run).
+        """
         with trio.CancelScope(shield=True):
             try:
-                for request in paused.calls.values():
-                    if self._exited.is_set():
-                        break
-                    with contextlib.suppress(BridgeError):
-                        await self._session.send(
-                            codex.result_line(
-                                request.id,
-                                {
-                                    "contentItems": [
-                                        {"type": "inputText", "text": "no result: call abandoned"}
-                                    ],
-                                    "success": False,
-                                },
-                            )
-                        )
-                if not paused.translator.done and not self._exited.is_set():
-                    await self._interrupt(paused.thread_id, paused.translator, paused.receive)
+                if self._exited.is_set():
+                    return
+                if paused.translator.done:
+                    await self._answer_abandoned(paused.calls.values())
+                else:
+                    await self._interrupt(
+                        paused.thread_id,
+                        paused.translator,
+                        paused.receive,
+                        pending=tuple(paused.calls.values()),
+                    )
             finally:
                 self._end_thread(paused.thread_id)
                 self._maybe_retire_self()
+
+    async def _answer_abandoned(self, calls: Iterable[ServerRequest]) -> None:
+        for request in calls:
+            if self._exited.is_set():
+                return
+            with contextlib.suppress(BridgeError):
+                await self._session.send(
+                    codex.result_line(
+                        request.id,
+                        {
+                            "contentItems": [
+                                {"type": "inputText", "text": "no result: call abandoned"}
+                            ],
+                            "success": False,
+                        },
+                    )
+                )
 
     async def _answer_tool_calls(
         self, calls: Mapping[str, ServerRequest], results: Mapping[str, ToolResultPart]
@@ -580,8 +596,13 @@ class CodexWorker:
         thread_id: str,
         translator: TurnTranslator,
         receive: trio.MemoryReceiveChannel[Incoming],
+        *,
+        pending: Sequence[ServerRequest] = (),
     ) -> None:
-        """Stop the thread's turn; abandon the thread if it does not end in interrupt_grace."""
+        """Stop the thread's turn; abandon the thread if it does not end in interrupt_grace.
+
+        ``pending``: tool calls the turn waits for, answered (as abandoned) once the
+        interrupt is sent, so that the turn can end without going on to the model."""
         with trio.CancelScope(shield=True):
             ended = False
             with trio.move_on_after(self._pool.interrupt_grace):
@@ -606,6 +627,7 @@ class CodexWorker:
                                 codex.interrupt_params(thread_id, translator.turn_id),
                             )
                         )
+                        await self._answer_abandoned(pending)
                         async for note in receive:
                             if isinstance(note, ServerRequest):
                                 await self._refuse_tool_call(note)
