@@ -105,7 +105,7 @@ class StopCutter:
         """
         held, self._held = self._held, ""
         before, stop = cut_whole(held, self.stops)
-        if stop is not None and pending >= len(before):
+        if stop is not None:
             self.hit = stop
         return before
 
