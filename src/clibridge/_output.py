@@ -31,7 +31,7 @@ CLI's own count never arrives: the turn was interrupted); input tokens are repor
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from ._events import (
     Event,
@@ -212,7 +212,7 @@ class OutputLimiter:
 
 async def limit_output(
     events: AsyncIterator[Event], stops: Sequence[str], max_tokens: int | None
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """``events`` with ``stops`` and ``max_tokens`` applied; returns early (without pulling
     more) once the turn must end, so the caller's leaving the turn interrupts the CLI."""
     limiter = OutputLimiter(stops, max_tokens)
