@@ -70,8 +70,7 @@ def instruction(fmt: OutputFormat) -> str:
     named = f' named "{fmt.name}"' if fmt.name else ""
     return (
         "Respond with a single JSON value and nothing else (no prose before or after it, "
-        f"no Markdown code fences). It must be valid under this JSON Schema{named}:\n"
-        + schema
+        f"no Markdown code fences). It must be valid under this JSON Schema{named}:\n" + schema
     )
 
 

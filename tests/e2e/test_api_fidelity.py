@@ -222,7 +222,9 @@ async def test_json_formats(tmp_path: Path, backend: Backend) -> None:
                     model=model,
                     max_tokens=1000,
                     messages=[{"role": "user", "content": prompt(VALID)}],
-                    extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+                    extra_body={
+                        "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}
+                    },
                 )
                 assert [b.text for b in message.content if b.type == "text"] == [VALID]
         await server.assert_clean()
@@ -250,16 +252,17 @@ async def test_json_format_invalid_twice_is_an_error(tmp_path: Path, backend: Ba
                 # streaming: the error status when it comes before the first byte (here),
                 # the dialect's error event when it comes later
                 with pytest.raises(openai.APIError, match="response format"):
-                    stream = await oai.chat.completions.create(
-                        model=model,
-                        messages=messages,
-                        response_format={"type": "json_object"},
-                        stream=True,
-                    )
-                    async for _chunk in stream:
-                        pass
+                    await stream_all(oai, model, messages, {"type": "json_object"})
         await server.assert_clean()
         await server.assert_serves()
+
+
+async def stream_all(oai: openai.AsyncOpenAI, model: str, messages: Any, fmt: Any) -> None:
+    stream = await oai.chat.completions.create(
+        model=model, messages=messages, response_format=fmt, stream=True
+    )
+    async for _chunk in stream:
+        pass
 
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
