@@ -76,7 +76,7 @@ from ._formats import check as check_format
 from ._models import ModelTable
 from ._output import limit_output
 from ._pool import Lease, WorkerPool
-from ._service import ModelInfo, Readiness
+from ._service import BackendReadiness, ModelInfo, Readiness
 from ._worker import Binding
 
 if TYPE_CHECKING:
@@ -393,9 +393,12 @@ class Supervisor:
         return self.table.listing()
 
     def readiness(self) -> Readiness:
-        states = {name: pool.readiness() for name, pool in self.pools.items()}
-        ready = any(ok for ok, _ in states.values())
-        reason = "; ".join(reason for _, reason in states.values()) or "no backend configured"
+        """Ready when every served backend is: a client routed to a backend that is not
+        (crash loop, not booted) gets 503s, so a load balancer must know
+        (regression, issue 14: ``ready: true`` while claude crash-looped and codex served)."""
+        states = {name: BackendReadiness(*pool.readiness()) for name, pool in self.pools.items()}
+        ready = bool(states) and all(state.ready for state in states.values())
+        reason = "; ".join(state.reason for state in states.values()) or "no backend configured"
         if self.fake:
             why = (
                 "backend = fake, chosen on purpose"
@@ -407,7 +410,7 @@ class Supervisor:
         note = self.janitor.readiness_note() if self.janitor is not None else None
         if note is not None:
             reason = f"{reason}; {note}"
-        return Readiness(ready=ready, reason=reason, fake=self.fake)
+        return Readiness(ready=ready, reason=reason, fake=self.fake, backends=states)
 
     def statistics(self) -> Mapping[str, Any]:
         out: dict[str, Any] = {}
