@@ -22,7 +22,9 @@ import openai
 import pytest
 import trio
 
-from .conftest import BOUND, MODEL, Backend, E2EServer, open_e2e_server
+from clibridge.testing.model_stub import ModelStub
+
+from .conftest import BOUND, MODEL, Backend, E2EServer, open_e2e_server, open_real_server
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -299,3 +301,41 @@ async def test_bad_values_are_refused_naming_the_field(tmp_path: Path) -> None:
             response = await client.post(path, json=body)
             assert response.status_code == 400, (path, extra, response.text)
             assert field in response.json()["error"]["message"], (path, extra, response.text)
+
+
+#: a reply the stub streams for ~30 s: only an interrupt ends its upstream stream sooner
+LONG = "The answer is 42. STOP " + "and more words " * 200
+
+
+@pytest.mark.realcli
+async def test_stop_and_max_tokens_on_real_claude(
+    claude_binary: Path, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    """The real claude CLI behind the model stub: the bridge cuts the reply, interrupts the
+    turn, and the CLI hangs up its upstream stream long before the stub would end it."""
+    stub_prompt = (
+        f"@stub {json.dumps({'text': LONG, 'chunk_chars': 5, 'chunk_delay': 0.05})}\nanswer me"
+    )
+    messages: Any = [{"role": "user", "content": stub_prompt}]
+    async with open_real_server(tmp_path, claude_binary, model_stub) as server:
+        oai, ant = clients(server)
+        async with oai, ant:
+            with trio.fail_after(BOUND):
+                stream = await oai.chat.completions.create(
+                    model=MODEL, messages=messages, stop=["STOP"], stream=True
+                )
+                chunks = [c async for c in stream]
+                assert "".join(c.choices[0].delta.content or "" for c in chunks) == CUT
+                assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+            # the upstream stream would run ~30 s more; the interrupt ended it
+            with trio.fail_after(15):
+                await model_stub.wait_for_idle()
+
+            with trio.fail_after(BOUND):
+                message = await ant.messages.create(model=MODEL, max_tokens=6, messages=messages)
+                assert [b.text for b in message.content if b.type == "text"] == [LONG[:24]]
+                assert message.stop_reason == "max_tokens"
+            with trio.fail_after(15):
+                await model_stub.wait_for_idle()
+        await server.assert_serves()
+        await server.assert_clean()
