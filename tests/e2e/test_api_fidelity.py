@@ -99,9 +99,9 @@ async def test_stop_cuts_and_interrupts(tmp_path: Path, backend: Backend) -> Non
                     final = await msg_stream.get_final_message()
                 assert text == "The answer is "
                 assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "42. S")
+        await server.assert_clean()  # the turns have ended (the interrupts race the replies)
         # each turn was still streaming when it was cut: the CLI was told to stop
         assert interrupts(server) == 4
-        await server.assert_clean()
         await server.assert_serves()
 
 
@@ -156,8 +156,8 @@ async def test_max_tokens_cuts_and_reports_the_limit(tmp_path: Path, backend: Ba
                 assert text == REPLY[:20]
                 assert final.stop_reason == "max_tokens"
                 assert final.usage.output_tokens == 5
-        assert interrupts(server) == 6
         await server.assert_clean()
+        assert interrupts(server) == 6
         await server.assert_serves()
 
 
