@@ -101,7 +101,7 @@ def check(text: str, fmt: OutputFormat) -> str:
             where = "".join(f"[{p!r}]" for p in error.absolute_path)
             raise FormatMismatch(
                 f"the reply does not match the JSON Schema: {error.message}"
-                + (f" (at $ {where})" if where else "")
+                + (f" (at ${where})" if where else "")
             )
     return body
 

@@ -175,6 +175,10 @@ class OutputLimiter:
         if isinstance(event, Finished):
             out = self._text(self._cutter.flush())
             if self.done:
+                # cut in the held tail of a turn that had ended: its real usage is known
+                last = out[-1]
+                assert isinstance(last, Finished)
+                out[-1] = Finished(last.reason, event.usage, last.stop_sequence)
                 return out
             self.done = True
             return [*out, event]

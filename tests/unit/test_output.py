@@ -178,4 +178,5 @@ def test_a_held_tail_may_hold_a_shorter_stop() -> None:
     """Found by the property test: 'ba' was held for 'baa' and released whole at the end."""
     out = run([TextDelta("ba"), DONE], ["baa", "a"])
     assert text_of(out) == "b"
-    assert out[-1] == Finished(FinishReason.STOP_SEQUENCE, Usage(output_tokens=1), "a")
+    # the turn had ended: the CLI's usage is known and reported
+    assert out[-1] == Finished(FinishReason.STOP_SEQUENCE, DONE.usage, "a")
