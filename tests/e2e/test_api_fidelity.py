@@ -23,8 +23,17 @@ import pytest
 import trio
 
 from clibridge.testing.model_stub import ModelStub
+from clibridge.testing.realcli import CodexSetup
 
-from .conftest import BOUND, MODEL, Backend, E2EServer, open_e2e_server, open_real_server
+from .conftest import (
+    BOUND,
+    MODEL,
+    Backend,
+    E2EServer,
+    open_e2e_server,
+    open_real_server,
+    real_codex_settings,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -220,6 +229,29 @@ async def test_json_formats(tmp_path: Path, backend: Backend) -> None:
                 assert response.text is not None and response.text.format is not None
                 assert response.text.format.type == "json_schema"
 
+                # streaming, with the retry: the client sees only the valid reply
+                events = await oai.responses.create(
+                    model=model,
+                    input=prompt("no JSON"),
+                    text={"format": {"type": "json_object"}},
+                    stream=True,
+                )
+                seen = [event async for event in events]
+                assert seen[-1].type == "response.completed"
+                deltas = [e.delta for e in seen if e.type == "response.output_text.delta"]
+                assert deltas == [VALID]
+
+                async with ant.messages.stream(
+                    model=model,
+                    max_tokens=1000,
+                    messages=[{"role": "user", "content": prompt("[1]")}],
+                    extra_body={
+                        "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}
+                    },
+                ) as msg_stream:
+                    text = "".join([t async for t in msg_stream.text_stream])
+                assert text == VALID
+
                 message = await ant.messages.create(
                     model=model,
                     max_tokens=1000,
@@ -339,3 +371,40 @@ async def test_stop_and_max_tokens_on_real_claude(
                 await model_stub.wait_for_idle()
         await server.assert_serves()
         await server.assert_clean()
+
+
+@pytest.mark.realcli
+async def test_stop_and_max_tokens_on_real_codex(
+    real_codex: CodexSetup, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    """The same on the real codex app-server: ``turn/interrupt`` ends its upstream stream."""
+    stub_prompt = (
+        f"@stub {json.dumps({'text': LONG, 'chunk_chars': 5, 'chunk_delay': 0.05})}\nanswer me"
+    )
+    async with open_e2e_server(
+        tmp_path / "srv", backend="codex", **real_codex_settings(real_codex)
+    ) as server:
+        oai, _ = clients(server)
+        async with oai:
+            with trio.fail_after(BOUND):
+                events = await oai.responses.create(
+                    model="gpt-stub", input=stub_prompt, max_output_tokens=6, stream=True
+                )
+                seen = [event async for event in events]
+                assert seen[-1].type == "response.incomplete"
+                deltas = [e.delta for e in seen if e.type == "response.output_text.delta"]
+                assert "".join(deltas) == LONG[:24]
+            with trio.fail_after(15):
+                await model_stub.wait_for_idle()
+
+            with trio.fail_after(BOUND):
+                chat = await oai.chat.completions.create(
+                    model="gpt-stub",
+                    messages=[{"role": "user", "content": stub_prompt}],
+                    stop=["STOP"],
+                )
+                assert chat.choices[0].message.content == CUT
+                assert chat.choices[0].finish_reason == "stop"
+            with trio.fail_after(15):
+                await model_stub.wait_for_idle()
+        await server.assert_full_capacity()
