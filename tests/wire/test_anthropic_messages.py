@@ -459,11 +459,12 @@ def test_output_config_format_and_stop_sequences() -> None:
     )
     assert req.output_format == OutputFormat("json_schema", schema, "", strict=True)
     assert am.decode_request(body(stop_sequences=["END"])).stop == ("END",)
-    for fields, param in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"output_config": {"format": {"type": "json_schema"}}}, "$.output_config.format.schema"),
         ({"output_config": {"format": {"type": "xml"}}}, "$.output_config.format.type"),
         ({"stop_sequences": ["ok", ""]}, "$.stop_sequences[1]"),
-    ]:
+    ]
+    for fields, param in cases:
         with pytest.raises(RequestError) as info:
             am.decode_request(body(**fields))
         assert info.value.param == param, info.value.message
