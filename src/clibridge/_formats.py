@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
 import jsonschema.exceptions
+import jsonschema.protocols
 import jsonschema.validators
+import referencing.exceptions
 
 from ._errors import RequestError
 from ._events import OutputFormat
@@ -41,10 +44,15 @@ class FormatMismatch(Exception):
 
 
 def check_schema(schema: object, param: str) -> dict[str, Any]:
-    """``schema`` if it is a valid JSON Schema object, else a RequestError naming ``param``."""
+    """``schema`` if it is a usable JSON Schema object, else a RequestError naming ``param``.
+
+    Usable: valid under its draft's metaschema (``$schema``, 2020-12 when absent), and
+    every ``$ref`` local (``#...``; nothing is fetched) and, when a JSON pointer, pointing
+    at something in the schema.
+    """
     if not isinstance(schema, dict):
         raise RequestError(f"{param}: a JSON Schema object is required", param=param)
-    validator = jsonschema.validators.validator_for(schema)
+    validator = _validator_class(schema, param)
     try:
         validator.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
@@ -55,7 +63,70 @@ def check_schema(schema: object, param: str) -> dict[str, Any]:
             + ")",
             param=param,
         ) from None
+    for ref in _refs(schema):
+        problem = _ref_problem(schema, ref)
+        if problem is not None:
+            raise RequestError(f"{param}: $ref {ref!r} {problem}", param=param)
+    # a trial run finds what only validation meets: a $ref loop, an anchor to nowhere
+    try:
+        for _ in validator(schema).iter_errors(None):
+            pass
+    except RecursionError:
+        raise RequestError(f"{param}: its $ref references loop", param=param) from None
+    except referencing.exceptions.Unresolvable as exc:
+        raise RequestError(f"{param}: a $ref cannot be resolved ({exc})", param=param) from None
     return schema
+
+
+def _validator_class(schema: dict[str, Any], param: str) -> type[jsonschema.protocols.Validator]:
+    draft = schema.get("$schema")
+    if draft is None:
+        return jsonschema.validators.validator_for(schema)
+    found = (
+        jsonschema.validators.validator_for(schema, default=None)  # type: ignore[arg-type]
+        if isinstance(draft, str)
+        else None
+    )
+    if found is None:
+        raise RequestError(
+            f"{param}.$schema: not a JSON Schema draft this server knows ({draft!r}); "
+            "leave it out for 2020-12",
+            param=f"{param}.$schema",
+        )
+    return found
+
+
+def _refs(node: object) -> list[str]:
+    """Every ``$ref`` string in ``node`` (keys named ``$ref`` at any depth)."""
+    out: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                out.append(ref)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return out
+
+
+def _ref_problem(root: dict[str, Any], ref: str) -> str | None:
+    if not ref.startswith("#"):
+        return "is not local: only references within the schema (#...) are supported"
+    if not ref.startswith("#/") and ref != "#":
+        return None  # an anchor: jsonschema resolves it when validating
+    node: object = root
+    for token in ref[2:].split("/") if ref != "#" else []:
+        key = unquote(token).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return "points at nothing in the schema"
+    return None
 
 
 def instruction(fmt: OutputFormat) -> str:
@@ -92,11 +163,21 @@ def check(text: str, fmt: OutputFormat) -> str:
         value = json.loads(body)
     except ValueError as exc:
         raise FormatMismatch(f"the reply is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise FormatMismatch("the reply is nested too deeply to read") from None
     if fmt.kind == "json_object" and not isinstance(value, dict):
         raise FormatMismatch(f"the reply is JSON, but a {type(value).__name__}, not an object")
     if fmt.kind == "json_schema" and fmt.schema is not None:
         validator_cls = jsonschema.validators.validator_for(fmt.schema)
-        error = jsonschema.exceptions.best_match(validator_cls(fmt.schema).iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(validator_cls(fmt.schema).iter_errors(value))
+        except RecursionError:
+            raise FormatMismatch("the reply is nested too deeply to check") from None
+        except referencing.exceptions.Unresolvable as exc:
+            # an anchor that check_schema let through and that resolves to nothing
+            raise RequestError(
+                f"the response format's JSON Schema has a $ref that cannot be resolved: {exc}"
+            ) from None
         if error is not None:
             where = "".join(f"[{p!r}]" for p in error.absolute_path)
             raise FormatMismatch(

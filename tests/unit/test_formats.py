@@ -81,8 +81,47 @@ def test_retry_prompt_carries_the_problem_and_the_instruction() -> None:
 
 def test_bad_schemas_are_refused_naming_the_field() -> None:
     assert check_schema(SCHEMA, "$.s") is SCHEMA
-    bads: list[object] = [{"type": "integr"}, {"required": "n"}, []]
+    bads: list[object] = [
+        {"type": "integr"},
+        {"required": "n"},
+        [],
+        {"type": "string", "pattern": "("},
+    ]
     for bad in bads:
         with pytest.raises(RequestError) as info:
             check_schema(bad, "$.response_format.json_schema.schema")
         assert info.value.param == "$.response_format.json_schema.schema"
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem", "param"),
+    [
+        ({"$schema": []}, "not a JSON Schema draft", "$.s.$schema"),
+        ({"$schema": "http://example.com/mine"}, "not a JSON Schema draft", "$.s.$schema"),
+        ({"$ref": "https://example.com/s.json"}, "is not local", "$.s"),
+        ({"$ref": "#/$defs/nope"}, "points at nothing", "$.s"),
+        ({"$ref": "#"}, "references loop", "$.s"),
+        ({"$ref": "#nowhere"}, "cannot be resolved", "$.s"),
+    ],
+)
+def test_unusable_schemas_are_refused(schema: dict[str, object], problem: str, param: str) -> None:
+    """Found while fuzzing by hand: these raised TypeError, a DeprecationWarning,
+    jsonschema's unresolvable-reference error or RecursionError (a 500) instead of a 400."""
+    with pytest.raises(RequestError, match=problem) as info:
+        check_schema(schema, "$.s")
+    assert info.value.param == param
+
+
+def test_usable_refs_and_drafts() -> None:
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "definitions": {"a~b": {"type": "integer"}},
+        "$ref": "#/definitions/a~0b",
+    }
+    fmt = OutputFormat("json_schema", check_schema(schema, "$.s"))
+    assert check("3", fmt) == "3"
+    with pytest.raises(FormatMismatch, match="not of type 'integer'"):
+        check('"x"', fmt)
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(FormatMismatch, match="nested too deeply"):
+        check(deep, OBJECT)
