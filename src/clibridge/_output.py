@@ -77,6 +77,10 @@ class StopCutter:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(dict.fromkeys(s for s in stops if s))
+        #: per stop string, its proper prefixes by length (1 .. len - 1)
+        self._prefixes = [[stop[:k] for k in range(1, len(stop))] for stop in self.stops]
+        #: the last characters of those prefixes
+        self._prefix_ends = {c for stop in self.stops for c in stop[:-1]}
         #: the stop string that ended the text (None while none has)
         self.hit: str | None = None
         self._held = ""
@@ -111,12 +115,15 @@ class StopCutter:
 
     def _pending_from(self, buf: str) -> int:
         """The first index whose rest of ``buf`` is a proper prefix of a stop string."""
-        longest = max(len(s) for s in self.stops)
-        for at in range(max(0, len(buf) - longest + 1), len(buf)):
-            tail = buf[at:]
-            if any(len(s) > len(tail) and s.startswith(tail) for s in self.stops):
-                return at
-        return len(buf)
+        if not buf or buf[-1] not in self._prefix_ends:
+            return len(buf)  # the common case: no stop string begins at the end
+        tail = 0  # the longest end of ``buf`` that begins a stop string
+        for prefixes in self._prefixes:
+            for k in range(min(len(prefixes), len(buf)), tail, -1):
+                if buf.endswith(prefixes[k - 1]):
+                    tail = k
+                    break
+        return len(buf) - tail
 
 
 class TokenBudget:
