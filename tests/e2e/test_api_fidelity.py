@@ -282,6 +282,7 @@ async def test_json_format_invalid_twice_is_an_error(tmp_path: Path, backend: Ba
                     )
                 assert caught.value.status_code == 502
                 assert "did not match the requested response format" in str(caught.value)
+                assert caught.value.code == "invalid_output"
 
                 # streaming: the error status when it comes before the first byte (here),
                 # the dialect's error event when it comes later
