@@ -26,7 +26,8 @@ these at layer boundaries only.
     │   ├── UpstreamOverloaded        529  overloaded        upstream 529 / 503
     │   ├── CliCrashed                502  api_error         the CLI process died mid-request
     │   ├── ProtocolError             502  api_error         the CLI said something we can't parse
-    │   └── ToolsUnavailable          502  api_error         the CLI did not take the request's tools
+    │   ├── ToolsUnavailable          502  api_error         the CLI did not take the request's tools
+    │   └── OutputInvalid             502  api_error         reply not valid for response_format, twice
     ├── BootError                     503  unavailable       a worker failed to start / get ready
     └── TurnTimeout                   504  timeout           wallclock or idle-stream timeout
 
@@ -181,6 +182,10 @@ class ProtocolError(UpstreamError):
 
 class ToolsUnavailable(UpstreamError):
     """The CLI's tool list for a turn is not the request's tool set (retry on another worker)."""
+
+
+class OutputInvalid(UpstreamError):
+    """The model's reply did not match the requested response format, also after a retry."""
 
 
 class BootError(BridgeError):

@@ -101,6 +101,20 @@ ReasoningEffort: TypeAlias = Literal["minimal", "low", "medium", "high", "xhigh"
 
 
 @attrs.frozen
+class OutputFormat:
+    """The client wants the reply as JSON (``response_format`` / ``text.format``).
+
+    ``json_object``: any JSON object. ``json_schema``: a JSON value valid under
+    ``schema`` (None: any JSON value). Enforced by :mod:`clibridge._formats`.
+    """
+
+    kind: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str = ""
+    strict: bool = False
+
+
+@attrs.frozen
 class Request:
     """One model call, whatever dialect it arrived in.
 
@@ -117,6 +131,7 @@ class Request:
     parallel_tool_calls: bool = True
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    output_format: OutputFormat | None = None
     reasoning_effort: ReasoningEffort | None = None
     stream: bool = False
     user: str | None = None

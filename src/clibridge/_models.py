@@ -10,6 +10,10 @@ and patterns are each backend's (:attr:`~clibridge._backends.Backend.aliases`,
 CLI driven two ways), the first running one serves them. Operators
 add or override entries with ``[models]`` in the config file (``alias = "backend:cli-id"``,
 optionally ``"codex:gpt-5.5@high"``).
+
+Names are matched case-insensitively (``Sonnet``, ``GPT-5.5-HIGH``), as the upstream APIs
+do; a name that passes through reaches the CLI in lower case. :data:`LIMITS` gives each
+known CLI model's context window and output limit for ``/v1/models``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,33 @@ BUILTIN: tuple[tuple[str, str, str], ...] = tuple(
 
 #: names shaped like a backend's model ids pass through to it unchanged
 _PASSTHROUGH = tuple((b.name, b.model_pattern) for b in BACKENDS.values())
+
+
+@attrs.frozen
+class ModelLimits:
+    """What a model takes in (``context_window``, input and output together) and writes
+    at most in one reply (``max_output_tokens``), in tokens."""
+
+    context_window: int
+    max_output_tokens: int
+
+
+#: the limits of the CLI model ids the aliases name, as the vendors publish them for their
+#: APIs -- Anthropic: "Models overview" (docs.anthropic.com/en/docs/about-claude/models);
+#: OpenAI: the model pages (platform.openai.com/docs/models/<id>); both read 2026-11. A
+#: CLI may use less of the window than its API allows (the CLIs manage their context
+#: themselves); an id not listed here has no limits in ``/v1/models``.
+LIMITS: dict[str, ModelLimits] = {
+    "claude-opus-4-5": ModelLimits(200_000, 64_000),
+    "claude-sonnet-4-5": ModelLimits(200_000, 64_000),
+    "claude-haiku-4-5": ModelLimits(200_000, 64_000),
+    "claude-opus-4-1": ModelLimits(200_000, 32_000),
+    "claude-sonnet-4-0": ModelLimits(200_000, 64_000),
+    "gpt-5.5": ModelLimits(1_050_000, 128_000),
+    "gpt-5.3-codex": ModelLimits(400_000, 128_000),
+    "gpt-5-codex": ModelLimits(400_000, 128_000),
+    "gpt-5": ModelLimits(400_000, 128_000),
+}
 
 
 @attrs.frozen
@@ -83,6 +114,8 @@ class ModelTable:
         for alias, target in (overrides or {}).items():
             entries[alias] = parse_target(alias, target)
         self._entries = entries
+        #: the entries by case-folded name (what lookups use)
+        self._folded = {alias.casefold(): route for alias, route in entries.items()}
         self.default_model = default_model
 
     def resolve(self, name: str) -> Route:
@@ -104,8 +137,9 @@ class ModelTable:
         return route
 
     def _lookup(self, name: str) -> Route | None:
-        if name in self._entries:
-            return self._entries[name]
+        name = name.casefold()
+        if name in self._folded:
+            return self._folded[name]
         base, _, suffix = name.rpartition("-")
         if base and suffix in EFFORTS:
             inner = self._lookup(base)
@@ -126,7 +160,10 @@ class ModelTable:
                 cli_model=route.cli_model,
                 fake=route.backend in self.fake_backends,
                 reasoning_effort=route.reasoning_effort,
+                context_window=limits.context_window if limits else None,
+                max_output_tokens=limits.max_output_tokens if limits else None,
             )
             for alias, route in self._entries.items()
             if route.backend in self.backends
+            for limits in [LIMITS.get(route.cli_model)]
         ]

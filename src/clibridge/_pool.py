@@ -779,6 +779,9 @@ class WorkerPool:
         if self._crash_looping():
             return False, f"{self.name} CLI is crash-looping: {self._last_error}"
         if counts["idle"] + counts["busy"] + counts["parked"] == 0:
+            if self.config.spares == 0 and not self._last_error:
+                # nothing is kept booted on purpose: the first request boots a worker
+                return True, f"{self.name}: no worker yet (spares = 0: boots on demand)"
             if self._last_error:
                 return False, f"no {self.name} worker booted yet (last error: {self._last_error})"
             return False, f"no {self.name} worker booted yet"

@@ -26,13 +26,25 @@ class ModelInfo:
     cli_model: str  # the id handed to the CLI
     fake: bool = False  # served by the bundled fake CLI
     reasoning_effort: str | None = None  # implied by the alias (codex "-high" suffixes)
+    #: tokens in and out together, and at most out per reply (None: not known)
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+
+
+@attrs.frozen
+class BackendReadiness:
+    ready: bool
+    reason: str
 
 
 @attrs.frozen
 class Readiness:
+    """Ready when every configured backend is; ``backends`` says each one's state."""
+
     ready: bool
     reason: str  # human-readable: why not, or what is serving
     fake: bool = False
+    backends: Mapping[str, BackendReadiness] = attrs.field(factory=dict)
 
 
 class TurnService(Protocol):

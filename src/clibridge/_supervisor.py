@@ -26,6 +26,7 @@ message says why it was not retried.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -55,11 +56,27 @@ from ._conversations import (
     new_call_id,
     setup_digest,
 )
-from ._errors import BridgeError, CliCrashed, ToolsUnavailable
-from ._events import Event, Finished, FinishReason, Request, ToolCallStart, TurnStarted, collect
+from ._errors import BridgeError, CliCrashed, OutputInvalid, ToolsUnavailable
+from ._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Message,
+    OutputFormat,
+    Request,
+    TextDelta,
+    TextPart,
+    ToolCallStart,
+    TurnStarted,
+    Usage,
+    collect,
+)
+from ._formats import FormatMismatch, retry_prompt, with_instruction
+from ._formats import check as check_format
 from ._models import ModelTable
+from ._output import limit_output
 from ._pool import Lease, WorkerPool
-from ._service import ModelInfo, Readiness
+from ._service import BackendReadiness, ModelInfo, Readiness
 from ._worker import Binding
 
 if TYPE_CHECKING:
@@ -113,6 +130,107 @@ class Supervisor:
 
     @asynccontextmanager
     async def turn(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
+        """Run ``request``'s turn as the client asked for it: stop strings and
+        ``max_tokens`` cut the event stream (:mod:`clibridge._output`; leaving the turn
+        early interrupts the CLI), a JSON ``output_format`` is checked and retried once
+        (:meth:`_formatted`). Admission errors are raised on entering."""
+        fmt = request.output_format
+        if fmt is not None:
+            request = attrs.evolve(request, system=with_instruction(request.system, fmt))
+        async with contextlib.AsyncExitStack() as stack:
+            events = await stack.enter_async_context(self._routed(request))
+            out: AsyncGenerator[Event, None] = limit_output(
+                events, request.stop, request.max_tokens
+            )
+            if fmt is not None:
+                out = self._formatted(stack, out, request, fmt)
+            try:
+                yield out
+            finally:
+                await out.aclose()
+
+    async def _formatted(
+        self,
+        stack: contextlib.AsyncExitStack,
+        first: AsyncIterator[Event],
+        request: Request,
+        fmt: OutputFormat,
+    ) -> AsyncGenerator[Event, None]:
+        """The turn's events once its reply matches ``fmt``; else one more turn of the same
+        conversation (the invalid reply, then what was wrong with it), else OutputInvalid.
+
+        The reply's text is held back until it is checked (a streaming client sees
+        keepalives meanwhile) and then sent in one piece; a turn that ends otherwise than
+        with text (tool calls, max_tokens, a stop string) passes unchecked.
+        """
+        held: list[Event] = []
+        async with aclosing(first):  # type: ignore[type-var]
+            async for event in first:
+                if isinstance(event, TurnStarted):
+                    yield event
+                else:
+                    held.append(event)
+        finish = held[-1] if held and isinstance(held[-1], Finished) else None
+        if finish is None or finish.reason is not FinishReason.END_TURN:
+            for event in held:
+                yield event
+            return
+        completion = collect(request.model, held)
+        if completion.tool_calls:
+            for event in held:
+                yield event
+            return
+        try:
+            text = check_format(completion.text, fmt)
+        except FormatMismatch as exc:
+            problem = str(exc)
+        else:
+            for event in _with_text(held, text):
+                yield event
+            return
+        log.info("the reply does not match the response format (%s); asking once more", problem)
+        # leave the first turn: its worker parks holding the conversation, and the retry
+        # continues it there when it can (claude), else on a fresh worker with the history
+        await stack.aclose()
+        retry = attrs.evolve(
+            request,
+            messages=(
+                *request.messages,
+                assistant_message(completion),
+                Message("user", (TextPart(retry_prompt(problem, fmt)),)),
+            ),
+        )
+        events = await stack.enter_async_context(self._routed(retry))
+        again: list[Event] = []
+        async with aclosing(limit_output(events, retry.stop, retry.max_tokens)) as second:
+            async for event in second:
+                if not isinstance(event, TurnStarted):
+                    again.append(event)
+        finish = again[-1] if again and isinstance(again[-1], Finished) else None
+        if finish is not None:
+            # both turns were paid for
+            again[-1] = attrs.evolve(finish, usage=_added(finish.usage, completion.finish.usage))
+        if finish is None or finish.reason is not FinishReason.END_TURN:
+            for event in again:
+                yield event
+            return
+        second_try = collect(request.model, again)
+        if second_try.tool_calls:
+            for event in again:
+                yield event
+            return
+        try:
+            text = check_format(second_try.text, fmt)
+        except FormatMismatch as exc:
+            raise OutputInvalid(
+                f"the model's reply did not match the requested response format, also when "
+                f"asked once more: {exc}"
+            ) from None
+        for event in _with_text(again, text):
+            yield event
+
+    @asynccontextmanager
+    async def _routed(self, request: Request) -> AsyncIterator[AsyncIterator[Event]]:
         """Route ``request``: resume the parked worker it continues, else lease a fresh one.
 
         A turn that ends parks its worker under the fingerprint of the conversation it now
@@ -271,9 +389,12 @@ class Supervisor:
         return self.table.listing()
 
     def readiness(self) -> Readiness:
-        states = {name: pool.readiness() for name, pool in self.pools.items()}
-        ready = any(ok for ok, _ in states.values())
-        reason = "; ".join(reason for _, reason in states.values()) or "no backend configured"
+        """Ready when every served backend is: a client routed to a backend that is not
+        (crash loop, not booted) gets 503s, so a load balancer must know
+        (regression, issue 14: ``ready: true`` while claude crash-looped and codex served)."""
+        states = {name: BackendReadiness(*pool.readiness()) for name, pool in self.pools.items()}
+        ready = bool(states) and all(state.ready for state in states.values())
+        reason = "; ".join(state.reason for state in states.values()) or "no backend configured"
         if self.fake:
             why = (
                 "backend = fake, chosen on purpose"
@@ -285,7 +406,7 @@ class Supervisor:
         note = self.janitor.readiness_note() if self.janitor is not None else None
         if note is not None:
             reason = f"{reason}; {note}"
-        return Readiness(ready=ready, reason=reason, fake=self.fake)
+        return Readiness(ready=ready, reason=reason, fake=self.fake, backends=states)
 
     def statistics(self) -> Mapping[str, Any]:
         out: dict[str, Any] = {}
@@ -310,6 +431,33 @@ class Supervisor:
     async def wait_idle(self) -> None:
         for pool in self.pools.values():
             await pool.wait_idle()
+
+
+def _with_text(events: Sequence[Event], text: str) -> list[Event]:
+    """``events`` with their text replaced by ``text``, in one delta where the text began."""
+    out: list[Event] = []
+    placed = False
+    for event in events:
+        if isinstance(event, TextDelta):
+            if not placed:
+                out.append(TextDelta(text))
+                placed = True
+            continue
+        if isinstance(event, Finished) and not placed:
+            out.append(TextDelta(text))
+            placed = True
+        out.append(event)
+    return out
+
+
+def _added(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+    )
 
 
 def _not_retried(exc: BridgeError, *, produced: bool) -> BridgeError:

@@ -18,7 +18,12 @@ async def test_healthz_and_readyz_until_ready(server: RunningServer) -> None:
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "1"
-        assert r.json() == {"ready": False, "reason": "claude: booting 1 worker", "fake": True}
+        assert r.json() == {
+            "ready": False,
+            "reason": "claude: booting 1 worker",
+            "fake": True,
+            "backends": {},
+        }
         server.service.ready = Readiness(True, "claude: 1 idle", fake=True)
         r = await client.get("/readyz")
         assert r.status_code == 200

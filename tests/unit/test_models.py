@@ -39,3 +39,22 @@ def test_overrides_and_their_errors() -> None:
 def test_fake_backends_are_marked() -> None:
     table = ModelTable(["claude"], fake_backends=["claude"])
     assert all(m.fake for m in table.listing())
+
+
+def test_names_are_case_insensitive() -> None:
+    """Regression (issue 14): ``Sonnet`` and ``GPT-5.5-HIGH`` were 404."""
+    table = ModelTable(["claude", "codex"], overrides={"Fast": "codex:gpt-5.5@low"})
+    assert table.resolve("Sonnet") == Route("claude", "claude-sonnet-4-5")
+    assert table.resolve("GPT-5.5-HIGH") == Route("codex", "gpt-5.5", "high")
+    assert table.resolve("FAST") == Route("codex", "gpt-5.5", "low")
+    # a pass-through id reaches the CLI as the vendor spells it
+    assert table.resolve("Claude-Sonnet-4-5-20250929") == Route(
+        "claude", "claude-sonnet-4-5-20250929"
+    )
+    assert [m.id for m in table.listing() if m.id.lower() == "fast"] == ["Fast"]
+
+
+def test_every_alias_has_limits() -> None:
+    for info in ModelTable(["claude", "codex"]).listing():
+        assert info.context_window is not None and info.max_output_tokens is not None, info.id
+        assert info.max_output_tokens < info.context_window

@@ -14,6 +14,7 @@ from clibridge._errors import RequestError, UnsupportedFeature, UpstreamOverload
 from clibridge._events import (
     ImagePart,
     Message,
+    OutputFormat,
     TextPart,
     ThinkingPart,
     ToolCallPart,
@@ -448,3 +449,22 @@ def test_failure_mid_stream_is_an_error_event() -> None:
         )
     ]
     assert enc.finished and enc.fail(UpstreamOverloaded("x")) == []
+
+
+def test_output_config_format_and_stop_sequences() -> None:
+    """Regression (issue 14): output_config.format was ignored."""
+    schema = {"type": "object", "required": ["a"]}
+    req = am.decode_request(
+        body(output_config={"format": {"type": "json_schema", "schema": schema}})
+    )
+    assert req.output_format == OutputFormat("json_schema", schema, "", strict=True)
+    assert am.decode_request(body(stop_sequences=["END"])).stop == ("END",)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"output_config": {"format": {"type": "json_schema"}}}, "$.output_config.format.schema"),
+        ({"output_config": {"format": {"type": "xml"}}}, "$.output_config.format.type"),
+        ({"stop_sequences": ["ok", ""]}, "$.stop_sequences[1]"),
+    ]
+    for fields, param in cases:
+        with pytest.raises(RequestError) as info:
+            am.decode_request(body(**fields))
+        assert info.value.param == param, info.value.message

@@ -19,6 +19,7 @@ from clibridge._events import (
     FinishReason,
     ImagePart,
     Message,
+    OutputFormat,
     TextDelta,
     TextPart,
     ThinkingPart,
@@ -261,7 +262,6 @@ def test_missing_model_and_not_an_object() -> None:
         ({"modalities": ["text", "audio"]}, "$.modalities"),
         ({"audio": {"voice": "x"}}, "$.audio"),
         ({"functions": [{"name": "f"}]}, "$.functions"),
-        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "$.response_format"),
         ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "$.messages[0].role"),
     ],
 )
@@ -272,7 +272,48 @@ def test_unsupported_features(fields: dict[str, Any], param: str) -> None:
 
 
 def test_n_one_and_json_object_are_fine() -> None:
-    chat.decode_request(body(n=1, logprobs=False, response_format={"type": "json_object"}))
+    req = chat.decode_request(body(n=1, logprobs=False, response_format={"type": "json_object"}))
+    assert req.output_format == OutputFormat("json_object")
+
+
+def test_response_formats_decode() -> None:
+    """Regression (issue 14): json_object was ignored and json_schema refused."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    spec = {"name": "thing", "schema": schema, "strict": True}
+    req = chat.decode_request(body(response_format={"type": "json_schema", "json_schema": spec}))
+    assert req.output_format == OutputFormat("json_schema", schema, "thing", strict=True)
+    req = chat.decode_request(body(response_format={"type": "json_schema", "json_schema": {}}))
+    assert req.output_format == OutputFormat("json_schema")
+    assert chat.decode_request(body(response_format={"type": "text"})).output_format is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "param"),
+    [
+        ({"type": "yaml"}, "$.response_format.type"),
+        ({"type": "json_schema"}, "$.response_format.json_schema"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": {"type": "integr"}}},
+            "$.response_format.json_schema.schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"schema": []}},
+            "$.response_format.json_schema.schema",
+        ),
+    ],
+)
+def test_bad_response_formats_name_the_field(fmt: dict[str, Any], param: str) -> None:
+    with pytest.raises(RequestError) as info:
+        chat.decode_request(body(response_format=fmt))
+    assert info.value.param == param, info.value.message
+
+
+def test_stop_strings() -> None:
+    assert chat.decode_request(body(stop="x")).stop == ("x",)
+    assert chat.decode_request(body(stop=["a", "b"])).stop == ("a", "b")
+    with pytest.raises(RequestError) as info:
+        chat.decode_request(body(stop=["a", ""]))
+    assert info.value.param == "$.stop[1]"
 
 
 def test_include_usage() -> None:

@@ -14,6 +14,7 @@ from clibridge._errors import QueueFull, RequestError, UnsupportedFeature
 from clibridge._events import (
     ImagePart,
     Message,
+    OutputFormat,
     TextPart,
     ToolCallPart,
     ToolChoice,
@@ -156,7 +157,6 @@ def test_bad_requests_name_the_path(fields: dict[str, Any], param: str, needle: 
         ({"previous_response_id": "resp_1"}, "$.previous_response_id"),
         ({"conversation": "conv_1"}, "$.conversation"),
         ({"background": True}, "$.background"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "$.text.format"),
         (
             {
                 "input": [
@@ -171,6 +171,19 @@ def test_unsupported(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(UnsupportedFeature) as info:
         rs.decode_request(body(**fields))
     assert info.value.param == param
+
+
+def test_text_format_decodes_and_is_echoed() -> None:
+    """Regression (issue 14): text.format json_schema was refused."""
+    fmt = {"type": "json_schema", "name": "x", "schema": {"type": "object"}, "strict": True}
+    req = rs.decode_request(body(text={"format": fmt}))
+    assert req.output_format == OutputFormat("json_schema", {"type": "object"}, "x", strict=True)
+    assert rs.decode_request(body(text={"format": {"type": "json_object"}})).output_format == (
+        OutputFormat("json_object")
+    )
+    with pytest.raises(RequestError) as info:
+        rs.decode_request(body(text={"format": {"type": "json_schema", "schema": {"type": 3}}}))
+    assert info.value.param == "$.text.format.schema"
 
 
 # --------------------------------------------------------------------------- encoding

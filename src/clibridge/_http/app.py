@@ -69,7 +69,7 @@ from .._events import (
     TurnStarted,
 )
 from .._events import collect as collect_events
-from .._service import ModelInfo, TurnService
+from .._service import ModelInfo, Readiness, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
 from . import _logsafe
@@ -329,6 +329,27 @@ def _check_limits(req: Request, config: ServerConfig) -> None:
         )
 
 
+def _readiness_body(readiness: Readiness, backend: str | None, *, draining: bool) -> dict[str, Any]:
+    """``/readyz``: ready when every served backend is (``?backend=NAME``: that one)."""
+    states = {
+        name: {"ready": state.ready, "reason": state.reason}
+        for name, state in readiness.backends.items()
+    }
+    ready, reason = readiness.ready, readiness.reason
+    if backend is not None:
+        state = readiness.backends.get(backend)
+        if state is None:
+            raise RequestError(
+                f"backend: {backend!r} is not served here (served: {', '.join(states) or 'none'})",
+                param="backend",
+            )
+        ready, reason = state.ready, state.reason
+        states = {backend: states[backend]}
+    if draining:
+        ready, reason = False, "draining: the server is shutting down"
+    return {"ready": ready, "reason": reason, "fake": readiness.fake, "backends": states}
+
+
 def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:
     """One model in a shape both SDKs read: OpenAI's Model and Anthropic's ModelInfo."""
     via = f"{info.backend} CLI" + (", FAKE" if info.fake else "")
@@ -343,6 +364,11 @@ def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:
         "backend": info.backend,
         "cli_model": info.cli_model,
         "fake": info.fake,
+        # OpenAI-compatible servers' names, and the Anthropic Models API's
+        "context_window": info.context_window,
+        "max_output_tokens": info.max_output_tokens,
+        "max_input_tokens": info.context_window,
+        "max_tokens": info.max_output_tokens,
     }
 
 
@@ -441,12 +467,10 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        readiness = service.readiness()
-        ready = readiness.ready and not app.draining.is_set()
-        reason = (
-            "draining: the server is shutting down" if app.draining.is_set() else readiness.reason
+        body = _readiness_body(
+            service.readiness(), request.args.get("backend"), draining=app.draining.is_set()
         )
-        body = {"ready": ready, "reason": reason, "fake": readiness.fake}
+        ready = body["ready"]
         return json_response(body, 200 if ready else 503, {} if ready else {"Retry-After": "1"})
 
     @app.get("/v1/stats")
@@ -476,7 +500,7 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
         for info in service.models():
-            if info.id == model_id:
+            if info.id.casefold() == model_id.casefold():
                 return json_response(_model_json(info, app.created))
         raise ModelNotFound(
             f"the model {model_id!r} does not exist (see GET /v1/models)", param="model"

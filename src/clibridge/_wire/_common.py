@@ -20,6 +20,7 @@ from .._events import (
     FinishReason,
     ImagePart,
     Message,
+    OutputFormat,
     Part,
     ReasoningEffort,
     Role,
@@ -27,6 +28,7 @@ from .._events import (
     ToolCallPart,
     ToolResultPart,
 )
+from .._formats import check_schema
 from .sse import dumps
 
 DEFAULT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
@@ -74,6 +76,30 @@ def positive(value: int | None, param: str) -> int | None:
     if value is not None and value < 1:
         raise RequestError(f"{param}: expected a positive integer, got {value}", param=param)
     return value
+
+
+def output_format(
+    kind: str, schema: dict[str, Any] | None, name: str | None, strict: bool | None, param: str
+) -> OutputFormat | None:
+    """The neutral format of a ``response_format`` / ``text.format`` / ``output_config.format``
+    (``param`` names it); None for plain text. A bad schema is a 400 naming its field."""
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if schema is not None:
+        schema = check_schema(schema, f"{param}.schema")
+    return OutputFormat("json_schema", schema, name or "", bool(strict))
+
+
+def stop_strings(stop: str | Sequence[str] | None, param: str) -> tuple[str, ...]:
+    """The stop strings (a 400 naming ``param`` for an empty one: it would stop at once)."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    for i, s in enumerate(stops):
+        if not s:
+            at = param if isinstance(stop, str) else f"{param}[{i}]"
+            raise RequestError(f"{at}: a stop string must not be empty", param=at)
+    return stops
 
 
 class ConversationBuilder:

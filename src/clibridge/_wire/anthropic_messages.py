@@ -16,8 +16,7 @@ Decoding
 
     Accepted and ignored (the CLIs take no such knobs): ``temperature``, ``top_p``,
     ``top_k``, ``cache_control`` on any block, ``service_tier``, ``container``,
-    ``inference_geo``, ``speed``, ``output_config.format`` and any field this module does
-    not know.
+    ``inference_geo``, ``speed`` and any field this module does not know.
 
 Encoding
     ``message`` bodies and the event stream: ``message_start`` (input usage is not known
@@ -44,6 +43,7 @@ from .._events import (
     Finished,
     FinishReason,
     ImagePart,
+    OutputFormat,
     Part,
     ReasoningEffort,
     Request,
@@ -67,7 +67,9 @@ from ._common import (
     effective_reason,
     effort_from_budget,
     image_from_url,
+    output_format,
     positive,
+    stop_strings,
     tool_call_part,
 )
 from ._converter import JsonObject, structure
@@ -206,8 +208,15 @@ class Metadata:
 
 
 @attrs.frozen
+class OutputFormatConfig:
+    type: Literal["json_schema"]
+    schema: JsonObject | None = None
+
+
+@attrs.frozen
 class OutputConfig:
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: OutputFormatConfig | None = None
 
 
 @attrs.frozen
@@ -269,11 +278,24 @@ def decode_request(body: object) -> Request:
         tool_choice=choice,
         parallel_tool_calls=parallel,
         max_tokens=positive(req.max_tokens, "$.max_tokens"),
-        stop=tuple(req.stop_sequences or ()),
+        stop=stop_strings(req.stop_sequences, "$.stop_sequences"),
+        output_format=_output_format(req.output_config),
         reasoning_effort=_effort(req),
         stream=bool(req.stream),
         user=req.metadata.user_id if req.metadata else None,
     )
+
+
+def _output_format(config: OutputConfig | None) -> OutputFormat | None:
+    if config is None or config.format is None:
+        return None
+    fmt = config.format
+    if fmt.schema is None:
+        raise RequestError(
+            "$.output_config.format.schema: required for type json_schema",
+            param="$.output_config.format.schema",
+        )
+    return output_format(fmt.type, fmt.schema, None, True, "$.output_config.format")
 
 
 def _part(role: str, block: ContentBlock, at: str) -> Part:

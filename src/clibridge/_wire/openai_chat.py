@@ -6,19 +6,20 @@ Decoding
     URLs), ``assistant`` content with ``tool_calls`` (and a replayed ``reasoning_content``)
     and ``tool`` messages (folded, consecutive ones into one user message) become neutral
     messages. ``tools`` of type function, ``tool_choice``, ``parallel_tool_calls``,
-    ``max_completion_tokens`` / ``max_tokens``, ``stop``, ``reasoning_effort``, ``stream``
-    and ``user`` are honoured.
+    ``max_completion_tokens`` / ``max_tokens``, ``stop`` (both enforced on the event stream:
+    :mod:`clibridge._output`), ``response_format`` (``json_object`` / ``json_schema``:
+    :mod:`clibridge._formats`), ``reasoning_effort``, ``stream`` and ``user`` are honoured.
 
     Rejected with a clear 400 (UnsupportedFeature): ``n`` > 1, ``logprobs`` /
     ``top_logprobs``, audio output (``modalities`` with audio, ``audio``), the legacy
-    ``functions`` / ``function_call`` / ``role: function``, and a ``response_format`` of
-    type ``json_schema``.
+    ``functions`` / ``function_call`` / ``role: function``. An unknown ``response_format``
+    type or an invalid schema is a 400 naming the field.
 
     Accepted and ignored (the CLIs take no such knobs): ``temperature``, ``top_p``,
     ``presence_penalty``, ``frequency_penalty``, ``seed``, ``logit_bias``, ``metadata``,
     ``store``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``,
-    ``verbosity``, ``prediction``, ``web_search_options``, ``response_format`` of type
-    ``text`` / ``json_object``, and any field this module does not know.
+    ``verbosity``, ``prediction``, ``web_search_options``, and any field this module does
+    not know.
 
 Encoding
     ``chat.completion`` bodies and ``chat.completion.chunk`` streams: a role chunk first,
@@ -65,7 +66,9 @@ from ._common import (
     effort_level,
     image_from_url,
     joined_text,
+    output_format,
     positive,
+    stop_strings,
     text_parts,
     tool_call_part,
 )
@@ -158,8 +161,17 @@ class StreamOptions:
 
 
 @attrs.frozen
+class JsonSchemaFormat:
+    name: str | None = None
+    schema: JsonObject | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+@attrs.frozen
 class ResponseFormat:
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 @attrs.frozen
@@ -243,7 +255,14 @@ def decode_request(body: object) -> Request:
         max_tokens = positive(req.max_tokens, "$.max_tokens")
     else:
         positive(max_tokens, "$.max_completion_tokens")
-    stop: tuple[str, ...] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    stop = stop_strings(req.stop, "$.stop")
+    fmt = req.response_format
+    spec = fmt.json_schema if fmt is not None else None
+    if fmt is not None and fmt.type == "json_schema" and spec is None:
+        raise RequestError(
+            "$.response_format.json_schema: required for type json_schema",
+            param="$.response_format.json_schema",
+        )
     return Request(
         model=req.model,
         messages=messages,
@@ -253,6 +272,15 @@ def decode_request(body: object) -> Request:
         parallel_tool_calls=req.parallel_tool_calls is not False,
         max_tokens=max_tokens,
         stop=stop,
+        output_format=None
+        if fmt is None
+        else output_format(
+            fmt.type,
+            spec.schema if spec else None,
+            spec.name if spec else None,
+            spec.strict if spec else None,
+            "$.response_format.json_schema",
+        ),
         reasoning_effort=effort_level(req.reasoning_effort),
         stream=bool(req.stream),
         user=req.user,
@@ -281,11 +309,6 @@ def _reject_unsupported(req: ChatRequest) -> None:
         param = "$.functions" if req.functions is not None else "$.function_call"
         raise UnsupportedFeature(
             f"{param}: legacy function calling is not supported; use tools", param=param
-        )
-    if req.response_format is not None and req.response_format.type == "json_schema":
-        raise UnsupportedFeature(
-            "$.response_format: structured outputs (json_schema) are not supported",
-            param="$.response_format",
         )
 
 

@@ -7,13 +7,15 @@ Decoding
     data: or http(s) URL), ``function_call`` (assistant tool calls; consecutive assistant
     items form one assistant message), ``function_call_output`` (tool results, folded into
     one user message) and ``reasoning`` (ignored: its summary is not the model's context).
-    Function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``,
-    ``reasoning.effort``, ``stream`` and ``user`` are honoured.
+    Function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``
+    (enforced on the event stream: :mod:`clibridge._output`), ``text.format``
+    (``json_object`` / ``json_schema``: :mod:`clibridge._formats`), ``reasoning.effort``,
+    ``stream`` and ``user`` are honoured.
 
     Rejected with a clear 400: ``previous_response_id`` and ``conversation`` (the server
     keeps no response store: send the whole input), ``background``, built-in tools
-    (web_search, file_search, ...), files given by ``file_id``, and
-    ``text.format`` of type ``json_schema``.
+    (web_search, file_search, ...), files given by ``file_id``, an unknown ``text.format``
+    type and an invalid schema.
 
     Accepted and ignored (the CLIs take no such knobs): ``temperature``, ``top_p``,
     ``store``, ``metadata``, ``include``, ``truncation``, ``service_tier``,
@@ -45,6 +47,7 @@ from .._events import (
     Event,
     Finished,
     FinishReason,
+    OutputFormat,
     Part,
     ReasoningEffort,
     Request,
@@ -67,6 +70,7 @@ from ._common import (
     effort_level,
     image_from_url,
     joined_text,
+    output_format,
     positive,
     text_parts,
     tool_call_part,
@@ -159,7 +163,11 @@ class Reasoning:
 
 @attrs.frozen
 class TextFormat:
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema: JsonObject | None = None
+    strict: bool | None = None
+    description: str | None = None
 
 
 @attrs.frozen
@@ -239,6 +247,7 @@ def decode_request(body: object) -> Request:
         tool_choice=_tool_choice(req.tool_choice),
         parallel_tool_calls=req.parallel_tool_calls is not False,
         max_tokens=positive(req.max_output_tokens, "$.max_output_tokens"),
+        output_format=_output_format(req.text),
         reasoning_effort=effort_level(effort),
         stream=bool(req.stream),
         user=req.user,
@@ -262,15 +271,13 @@ def _reject_unsupported(req: ResponsesRequest) -> None:
         raise UnsupportedFeature(
             "$.background: background responses are not supported", param="$.background"
         )
-    if (
-        req.text is not None
-        and req.text.format is not None
-        and req.text.format.type == "json_schema"
-    ):
-        raise UnsupportedFeature(
-            "$.text.format: structured outputs (json_schema) are not supported",
-            param="$.text.format",
-        )
+
+
+def _output_format(text: TextConfig | None) -> OutputFormat | None:
+    if text is None or text.format is None:
+        return None
+    fmt = text.format
+    return output_format(fmt.type, fmt.schema, fmt.name, fmt.strict, "$.text.format")
 
 
 def _text_of(part: object) -> str | None:
@@ -344,6 +351,20 @@ def _encode_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
     return choice.mode
 
 
+def _encode_format(fmt: OutputFormat | None) -> dict[str, Any]:
+    if fmt is None:
+        return {"type": "text"}
+    if fmt.kind == "json_object":
+        return {"type": "json_object"}
+    return {
+        "type": "json_schema",
+        "name": fmt.name,
+        "schema": fmt.schema,
+        "strict": fmt.strict,
+        "description": None,
+    }
+
+
 def _response(
     request: Request, response_id: str, created: int, status: str, output: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -363,7 +384,7 @@ def _response(
         "parallel_tool_calls": request.parallel_tool_calls,
         "previous_response_id": None,
         "reasoning": {"effort": effort, "summary": None},
-        "text": {"format": {"type": "text"}},
+        "text": {"format": _encode_format(request.output_format)},
         "tool_choice": _encode_tool_choice(request.tool_choice),
         "tools": [
             {
