@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import attrs
@@ -83,6 +84,7 @@ from ._guard import (
     dialect_of,
     is_preflight,
 )
+from ._record import UNRECORDED_PATHS, RequestDraft, RequestObserver, notify
 from ._turns import (
     DrainState,
     TurnRun,
@@ -100,6 +102,9 @@ IMAGE_TOKENS = 1600
 
 #: how long a request that is refused with ``Connection: close`` may take to arrive whole
 _SETTLE_TIMEOUT = 1.0
+
+#: the longest model name a request record keeps
+_MODEL_CHARS = 200
 
 _json_converter = cattrs.Converter()
 _NOTHING = object()
@@ -141,6 +146,8 @@ class BridgeApp(QuartTrio):
     draining: trio.Event
     #: unix time the app was made (the ``created`` of every model)
     created: int
+    #: called once per admitted request when it is over, synchronously (:mod:`._record`)
+    request_observers: list[RequestObserver]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -154,6 +161,18 @@ def request_id() -> str:
         rid = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         g.request_id = rid
     return rid
+
+
+def _draft() -> RequestDraft | None:
+    """This request's record, when it is recorded (see :mod:`._record`)."""
+    exchange = request.scope.get(EXCHANGE_KEY)
+    return exchange.draft if isinstance(exchange, Exchange) else None
+
+
+def _end_request(app: BridgeApp, exchange: Exchange) -> None:
+    """The exchange middleware's end of a request: hand its record to the observers."""
+    if exchange.draft is not None:
+        notify(app.request_observers, exchange.draft.finish())
 
 
 def json_response(
@@ -177,6 +196,9 @@ def error_response(error: BridgeError, dialect: Dialect | None = None) -> Respon
         headers["Connection"] = "close"
     if isinstance(error, MethodNotAllowed) and g.get("allowed_methods"):
         headers["Allow"] = ", ".join(sorted(g.allowed_methods))
+    draft = _draft()
+    if draft is not None:
+        draft.error = error
     if status >= 500:
         log.warning(
             "request %s %s %s -> %d %s%s",
@@ -369,7 +391,8 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
+    app.request_observers = []
+    app.asgi_app = ExchangeMiddleware(app.asgi_app, partial(_end_request, app))  # type: ignore[method-assign,arg-type,assignment]
 
     @app.before_serving
     async def _start_drain_watch() -> None:
@@ -393,7 +416,18 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             origin = headers["Origin"]
             guard.check_origin(origin)
             return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
+        # the key and whether it is the admin's (one token, or none: the one user is)
+        g.clibridge_key = None
+        g.clibridge_admin = True
         _authenticate(config.auth_token)
+        if request.path not in UNRECORDED_PATHS:
+            exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+            exchange.draft = RequestDraft(
+                request_id(),
+                request.path,
+                g.clibridge_key,
+                dialect=dialect_of(request.path, headers),
+            )
         return None
 
     @app.after_request
@@ -500,6 +534,12 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
 
     async def run_turn(dialect: Dialect) -> Response:
         body = await _read_json()
+        draft = _draft()
+        if draft is not None:
+            # from the body as given: a request refused as invalid is recorded with them too
+            model = body.get("model")
+            draft.model_asked = model[:_MODEL_CHARS] if isinstance(model, str) else None
+            draft.stream = body.get("stream") is True
         codec = codec_for(dialect)
         req = codec.decode_request(body)
         _check_limits(req, config)
@@ -516,6 +556,8 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             send_timeout=config.send_timeout,
             request_id=request_id(),
         )
+        if draft is not None:
+            draft.run = run
         response_id = codec.new_response_id()
         created = int(time.time())
         handed_off = False
