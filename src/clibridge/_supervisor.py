@@ -592,9 +592,10 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
-    from ._http.app import create_app
+    from ._http.app import attach_ledger, create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
+    from ._ledger import Ledger, ledger_path
     from ._state_dir import secure_state_dir
 
     if shutdown is None:
@@ -627,7 +628,14 @@ async def serve(
             janitor=janitor,
         )
         app = create_app(service, config.server)
+        ledger = Ledger(
+            ledger_path(home),
+            retention_days=config.server.ledger_retention_days,
+            capture_mode=config.server.capture,
+        )
+        attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
+            await root.start(ledger.run)
             await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)
