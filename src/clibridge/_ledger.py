@@ -63,6 +63,9 @@ PRUNE_INTERVAL = 3600.0
 #: a dropped record is logged at most this often (seconds)
 _DROP_LOG_INTERVAL = 10.0
 
+#: the endpoints whose requests :meth:`Ledger.usage` counts (model calls)
+MODEL_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
+
 UsageBy = Literal["model", "key", "day", "hour"]
 USAGE_BY: Final = ("model", "key", "day", "hour")
 
@@ -467,8 +470,9 @@ class Ledger:
         return out
 
     def usage(self, since_s: float, by: str, key: str | None = None) -> list[dict[str, object]]:
-        """Usage over the last ``since_s`` seconds, grouped ``by`` model | key | day | hour
-        (days and hours in UTC), biggest first for model and key, in time order otherwise.
+        """Usage of the model endpoints (:data:`MODEL_ENDPOINTS`) over the last ``since_s``
+        seconds, grouped ``by`` model | key | day | hour (days and hours in UTC), biggest
+        first for model and key, in time order otherwise.
 
         Each row: the group (under the name ``by``: ``{"model": ...}``), ``requests``,
         ``errors``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
@@ -484,8 +488,8 @@ class Ledger:
             "hour": "strftime('%Y-%m-%dT%H:00Z', started, 'unixepoch')",
         }[by]
         order = "total_tokens DESC, requests DESC" if by in ("model", "key") else "grp"
-        where = "started >= ?"
-        params: list[Any] = [time.time() - since_s]
+        where = f"started >= ? AND endpoint IN ({', '.join('?' for _ in MODEL_ENDPOINTS)})"
+        params: list[Any] = [time.time() - since_s, *MODEL_ENDPOINTS]
         if key is not None:
             where += " AND key = ?"
             params.append(key)
