@@ -628,14 +628,17 @@ async def serve(
             janitor=janitor,
         )
         app = create_app(service, config.server)
-        ledger = Ledger(
-            ledger_path(home),
-            retention_days=config.server.ledger_retention_days,
-            capture_mode=config.server.capture,
-        )
-        attach_ledger(app, ledger)
+        ledger = None
+        if config.server.ledger:
+            ledger = Ledger(
+                ledger_path(home),
+                retention_days=config.server.ledger_retention_days,
+                capture_mode=config.server.capture,
+            )
+            attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
-            await root.start(ledger.run)
+            if ledger is not None:
+                await root.start(ledger.run)
             await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)
