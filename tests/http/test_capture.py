@@ -41,6 +41,19 @@ async def ledger_server(
         await trio.to_thread.run_sync(ledger.close)
 
 
+async def settle(ledger: Ledger, requests: int) -> None:
+    """Wait until ``requests`` rows (and what was queued with them) are committed: a record
+    is handed over just after its response went out, so it may trail the client a little."""
+    with trio.fail_after(10):
+        while True:
+            assert await trio.to_thread.run_sync(ledger.flush)
+            if len(ledger.recent(requests)) >= requests:
+                break
+            await trio.sleep(0.01)
+    # what was queued together with the last record is behind this barrier
+    assert await trio.to_thread.run_sync(ledger.flush)
+
+
 def _database_bytes(directory: Path) -> bytes:
     """The ledger's files (database, WAL) as they are on disk."""
     return b"".join(p.read_bytes() for p in directory.glob("ledger.sqlite3*"))
@@ -116,7 +129,7 @@ async def test_a_replayed_conversation_maps_to_one_conversation(
     async with ledger_server(tmp_path) as (server, ledger):
         first = await _converse(server, dialect, stream, "hello")
         second = await _converse(server, dialect, stream, "other", turns=2)
-        assert await trio.to_thread.run_sync(ledger.flush)
+        await settle(ledger, 5)
     captures = [ledger.get(rid)["capture"] for rid in first + second]  # type: ignore[index]
     conversations = [c["conversation_id"] for c in captures]  # type: ignore[index]
     assert len(set(conversations[:3])) == 1
@@ -184,7 +197,7 @@ async def test_tool_calls_and_results_continue_the_conversation(tmp_path: Path) 
             )
             assert r.status_code == 200
             second = r.headers["X-Request-Id"]
-        assert await trio.to_thread.run_sync(ledger.flush)
+        await settle(ledger, 2)
     one, two = ledger.get(first), ledger.get(second)
     assert one is not None and two is not None
     assert one["tool_calls"] == 1
@@ -204,7 +217,7 @@ async def test_tool_calls_and_results_continue_the_conversation(tmp_path: Path) 
 async def test_metadata_capture_keeps_identities_not_text(tmp_path: Path) -> None:
     async with ledger_server(tmp_path, capture="metadata") as (server, ledger):
         ids = await _converse(server, "openai_chat", False, "secret plans")
-        assert await trio.to_thread.run_sync(ledger.flush)
+        await settle(ledger, 3)
     captures = [ledger.get(rid)["capture"] for rid in ids]  # type: ignore[index]
     assert len({c["conversation_id"] for c in captures}) == 1  # type: ignore[index]
     messages = ledger.conversation(str(captures[0]["conversation_id"]))  # type: ignore[index]
@@ -216,7 +229,7 @@ async def test_metadata_capture_keeps_identities_not_text(tmp_path: Path) -> Non
 async def test_capture_off_stores_no_exchange(tmp_path: Path) -> None:
     async with ledger_server(tmp_path, capture="off") as (server, ledger):
         (rid,) = await _converse(server, "anthropic_messages", True, "hi", turns=1)
-        assert await trio.to_thread.run_sync(ledger.flush)
+        await settle(ledger, 1)
     row = ledger.get(rid)
     assert row is not None and row["capture"] is None and row["status"] == 200
 
@@ -238,7 +251,7 @@ async def test_secrets_never_reach_the_database(tmp_path: Path) -> None:
                 headers={"Authorization": "Bearer wrong-secret-0815"},
             )
             assert r.status_code == 401
-        assert await trio.to_thread.run_sync(ledger.flush)
+        await settle(ledger, 3)
     assert len(ledger.recent(10)) == 3
     raw = _database_bytes(tmp_path)
     assert b"hi" in raw  # the capture is there ...
@@ -264,7 +277,7 @@ async def test_usage_endpoint_scopes_by_key(tmp_path: Path) -> None:
                     headers={"X-Test-Key": name},
                 )
                 assert r.status_code == 200
-            assert await trio.to_thread.run_sync(ledger.flush)
+            await settle(ledger, 3)
             everyone = (await client.get("/v1/usage", params={"by": "key"})).json()
             alice = (
                 await client.get("/v1/usage", params={"by": "key"}, headers={"X-Test-Key": "alice"})
