@@ -46,6 +46,7 @@ import attrs
 import trio
 
 from ._capture import CaptureMode, Exchange, PendingCapture, capture
+from ._http._logsafe import escape_controls
 from ._http._record import RequestRecord
 from ._state_dir import PRIVATE_FILE_MODE, private_dir
 
@@ -336,21 +337,11 @@ class Ledger:
 
     def _write_batch(self, conn: sqlite3.Connection, batch: Sequence[object]) -> bool:
         rows = [item for item in batch if isinstance(item, RequestRecord | PendingCapture)]
-        if rows:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for item in rows:
-                    if isinstance(item, RequestRecord):
-                        conn.execute(_INSERT_REQUEST, attrs.astuple(item))
-                    else:
-                        self._store_capture(conn, item)
-                conn.execute("COMMIT")
-                self._written += len(rows)
-            except sqlite3.Error:
-                log.exception("ledger: writing %d rows failed; they are lost", len(rows))
-                self._dropped += len(rows)
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        if rows and not self._commit(conn, rows):
+            # one bad item must not cost the others: write them one by one
+            for item in rows:
+                if not self._commit(conn, [item], report=True):
+                    self._dropped += 1
         stop = False
         for done in batch:
             if isinstance(done, _Barrier):
@@ -358,6 +349,32 @@ class Ledger:
             elif done is _STOP:
                 stop = True
         return stop
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[RequestRecord | PendingCapture],
+        *,
+        report: bool = False,
+    ) -> bool:
+        """Write ``items`` in one transaction; False (rolled back) when that failed."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in items:
+                if isinstance(item, RequestRecord):
+                    conn.execute(_INSERT_REQUEST, _row_values(item))
+                else:
+                    self._store_capture(conn, item)
+            conn.execute("COMMIT")
+        except Exception:
+            # the writer must outlive any one row (a full disk, a bug): never die here
+            if report:
+                log.exception("ledger: writing a row failed; it is lost")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return False
+        self._written += len(items)
+        return True
 
     def _store_capture(self, conn: sqlite3.Connection, pending: PendingCapture) -> None:
         exchange = capture(
@@ -376,7 +393,13 @@ class Ledger:
             conn.execute(
                 "INSERT INTO conversations (id, started, last_seen, key, model, requests) "
                 "VALUES (?, ?, ?, ?, ?, 1)",
-                (conversation, exchange.started, exchange.started, exchange.key, exchange.model),
+                (
+                    conversation,
+                    exchange.started,
+                    exchange.started,
+                    exchange.key,
+                    _storable(exchange.model),
+                ),
             )
         else:
             conn.execute(
@@ -540,6 +563,16 @@ class Ledger:
                 (conversation_id,),
             ).fetchall()
         return [dict(row) for row in rows]
+
+
+def _row_values(record: RequestRecord) -> tuple[object, ...]:
+    """The record's column values; text a client chose (a model name, a path) may hold
+    lone surrogates, which SQLite cannot store: they are written escaped."""
+    return tuple(_storable(v) if isinstance(v, str) else v for v in attrs.astuple(record))
+
+
+def _storable(text: str) -> str:
+    return text if text.isascii() else escape_controls(text)
 
 
 def _ends_batch(item: object) -> bool:
