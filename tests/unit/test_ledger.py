@@ -451,3 +451,12 @@ def test_the_writer_survives_rows_it_cannot_store(
     assert answer["role"] == "assistant"
     assert ledger.statistics().dropped == 1
     assert "writing a row failed" in caplog.text
+
+
+def test_a_json_line_with_lone_surrogates_still_encodes() -> None:
+    install_request_id()
+    record = logging.LogRecord("clibridge.requests", logging.INFO, "x", 1, "m", (), None)
+    record.request = make_record(model_asked="\ud800")
+    line = JsonFormatter().format(record)
+    line.encode()
+    assert json.loads(line)["request"]["model_asked"] == "\ud800"
