@@ -7,8 +7,8 @@ WAL mode. Nothing on the event loop touches it: :meth:`Ledger.record` (a request
 observer, :mod:`clibridge._http._record`) and :meth:`Ledger.capture` only put an item on a
 bounded queue, and never wait -- when the queue is full the item is dropped and counted
 (``statistics().dropped``) rather than slowing a request down. One writer thread takes
-what is queued, writes a batch in one transaction and commits it; the writer gathers
-what comes within :data:`BATCH_WINDOW` of the first row (up to :data:`BATCH_SIZE`), so a
+what is queued, writes a batch in one transaction and commits it: woken by a first row,
+it waits :data:`BATCH_WINDOW` and takes all that came meanwhile (up to :data:`BATCH_SIZE`), so a
 busy server commits many rows at a time and an idle one each row within 50 ms.
 
 Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction when the
@@ -240,6 +240,8 @@ class Ledger:
         self._dropped = 0
         self._last_drop_log = 0.0
         self._last_prune = 0.0
+        #: set by flush() and close(): the writer stops gathering and commits now
+        self._hurry = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -259,6 +261,7 @@ class Ledger:
             return
         try:
             self._queue.put(_STOP, timeout=timeout)
+            self._hurry.set()
         except queue.Full:
             log.warning("ledger: the writer is stuck; %d records not written", self._queue.qsize())
             return
@@ -282,6 +285,7 @@ class Ledger:
         barrier = _Barrier()
         try:
             self._queue.put(barrier, timeout=timeout)
+            self._hurry.set()
         except queue.Full:
             return False
         return barrier.done.wait(timeout)
@@ -318,13 +322,14 @@ class Ledger:
         try:
             while True:
                 batch = [self._queue.get()]
-                until = time.monotonic() + BATCH_WINDOW
+                if not _ends_batch(batch[0]):
+                    # let the rows of this moment gather; woken once, not once per row
+                    # (a wake-up per row fought the event loop's thread for the GIL)
+                    self._hurry.wait(BATCH_WINDOW)
+                self._hurry.clear()
                 while len(batch) < BATCH_SIZE and not _ends_batch(batch[-1]):
-                    left = until - time.monotonic()
                     try:
-                        batch.append(
-                            self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                        )
+                        batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 stop = self._write_batch(conn, batch)
