@@ -189,6 +189,10 @@ class _Barrier:
 _STOP: Final = object()
 
 
+class LedgerError(Exception):
+    """The ledger file cannot be opened or created (the message says what to do)."""
+
+
 def connect(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     """A connection to the ledger at ``path`` (rows as :class:`sqlite3.Row`)."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -246,8 +250,17 @@ class Ledger:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Create the database if needed, prune it, and start the writer thread."""
-        conn = open_schema(self.path)
+        """Create the database if needed, prune it, and start the writer thread.
+
+        Raises :class:`LedgerError` when the file cannot be opened (not a database, no
+        permission, a newer schema)."""
+        try:
+            conn = open_schema(self.path)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            raise LedgerError(
+                f"cannot open the request ledger {self.path}: {exc}; move the file away "
+                "(a new one is created) or start with --no-ledger"
+            ) from exc
         self._prune(conn)
         self._thread = threading.Thread(
             target=self._write_loop, args=(conn,), name="clibridge-ledger", daemon=True
@@ -269,8 +282,10 @@ class Ledger:
         self._thread = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the writer, report started, and close the ledger when cancelled."""
-        await trio.to_thread.run_sync(self.start)
+        """Start the writer (unless started), report started, and close the ledger when
+        cancelled."""
+        if self._thread is None:
+            await trio.to_thread.run_sync(self.start)
         try:
             task_status.started()
             await trio.sleep_forever()

@@ -20,7 +20,7 @@ from clibridge._capture import PendingCapture, capture, chain
 from clibridge._cli import main
 from clibridge._events import Message, TextPart, ThinkingPart, ToolCallPart, ToolResultPart
 from clibridge._http._record import RequestRecord
-from clibridge._ledger import RECORD_COLUMNS, Ledger, ledger_path, parse_duration
+from clibridge._ledger import RECORD_COLUMNS, Ledger, LedgerError, ledger_path, parse_duration
 from clibridge._ledger import USAGE_BY as ledger_usage_by
 from clibridge._ledger_cli import USAGE_BY
 from clibridge._logging import (
@@ -460,3 +460,10 @@ def test_a_json_line_with_lone_surrogates_still_encodes() -> None:
     line = JsonFormatter().format(record)
     line.encode()
     assert json.loads(line)["request"]["model_asked"] == "\ud800"
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LedgerError, match=r"cannot open the request ledger .* --no-ledger"):
+        Ledger(path).start()
