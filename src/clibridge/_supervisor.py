@@ -64,6 +64,7 @@ from ._events import (
     Message,
     OutputFormat,
     Request,
+    Route,
     TextDelta,
     TextPart,
     ToolCallStart,
@@ -273,6 +274,7 @@ class Supervisor:
         if match is not None:
             parked = match.conversation
             step = match.plan
+            asked = trio.current_time()
             async with pool.resume(parked.key) as lease:
                 if lease is not None and step is not None:
                     worker = lease.worker
@@ -290,7 +292,16 @@ class Supervisor:
                         source = worker.turn(request, tool_results=step.results)
                     else:
                         source = worker.turn(request, messages=step.messages)
-                    events = self._retrying(pool, lease, binding, request, tracker, source)
+                    events = self._retrying(
+                        pool,
+                        lease,
+                        binding,
+                        request,
+                        tracker,
+                        source,
+                        queue_wait=trio.current_time() - asked,
+                        continued=True,
+                    )
                     try:
                         yield events
                     finally:
@@ -329,9 +340,17 @@ class Supervisor:
         """The turn on a freshly leased worker (the whole history), retried once
         (:meth:`_retrying`)."""
         reuse = watch is not None and watch.reuses_finished(tracker.setup)
+        asked = trio.current_time()
         async with pool.lease(binding, reuse_finished=reuse) as lease:
             events = self._retrying(
-                pool, lease, binding, request, tracker, lease.worker.turn(request)
+                pool,
+                lease,
+                binding,
+                request,
+                tracker,
+                lease.worker.turn(request),
+                queue_wait=trio.current_time() - asked,
+                continued=False,
             )
             try:
                 async with aclosing(events):
@@ -348,9 +367,15 @@ class Supervisor:
         request: Request,
         tracker: _Tracker,
         source: AsyncIterator[Event],
+        *,
+        queue_wait: float,
+        continued: bool,
     ) -> AsyncGenerator[Event, None]:
         """``source``'s events; on a worker failure before any output, the whole request once
         more on another worker (see the module doc).
+
+        The ``TurnStarted`` the client gets carries the :class:`Route` of the worker that
+        started the turn (a retry's worker is not announced again).
 
         Regression (issue 15, item 10): a codex app-server crash failed every request on
         that process, also those whose turn had not produced anything yet.
@@ -365,6 +390,9 @@ class Supervisor:
                             if announced:
                                 continue  # the client was told once already
                             announced = True
+                            worker = lease.worker
+                            route = Route(pool.name, worker.id, worker.pid, queue_wait, continued)
+                            event = attrs.evolve(event, route=route)
                         else:
                             produced = True
                         yield event
@@ -715,9 +743,10 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
-    from ._http.app import create_app
+    from ._http.app import attach_ledger, create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
+    from ._ledger import Ledger, LedgerError, ledger_path
     from ._state_dir import secure_state_dir
 
     if shutdown is None:
@@ -750,7 +779,21 @@ async def serve(
             janitor=janitor,
         )
         app = create_app(service, config.server)
+        ledger = None
+        if config.server.ledger:
+            ledger = Ledger(
+                ledger_path(home),
+                retention_days=config.server.ledger_retention_days,
+                capture_mode=config.server.capture,
+            )
+            try:
+                await trio.to_thread.run_sync(ledger.start)
+            except LedgerError as exc:
+                raise SystemExit(f"clibridge: error: {exc}") from None
+            attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
+            if ledger is not None:
+                await root.start(ledger.run)
             await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)
