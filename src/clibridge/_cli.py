@@ -1,4 +1,4 @@
-"""The command line: ``clibridge serve | config | login | openclaw-config | version``.
+"""The command line: ``clibridge serve | config | doctor | login | openclaw-config | version``.
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "run the server (pools of CLI workers behind the HTTP API)"),
         ("config", "print the effective configuration as TOML (secrets redacted)"),
+        ("doctor", "check the CLIs, logins, state dir, port and settings; say what to fix"),
     ):
         p = sub.add_parser(
             name,
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
             )
+        elif name == "doctor":
+            p.add_argument("--tui", action="store_true", help="also check tmux (for serve --tui)")
         _add_setting_flags(p)
     sub.add_parser("version", help="print the version")
     login = sub.add_parser(
@@ -246,6 +249,18 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
 
 
+def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import _doctor
+
+    try:
+        config: Config | ConfigError = _load(args, environ)
+    except ConfigError as exc:
+        config = exc
+    findings = _doctor.run_doctor(config, environ, tui=args.tui)
+    sys.stdout.write(_doctor.render(findings))
+    return _doctor.exit_code(findings)
+
+
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, keyed like :func:`settings` (unset ones dropped)."""
     out: dict[str, Any] = {}
@@ -286,6 +301,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "doctor":
+        return _doctor(args, env)
     if getattr(args, "tui", False):
         print(
             "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "
