@@ -41,6 +41,7 @@ from typing import Literal
 import attrs
 
 from ._backends import BACKENDS, Backend
+from ._backends._env import with_fake_knobs
 from ._config import Config
 from ._config_load import ConfigError, is_loopback
 from ._process import CHILD_UMASK
@@ -292,7 +293,11 @@ def _login_finding(
             f"no login detected, and no home {status.home} to ask the CLI in yet",
             f"run `{b.login_fix}`",
         )
-    code, output = _run(status.argv, status.env)
+    env = status.env
+    if argv[1:] == b.fake_command[1:]:
+        # the bundled fake as the command: scripted by CLIBRIDGE_FAKE_* as under serve
+        env = with_fake_knobs(env, environ)
+    code, output = _run(status.argv, env)
     asked = " ".join([Path(status.argv[0]).name, *status.argv[len(argv) :]])
     if status.logged_in(code, output):
         why = f" ({detected})" if detected else ""
@@ -300,8 +305,7 @@ def _login_finding(
             return Finding(
                 f"{b.name} login",
                 "warn",
-                f"`{asked}` says logged in, but auto does not detect it, so auto will not "
-                "serve it",
+                f"`{asked}` says logged in, but auto does not detect it, so auto will not serve it",
                 f"choose it with --backend {b.name}, or log in with `{b.login_fix}`",
             )
         return Finding(f"{b.name} login", "ok", f"`{asked}`: logged in{why}")
