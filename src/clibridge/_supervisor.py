@@ -467,10 +467,14 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
     mode = config.backend
     if mode == "fake":
         fakes = {name: BACKENDS[name].fake_command for name in _default_backends()}
-        notes = tuple(
-            f"{name}: the bundled FAKE CLI (backend = fake, chosen explicitly)" for name in fakes
+        return BackendChoice(
+            fakes,
+            fake=True,
+            notes=[
+                f"{name}: the bundled FAKE CLI (backend = fake, chosen explicitly)"
+                for name in fakes
+            ],
         )
-        return BackendChoice(fakes, fake=True, notes=notes)
     notes: list[str] = []
     chosen: dict[str, tuple[str, ...]] = {}
     home = state_dir(config)
