@@ -14,6 +14,7 @@ Routes::
     POST /v1/messages/count_tokens   Anthropic token count (an estimate: ~4 chars a token)
     GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
     GET  /v1/stats                   the service's statistics
+    GET  /dashboard[/state|/requests/<id>]  the operator's live page (:mod:`.dashboard`)
     GET  /healthz                    liveness (never needs auth)
     GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
                                      so load balancers can probe it)
@@ -72,7 +73,7 @@ from .._events import collect as collect_events
 from .._service import ModelInfo, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
-from . import _logsafe
+from . import _logsafe, dashboard
 from ._codecs import codec_for
 from ._exchange import EXCHANGE_KEY, Exchange, ExchangeMiddleware
 from ._guard import (
@@ -271,8 +272,8 @@ async def _read_json() -> dict[str, Any]:
 
 def _authenticate(token: str | None) -> None:
     """Raise :class:`AuthError` unless the request carries ``token`` (if one is set)."""
-    if token is None or request.path in OPEN_PATHS:
-        return
+    if token is None or request.path in OPEN_PATHS or request.path == dashboard.PAGE_PATH:
+        return  # the dashboard page holds no data: its script asks with the key
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
@@ -369,6 +370,7 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
+    dashboard.install(app)
     app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
 
     @app.before_serving

@@ -1,0 +1,204 @@
+"""``GET /dashboard``: one self-contained page that shows the pools and the requests, live.
+
+Theory of operation
+-------------------
+Three routes::
+
+    GET /dashboard                  the page (HTML, CSS and JS inline: works offline)
+    GET /dashboard/state            what the page shows, as JSON (polled every second)
+    GET /dashboard/requests/<id>    one request of the ledger (the page opens it on click)
+
+The page itself holds no data, so it is served without the API key: a browser cannot
+put a key on a navigation. Its script then asks ``/dashboard/state`` with the key it
+keeps in ``sessionStorage`` (a form asks for it on a 401 / 403). The JSON routes are
+open on a server without auth (allowed on loopback only) and need the admin key
+otherwise: ``quart.g.clibridge_admin`` when admission sets it, else the one
+``auth_token`` (which admission already checked) is the admin key.
+
+Live without reloading by short polling, not server-sent events: a poll is one
+ordinary request that ends, so the dashboard holds no connection open against
+``max_connections``, does not keep a drain waiting, and passes any proxy.
+
+Worker states as the page names them (from the pool's slot state, and the worker's
+``paused``): booting, idle, busy, parked on tool call, parked finished, recycling.
+RSS is read here with psutil (the process and its children); the pool does no IO.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from quart import Response, g
+
+from .._errors import Forbidden, NotFound
+from ._dashboard_page import PAGE
+
+if TYPE_CHECKING:
+    from .app import BridgeApp
+
+#: the page's path: served without the API key (it holds no data)
+PAGE_PATH = "/dashboard"
+#: how many ledger requests the page lists
+RECENT_REQUESTS = 50
+#: the usage chart's span (seconds)
+USAGE_SPAN = 24 * 3600
+_PHASES = {
+    "booting": "booting",
+    "idle": "idle",
+    "busy": "busy",
+    "retiring": "recycling",
+}
+
+
+def worker_phase(worker: Mapping[str, Any]) -> str:
+    """The state the dashboard shows for one worker of ``/v1/stats``."""
+    state = str(worker.get("state", ""))
+    if state == "parked":
+        return "parked on tool call" if worker.get("paused") else "parked finished"
+    return _PHASES.get(state, state)
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of ``pid`` and its children (None when it is gone or unreadable)."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        return None
+    return int(total)
+
+
+class RecentStatuses:
+    """Counts responses of one status over the last minute (the page's "429s")."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._times: collections.deque[float] = collections.deque()
+
+    def add(self, now: float | None = None) -> None:
+        self._times.append(time.monotonic() if now is None else now)
+
+    def count(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+        return len(self._times)
+
+
+def pools_json(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pools of the service's statistics, as the page draws them."""
+    out = []
+    for name, stats in statistics.items():
+        if not isinstance(stats, Mapping) or "workers" not in stats:
+            continue
+        workers = [
+            {
+                "backend": name,
+                "id": w.get("id"),
+                "pid": w.get("pid"),
+                "state": worker_phase(w),
+                "age": w.get("age"),
+                "turns": w.get("turns"),
+                "rss": rss_bytes(w.get("pid")),
+            }
+            for w in stats["workers"]
+        ]
+        out.append(
+            {
+                "name": name,
+                "ready": stats.get("ready"),
+                "reason": stats.get("reason"),
+                "workers": workers,
+                "queued": stats.get("queued", 0),
+                "in_flight": stats.get("in_flight", 0),
+                "permits_total": stats.get("permits_total", 0),
+                "served": stats.get("served", 0),
+                "rejected": stats.get("rejected", 0),
+            }
+        )
+    return out
+
+
+def _require_admin(app: BridgeApp) -> None:
+    if app.server_config.auth_token is None:
+        return  # no auth at all: load_config allows that on loopback only
+    admin = g.get("clibridge_admin")
+    if admin is False:
+        raise Forbidden("the dashboard needs the admin key; this key is not one")
+
+
+def install(app: BridgeApp) -> None:
+    """Add the dashboard's routes and its 429 counter to ``app``."""
+    too_many = RecentStatuses()
+
+    @app.after_request
+    async def _count_429(response: Response) -> Response:
+        if response.status_code == 429:
+            too_many.add()
+        return response
+
+    @app.get(PAGE_PATH)
+    async def dashboard_page() -> Response:
+        return Response(
+            PAGE,
+            content_type="text/html; charset=utf-8",
+            headers={
+                # everything is inline; nothing may load from elsewhere
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                "Cache-Control": "no-store",
+                "X-Frame-Options": "DENY",
+            },
+        )
+
+    @app.get(PAGE_PATH + "/state")
+    async def dashboard_state() -> Response:
+        from .app import json_response
+
+        _require_admin(app)
+        readiness = app.service.readiness()
+        ledger = getattr(app, "ledger", None)
+        body: dict[str, Any] = {
+            "now": time.time(),
+            "ready": readiness.ready,
+            "reason": readiness.reason,
+            "fake": readiness.fake,
+            "draining": app.draining.is_set(),
+            "open_turns": len(app.drain.live),
+            "rejected_last_minute": too_many.count(),
+            "pools": pools_json(app.service.statistics()),
+            "ledger": ledger is not None,
+            "requests": [],
+            "usage": {"by_model": [], "by_key": []},
+        }
+        if ledger is not None:
+            body["requests"] = ledger.recent(RECENT_REQUESTS)
+            body["usage"] = usage_series(ledger)
+        return json_response(body, headers={"Cache-Control": "no-store"})
+
+    @app.get(PAGE_PATH + "/requests/<request_id>")
+    async def dashboard_request(request_id: str) -> Response:
+        from .app import json_response
+
+        _require_admin(app)
+        ledger = getattr(app, "ledger", None)
+        entry = ledger.get(request_id) if ledger is not None else None
+        if entry is None:
+            raise NotFound(f"no request {request_id!r} in the ledger")
+        return json_response(entry, headers={"Cache-Control": "no-store"})
+
+
+def usage_series(ledger: Any) -> dict[str, list[dict[str, Any]]]:
+    """Per-hour usage of the last day, per model and per key (filled in with the ledger)."""
+    return {"by_model": [], "by_key": []}
