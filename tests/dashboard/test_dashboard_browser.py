@@ -1,0 +1,98 @@
+"""The dashboard in a real headless chromium (Debian's, driven by Playwright for Python),
+against ``clibridge serve`` on the fake CLIs.
+
+Refreshes the screenshot ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+
+from clibridge.testing.scenario import directive
+
+from .conftest import CHROMIUM_ARGS, ServeProcess
+
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "dashboard.png"
+#: long enough that the page (polling every second) sees the worker busy
+SLOW_SECONDS = 4.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture
+def page(chromium: str) -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
+        try:
+            yield browser.new_page(viewport={"width": 1100, "height": 900})
+        finally:
+            browser.close()
+
+
+def _slow_request(base_url: str, result: list[httpx.Response]) -> None:
+    body = {
+        "model": "sonnet",
+        "messages": [
+            {
+                "role": "user",
+                "content": directive(first_delay=SLOW_SECONDS, reply="slow and steady")
+                + "\nTake your time.",
+            }
+        ],
+    }
+    with httpx.Client(base_url=base_url, timeout=60, trust_env=False) as client:
+        result.append(client.post("/v1/chat/completions", json=body))
+
+
+def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> None:
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            errors.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.goto(fake_server.base_url + "/dashboard")
+    # both fake pools booted their workers, all idle
+    # (locator waits: the page's CSP forbids the eval a string predicate would need)
+    page.locator("#workers tr[data-worker] .s-idle").nth(1).wait_for(timeout=30_000)
+    assert page.locator("#fake").inner_text() == "FAKE CLI (canned replies)"
+    pids = page.locator("#workers tr[data-worker] td:nth-child(3)").all_inner_texts()
+    assert all(pid.isdigit() for pid in pids), pids
+    assert all(
+        rss.endswith("MiB") for rss in page.locator("#workers td:nth-child(7)").all_inner_texts()
+    )
+
+    # a scripted slow request: the worker table shows a busy worker, then none
+    result: list[httpx.Response] = []
+    thread = threading.Thread(target=_slow_request, args=(fake_server.base_url, result))
+    thread.start()
+    try:
+        page.wait_for_selector("#workers .s-busy", timeout=SLOW_SECONDS * 1000)
+        assert page.locator("#summary [data-pool=claude]").inner_text().startswith("claude: 1/2")
+        page.locator("#workers .s-busy").wait_for(state="detached", timeout=SLOW_SECONDS * 3000)
+    finally:
+        thread.join(timeout=60)
+    assert result and result[0].status_code == 200, result
+    assert result[0].json()["choices"][0]["message"]["content"] == "slow and steady"
+    turns = page.locator("#workers tr[data-worker^=claude] td:nth-child(6)").all_inner_texts()
+    assert "1" in turns
+
+    # the chart is drawn in the page
+    assert page.locator("#usage-chart").count() == 1
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # a phone: nothing wider than the screen (the tables scroll in their own box)
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.wait_for_timeout(1500)  # a poll redraws the chart at the new width
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.locator("#usage-chart").bounding_box()["width"] <= 375  # type: ignore[index]
+    assert page.locator("#workers tr[data-worker]").first.is_visible()
+    assert errors == []
