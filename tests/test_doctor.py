@@ -232,10 +232,11 @@ def test_doctor_command_all_good_exits_zero(
     _spawn_homes(state)
     env: Mapping[str, str] = {**_env(tmp_path), "CLIBRIDGE_STATE_DIR": str(state)}
     _script(tmp_path / "bin", "tmux", 'echo "tmux 3.3a"')
-    code = main(["doctor", "--backend", "fake", "--port", "0", "--tui"], env)
+    code = main(["doctor", "--backend", "fake", "--port", "0", "--tui", "--show-config"], env)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "FAIL" not in out
     for check in ("configuration", "bind", "claude CLI", "codex CLI", "state dir", "port", "tmux"):
         assert f"  {check} " in out, check
     assert "the bundled FAKE claude" in out
+    assert '# the configuration as loaded\nbackend = "fake"' in out

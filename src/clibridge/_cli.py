@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name == "doctor":
             p.add_argument("--tui", action="store_true", help="also check tmux (for serve --tui)")
+            p.add_argument(
+                "--show-config",
+                action="store_true",
+                help="also print the configuration as loaded (as `clibridge config` does)",
+            )
         _add_setting_flags(p)
     sub.add_parser("version", help="print the version")
     login = sub.add_parser(
@@ -257,6 +262,8 @@ def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         config = exc
     findings = _doctor.run_doctor(config, environ, tui=args.tui)
+    if args.show_config and isinstance(config, Config):
+        sys.stdout.write("# the configuration as loaded\n" + dump_toml(config) + "\n")
     sys.stdout.write(_doctor.render(findings))
     return _doctor.exit_code(findings)
 

@@ -340,9 +340,12 @@ def _run(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, str]:
 
 
 def _tail(output: str) -> str:
+    """The end of a command's output, on one line (the verdict comes last; warnings the
+    CLI prints first are dropped when something else is there)."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    text = " ".join(lines)
-    return (text[:157] + "...") if len(text) > 160 else (text or "no output")
+    said = [line for line in lines if not line.upper().startswith("WARNING")] or lines
+    text = " ".join(said)
+    return ("..." + text[-157:]) if len(text) > 160 else (text or "no output")
 
 
 # ---------------------------------------------------------------------- the state dir

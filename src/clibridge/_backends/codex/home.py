@@ -135,8 +135,9 @@ def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> st
 def login_status(
     config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
 ) -> StatusCommand:
-    """``codex login status`` with the spawn home's CODEX_HOME (no model call): exit 0 and
-    "Logged in using ..." when logged in, exit 1 and "Not logged in" otherwise (codex 0.169.0)."""
+    """``codex login status`` with the spawn home's CODEX_HOME (no model call): exit 0 with
+    "Logged in using ChatGPT" or "API key configured" when it has a login, exit 1 with "Not
+    logged in" (or an error about the login file) otherwise (codex 0.169.0)."""
     codex_home = (
         real_codex_home(environ) if config.codex.use_real_home else state_dir / "codex" / "home"
     )
@@ -145,4 +146,4 @@ def login_status(
 
 
 def _login_status_ok(code: int, output: str) -> bool:
-    return code == 0 and "Logged in" in output
+    return code == 0 and "not logged in" not in output.lower()
