@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from clibridge._errors import QueueFull
-from clibridge._http.dashboard import RecentStatuses, pools_json, worker_phase
+from clibridge._http.dashboard import RecentStatuses, pools_json, usage_series, worker_phase
 from clibridge.testing.scripted import MODEL, Script
 
 from ..http.conftest import open_server
@@ -95,3 +95,68 @@ async def test_with_auth_the_page_is_open_and_its_data_needs_the_key() -> None:
         assert wrong.status_code == 401
         ok = await client.get("/dashboard/state", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and "pools" in ok.json()
+
+
+class CannedLedger:
+    """A ledger with two models and two keys (one of them no key) in the last day."""
+
+    HOUR = 1_796_000_400  # a whole hour (unix time)
+
+    def __init__(self) -> None:
+        self.row = {"request_id": "req_1", "started": self.HOUR + 10.0, "status": 200}
+
+    def recent(self, limit: int, errors_only: bool = False) -> list[dict[str, object]]:
+        return [self.row][:limit]
+
+    def get(self, request_id: str) -> dict[str, object] | None:
+        return {**self.row, "capture": None} if request_id == "req_1" else None
+
+    def usage(
+        self, since_s: float, by: str, key: str | None = None, model: str | None = None
+    ) -> list[dict[str, object]]:
+        assert since_s == 24 * 3600
+        if by == "model":
+            return [{"model": "sonnet"}, {"model": "gpt-5.5"}]
+        if by == "key":
+            return [{"key": "alice"}, {"key": None}]
+        this, previous = "2026-11-30T01:00Z", "2026-11-30T00:00Z"
+        assert by == "hour"
+        if model == "sonnet" or key == "alice":
+            return [{"hour": this, "total_tokens": 100.0, "requests": 2}]
+        if model == "gpt-5.5":
+            return [{"hour": previous, "total_tokens": 30.0, "requests": 1}]
+        return [
+            {"hour": previous, "total_tokens": 30.0, "requests": 1},
+            {"hour": this, "total_tokens": 100.0, "requests": 2},
+        ]
+
+
+def test_usage_series_one_line_per_model_and_key_with_every_hour() -> None:
+    ledger = CannedLedger()
+    now = CannedLedger.HOUR + 1800
+    series = usage_series(ledger, now)
+    assert [s["name"] for s in series["by_model"]] == ["sonnet", "gpt-5.5"]
+    assert [s["name"] for s in series["by_key"]] == ["alice", "(no key)"]
+    for lines in series.values():
+        for line in lines:
+            assert len(line["points"]) == 24
+            assert line["points"][-1]["t"] == CannedLedger.HOUR
+    sonnet = series["by_model"][0]["points"]
+    assert sonnet[-1] == {"t": CannedLedger.HOUR, "tokens": 100, "requests": 2}
+    assert sum(p["requests"] for p in sonnet) == 2
+    # the requests without a key: all requests minus alice's
+    no_key = series["by_key"][1]["points"]
+    assert no_key[-2] == {"t": CannedLedger.HOUR - 3600, "tokens": 30, "requests": 1}
+    assert no_key[-1]["requests"] == 0
+
+
+async def test_state_and_request_from_the_ledger() -> None:
+    async with open_server() as server, httpx.AsyncClient(base_url=server.base_url) as client:
+        server.app.ledger = CannedLedger()  # type: ignore[assignment,attr-defined,unused-ignore]
+        state = (await client.get("/dashboard/state")).json()
+        assert state["ledger"] is True
+        assert state["requests"] == [CannedLedger().row]
+        assert [s["name"] for s in state["usage"]["by_model"]] == ["sonnet", "gpt-5.5"]
+        entry = await client.get("/dashboard/requests/req_1")
+        assert entry.status_code == 200 and entry.json()["capture"] is None
+        assert (await client.get("/dashboard/requests/req_2")).status_code == 404

@@ -185,25 +185,26 @@ function drawPools(data) {
 }
 
 function tokensOf(r) {
-  const u = r.usage || r;
-  const inp = u.input_tokens ?? u.prompt_tokens, out = u.output_tokens ?? u.completion_tokens;
-  if (inp === undefined && out === undefined) return r.tokens ?? "";
-  return (inp ?? 0) + " in / " + (out ?? 0) + " out";
+  if (r.input_tokens === null && r.output_tokens === null) return "";
+  const cached = (r.cache_read_tokens || 0) + (r.cache_write_tokens || 0);
+  return (r.input_tokens ?? 0) + " in / " + (r.output_tokens ?? 0) + " out" +
+         (cached ? " / " + cached + " cache" : "");
 }
 function drawRequests(data) {
   document.getElementById("no-ledger").hidden = data.ledger;
   const rows = (data.requests || []).map((r) => {
-    const ok = r.status !== undefined && r.status < 400;
-    const row = el("tr", {class: "req", tabindex: "0", "data-id": r.request_id ?? r.id}, [
-      el("td", {text: fmtTime(r.time ?? r.started ?? r.ts)}),
-      el("td", {text: r.key ?? r.key_name ?? ""}), el("td", {text: r.model ?? ""}),
+    const failed = r.status >= 400 || r.error_type;
+    const model = el("td", {text: r.model_asked ?? ""});
+    if (r.backend) model.title = r.backend + ": " + (r.cli_model ?? "");
+    const row = el("tr", {class: "req", tabindex: "0", "data-id": r.request_id}, [
+      el("td", {text: fmtTime(r.started)}), el("td", {text: r.key ?? ""}), model,
       el("td", {text: r.dialect ?? ""}),
-      el("td", {class: ok ? "ok" : "bad", text: String(r.status ?? "")}),
-      el("td", {text: fmtSecs(r.ttfc ?? r.time_to_first_content)}),
-      el("td", {text: fmtSecs(r.duration)}), el("td", {text: String(tokensOf(r))}),
-      el("td", {text: r.continued ? "yes" : "no"})]);
-    row.addEventListener("click", () => openRequest(row.dataset.id));
-    row.addEventListener("keydown", (e) => { if (e.key === "Enter") openRequest(row.dataset.id); });
+      el("td", {class: failed ? "bad" : "ok",
+                text: String(r.status) + (r.error_type ? " " + r.error_type : "")}),
+      el("td", {text: fmtSecs(r.ttfc_s)}), el("td", {text: fmtSecs(r.duration_s)}),
+      el("td", {text: tokensOf(r)}), el("td", {text: r.continued ? "yes" : "no"})]);
+    row.addEventListener("click", () => openRequest(r.request_id));
+    row.addEventListener("keydown", (e) => { if (e.key === "Enter") openRequest(r.request_id); });
     return row;
   });
   document.querySelector("#requests tbody").replaceChildren(...rows);

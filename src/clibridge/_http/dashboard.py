@@ -27,11 +27,14 @@ RSS is read here with psutil (the process and its children); the pool does no IO
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
+import trio
 from quart import Response, g
 
 from .._errors import Forbidden, NotFound
@@ -46,6 +49,10 @@ PAGE_PATH = "/dashboard"
 RECENT_REQUESTS = 50
 #: the usage chart's span (seconds)
 USAGE_SPAN = 24 * 3600
+#: series per chart at most (the biggest; the rest are summed as "other")
+MAX_SERIES = 8
+#: how often the usage series are recomputed (seconds)
+USAGE_REFRESH = 5.0
 _PHASES = {
     "booting": "booting",
     "idle": "idle",
@@ -141,6 +148,7 @@ def _require_admin(app: BridgeApp) -> None:
 def install(app: BridgeApp) -> None:
     """Add the dashboard's routes and its 429 counter to ``app``."""
     too_many = RecentStatuses()
+    usage = _UsageCache()
 
     @app.after_request
     async def _count_429(response: Response) -> Response:
@@ -183,8 +191,9 @@ def install(app: BridgeApp) -> None:
             "usage": {"by_model": [], "by_key": []},
         }
         if ledger is not None:
-            body["requests"] = ledger.recent(RECENT_REQUESTS)
-            body["usage"] = usage_series(ledger)
+            # SQLite reads: off the event loop
+            body["requests"] = await trio.to_thread.run_sync(ledger.recent, RECENT_REQUESTS)
+            body["usage"] = await usage.get(ledger)
         return json_response(body, headers={"Cache-Control": "no-store"})
 
     @app.get(PAGE_PATH + "/requests/<request_id>")
@@ -193,12 +202,84 @@ def install(app: BridgeApp) -> None:
 
         _require_admin(app)
         ledger = getattr(app, "ledger", None)
-        entry = ledger.get(request_id) if ledger is not None else None
+        entry = None
+        if ledger is not None:
+            entry = await trio.to_thread.run_sync(ledger.get, request_id)
         if entry is None:
             raise NotFound(f"no request {request_id!r} in the ledger")
         return json_response(entry, headers={"Cache-Control": "no-store"})
 
 
-def usage_series(ledger: Any) -> dict[str, list[dict[str, Any]]]:
-    """Per-hour usage of the last day, per model and per key (filled in with the ledger)."""
-    return {"by_model": [], "by_key": []}
+class LedgerReader(Protocol):
+    """What the dashboard reads of the request ledger (:class:`clibridge._ledger.Ledger`)."""
+
+    def recent(self, limit: int, errors_only: bool = False) -> list[dict[str, object]]: ...
+
+    def get(self, request_id: str) -> dict[str, object] | None: ...
+
+    def usage(
+        self, since_s: float, by: str, key: str | None = None, model: str | None = None
+    ) -> list[dict[str, object]]: ...
+
+
+def _hourly(rows: list[dict[str, object]]) -> dict[int, tuple[int, int]]:
+    """``usage(by="hour")`` rows as {unix hour: (total tokens, requests)}."""
+    out = {}
+    for row in rows:
+        hour = datetime.strptime(str(row["hour"]), "%Y-%m-%dT%H:00Z").replace(tzinfo=UTC)
+        out[int(hour.timestamp())] = (_int(row.get("total_tokens")), _int(row.get("requests")))
+    return out
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _points(hours: range, counts: Mapping[int, tuple[int, int]]) -> list[dict[str, int]]:
+    return [
+        {"t": t, "tokens": counts.get(t, (0, 0))[0], "requests": counts.get(t, (0, 0))[1]}
+        for t in hours
+    ]
+
+
+def usage_series(ledger: LedgerReader, now: float) -> dict[str, list[dict[str, Any]]]:
+    """Tokens and requests per hour over the last day, one series per model and per key
+    (the biggest :data:`MAX_SERIES` of each; the rest, and requests without a key, as one
+    more series). Every hour of the day has a point (zero when idle). Blocking: SQLite."""
+    end = int(now // 3600 * 3600)
+    hours = range(end - 23 * 3600, end + 1, 3600)
+    total = _hourly(ledger.usage(USAGE_SPAN, "hour"))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for series, by in (("by_model", "model"), ("by_key", "key")):
+        lines = []
+        rest = dict(total)
+        groups = ledger.usage(USAGE_SPAN, by)
+        named = [g[by] for g in groups if g[by] is not None][:MAX_SERIES]
+        for name in named:
+            counts = _hourly(ledger.usage(USAGE_SPAN, "hour", **{by: str(name)}))
+            for t, (tokens, requests) in counts.items():
+                left = rest.get(t, (0, 0))
+                rest[t] = (left[0] - tokens, left[1] - requests)
+            lines.append({"name": str(name), "points": _points(hours, counts)})
+        if any(requests > 0 for _, requests in rest.values()):
+            others = len(named) < len([g for g in groups if g[by] is not None])
+            label = "other" if others else ("(no key)" if by == "key" else "(unknown)")
+            lines.append({"name": label, "points": _points(hours, rest)})
+        out[series] = lines
+    return out
+
+
+class _UsageCache:
+    """The usage series, recomputed at most every :data:`USAGE_REFRESH` seconds (an hourly
+    chart needs no per-second update, and each refresh is a few SQLite queries)."""
+
+    def __init__(self) -> None:
+        self._at = -math.inf
+        self._value: dict[str, list[dict[str, Any]]] = {"by_model": [], "by_key": []}
+
+    async def get(self, ledger: LedgerReader) -> dict[str, list[dict[str, Any]]]:
+        now = time.monotonic()
+        if now - self._at >= USAGE_REFRESH:
+            self._at = now
+            self._value = await trio.to_thread.run_sync(usage_series, ledger, time.time())
+        return self._value
