@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import psutil
 import pytest
 
 #: where Debian's chromium package puts the browser
@@ -57,8 +58,9 @@ class ServeProcess:
 
 @pytest.fixture
 def fake_server(tmp_path: Path) -> Iterator[ServeProcess]:
-    """``clibridge serve --backend fake`` on a free loopback port; on exit SIGTERM, and the
-    server must drain and exit 0 within its drain timeout."""
+    """``clibridge serve --backend fake`` on a free loopback port, in a session of its own;
+    on exit SIGTERM, and the server must drain, exit 0 and leave no process of its session
+    behind."""
     log = tmp_path / "serve.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -104,3 +106,13 @@ def fake_server(tmp_path: Path) -> Iterator[ServeProcess]:
             process.wait()
             raise AssertionError("clibridge serve did not stop on SIGTERM") from None
     assert code == 0, log.read_text()
+    # no orphans: nothing of the server's session (its CLI workers) outlives it
+    left = [p.pid for p in psutil.process_iter() if _session_of(p.pid) == process.pid]
+    assert left == [], f"processes left behind by clibridge serve: {left}"
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

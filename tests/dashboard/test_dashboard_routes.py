@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 
 import httpx
+import psutil
 import pytest
 
 from clibridge._errors import QueueFull
-from clibridge._http.dashboard import RecentStatuses, pools_json, usage_series, worker_phase
+from clibridge._http.dashboard import (
+    RecentStatuses,
+    pools_json,
+    rss_by_pid,
+    usage_series,
+    worker_phase,
+    worker_pids,
+)
 from clibridge.testing.scripted import MODEL, Script
 
 from ..http.conftest import open_server
@@ -53,8 +64,29 @@ def test_pools_json_reads_the_supervisors_statistics() -> None:
             "age": 1.5,
             "turns": 2,
             "rss": None,
+            "account": "default",
         }
     ]
+
+
+def test_rss_counts_the_process_and_its_descendants() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess; subprocess.run(['sleep', '30'])"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(child.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (grandchild,) = psutil.Process(child.pid).children()
+        own = psutil.Process(child.pid).memory_info().rss
+        rss = rss_by_pid([child.pid, 2**22 + 7])  # the second is no process
+        assert list(rss) == [child.pid]
+        assert rss[child.pid] > own  # the sleep's memory is counted too
+        assert worker_pids({"claude": {"workers": [{"pid": 5}, {"pid": None}]}, "x": 1}) == [5]
+        grandchild.kill()
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_recent_statuses_forget_after_a_minute() -> None:

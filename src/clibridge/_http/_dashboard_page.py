@@ -75,7 +75,7 @@ svg { width: 100%; height: auto; display: block; }
     <div class="cards" id="summary"></div>
     <div class="scroll"><table id="workers">
       <thead><tr><th>backend</th><th>worker</th><th>pid</th><th>state</th><th>age</th>
-        <th>turns</th><th>RSS</th></tr></thead>
+        <th>turns</th><th>RSS</th><th>account</th></tr></thead>
       <tbody></tbody>
     </table></div>
   </section>
@@ -176,10 +176,10 @@ function drawPools(data) {
         el("td", {text: w.pid === null ? "" : String(w.pid)}),
         el("td", {}, [el("span", {class: stateClass(w.state), text: w.state})]),
         el("td", {text: fmtAge(w.age)}), el("td", {text: String(w.turns)}),
-        el("td", {text: fmtBytes(w.rss)})]));
+        el("td", {text: fmtBytes(w.rss)}), el("td", {text: w.account})]));
     }
   }
-  if (!rows.length) rows.push(el("tr", {}, [el("td", {colspan: "7", class: "muted",
+  if (!rows.length) rows.push(el("tr", {}, [el("td", {colspan: "8", class: "muted",
                                                text: "no workers"})]));
   document.querySelector("#workers tbody").replaceChildren(...rows);
 }

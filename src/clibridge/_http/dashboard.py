@@ -21,7 +21,8 @@ ordinary request that ends, so the dashboard holds no connection open against
 
 Worker states as the page names them (from the pool's slot state, and the worker's
 ``paused``): booting, idle, busy, parked on tool call, parked finished, recycling.
-RSS is read here with psutil (the process and its children); the pool does no IO.
+RSS is read here with psutil (the process and its descendants, one scan of the process
+table per poll, in a thread); the pool does no IO.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,21 +70,43 @@ def worker_phase(worker: Mapping[str, Any]) -> str:
     return _PHASES.get(state, state)
 
 
-def rss_bytes(pid: int | None) -> int | None:
-    """Resident memory of ``pid`` and its children (None when it is gone or unreadable)."""
-    if pid is None:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
+def rss_by_pid(pids: Iterable[int]) -> dict[int, int]:
+    """Resident memory of each of ``pids`` with its descendants (a CLI may run helpers),
+    from one scan of the process table; a pid that is gone is left out. Blocking: /proc."""
+    wanted = set(pids)
+    if not wanted:
+        return {}
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    rss: dict[int, int] = {}
+    for proc in psutil.process_iter(["ppid", "memory_info"]):
+        info = proc.info
+        if info.get("memory_info") is None:
+            continue
+        rss[proc.pid] = int(info["memory_info"].rss)
+        if info.get("ppid") is not None:
+            children[int(info["ppid"])].append(proc.pid)
+    out = {}
+    for pid in wanted & rss.keys():
+        total, pending, seen = 0, [pid], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
                 continue
-    except psutil.Error:
-        return None
-    return int(total)
+            seen.add(current)
+            total += rss.get(current, 0)
+            pending.extend(children.get(current, ()))
+        out[pid] = total
+    return out
+
+
+def worker_pids(statistics: Mapping[str, Any]) -> list[int]:
+    return [
+        w["pid"]
+        for stats in statistics.values()
+        if isinstance(stats, Mapping)
+        for w in stats.get("workers", ())
+        if isinstance(w.get("pid"), int)
+    ]
 
 
 class RecentStatuses:
@@ -103,8 +126,12 @@ class RecentStatuses:
         return len(self._times)
 
 
-def pools_json(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The pools of the service's statistics, as the page draws them."""
+def pools_json(
+    statistics: Mapping[str, Any], rss: Mapping[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """The pools of the service's statistics, as the page draws them (``rss``: bytes by
+    pid, :func:`rss_by_pid`)."""
+    rss = rss or {}
     out = []
     for name, stats in statistics.items():
         if not isinstance(stats, Mapping) or "workers" not in stats:
@@ -117,7 +144,9 @@ def pools_json(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "state": worker_phase(w),
                 "age": w.get("age"),
                 "turns": w.get("turns"),
-                "rss": rss_bytes(w.get("pid")),
+                "rss": rss.get(w.get("pid")),
+                # the login it serves with, when the backend has several (else "default")
+                "account": w.get("account") or stats.get("account") or "default",
             }
             for w in stats["workers"]
         ]
@@ -176,6 +205,9 @@ def install(app: BridgeApp) -> None:
 
         _require_admin(app)
         readiness = app.service.readiness()
+        statistics = app.service.statistics()
+        # reading /proc for every process: off the event loop
+        rss = await trio.to_thread.run_sync(rss_by_pid, worker_pids(statistics))
         ledger = getattr(app, "ledger", None)
         body: dict[str, Any] = {
             "now": time.time(),
@@ -185,7 +217,7 @@ def install(app: BridgeApp) -> None:
             "draining": app.draining.is_set(),
             "open_turns": len(app.drain.live),
             "rejected_last_minute": too_many.count(),
-            "pools": pools_json(app.service.statistics()),
+            "pools": pools_json(statistics, rss),
             "ledger": ledger is not None,
             "requests": [],
             "usage": {"by_model": [], "by_key": []},
