@@ -10,6 +10,7 @@ import time
 import httpx
 import psutil
 import pytest
+from quart import g, request
 
 from clibridge._errors import QueueFull
 from clibridge._http.dashboard import (
@@ -192,3 +193,23 @@ async def test_state_and_request_from_the_ledger() -> None:
         entry = await client.get("/dashboard/requests/req_1")
         assert entry.status_code == 200 and entry.json()["capture"] is None
         assert (await client.get("/dashboard/requests/req_2")).status_code == 404
+
+
+async def test_a_key_that_is_not_the_admin_key_gets_403() -> None:
+    """Admission marks the request's key (``g.clibridge_admin``, named keys): only an
+    admin key reads the dashboard's data."""
+    async with open_server() as server, httpx.AsyncClient(base_url=server.base_url) as client:
+
+        @server.app.before_request
+        async def _not_admin() -> None:
+            if request.headers.get("X-Test-Key") == "user":
+                g.clibridge_admin = False
+
+        refused = await client.get("/dashboard/state", headers={"X-Test-Key": "user"})
+        assert refused.status_code == 403
+        assert "admin key" in refused.json()["error"]["message"]
+        assert (
+            await client.get("/dashboard/requests/x", headers={"X-Test-Key": "user"})
+        ).status_code == 403
+        assert (await client.get("/dashboard", headers={"X-Test-Key": "user"})).status_code == 200
+        assert (await client.get("/dashboard/state")).status_code == 200

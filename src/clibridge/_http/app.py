@@ -272,8 +272,8 @@ async def _read_json() -> dict[str, Any]:
 
 def _authenticate(token: str | None) -> None:
     """Raise :class:`AuthError` unless the request carries ``token`` (if one is set)."""
-    if token is None or request.path in OPEN_PATHS or request.path == dashboard.PAGE_PATH:
-        return  # the dashboard page holds no data: its script asks with the key
+    if token is None or request.path in OPEN_PATHS:
+        return
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")

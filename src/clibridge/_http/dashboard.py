@@ -8,8 +8,8 @@ Three routes::
     GET /dashboard/state            what the page shows, as JSON (polled every second)
     GET /dashboard/requests/<id>    one request of the ledger (the page opens it on click)
 
-The page itself holds no data, so it is served without the API key: a browser cannot
-put a key on a navigation. Its script then asks ``/dashboard/state`` with the key it
+The page itself holds no data, so it is served without the API key (it is one of the
+``OPEN_PATHS`` of :mod:`._guard`): a browser cannot put a key on a navigation. Its script then asks ``/dashboard/state`` with the key it
 keeps in ``sessionStorage`` (a form asks for it on a 401 / 403). The JSON routes are
 open on a server without auth (allowed on loopback only) and need the admin key
 otherwise: ``quart.g.clibridge_admin`` when admission sets it, else the one
@@ -44,7 +44,7 @@ from ._dashboard_page import PAGE
 if TYPE_CHECKING:
     from .app import BridgeApp
 
-#: the page's path: served without the API key (it holds no data)
+#: the page's path: served without the API key (it holds no data; in ``OPEN_PATHS``)
 PAGE_PATH = "/dashboard"
 #: how many ledger requests the page lists
 RECENT_REQUESTS = 50
@@ -166,11 +166,10 @@ def pools_json(
     return out
 
 
-def _require_admin(app: BridgeApp) -> None:
-    if app.server_config.auth_token is None:
-        return  # no auth at all: load_config allows that on loopback only
-    admin = g.get("clibridge_admin")
-    if admin is False:
+def _require_admin() -> None:
+    # admission sets clibridge_admin (True without auth, which is loopback only); where it
+    # does not, admission has checked the one auth token, which is the admin key
+    if g.get("clibridge_admin", True) is False:
         raise Forbidden("the dashboard needs the admin key; this key is not one")
 
 
@@ -203,7 +202,7 @@ def install(app: BridgeApp) -> None:
     async def dashboard_state() -> Response:
         from .app import json_response
 
-        _require_admin(app)
+        _require_admin()
         readiness = app.service.readiness()
         statistics = app.service.statistics()
         # reading /proc for every process: off the event loop
@@ -232,7 +231,7 @@ def install(app: BridgeApp) -> None:
     async def dashboard_request(request_id: str) -> Response:
         from .app import json_response
 
-        _require_admin(app)
+        _require_admin()
         ledger = getattr(app, "ledger", None)
         entry = None
         if ledger is not None:
