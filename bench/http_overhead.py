@@ -25,16 +25,25 @@ before reusing the worker.
 
 Targets (issue 4): overhead p50 <= 3 ms, p99 <= 15 ms.
 
-Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N]``
+The request ledger (issue 12) is measured in the same run: three servers side by side --
+``--no-ledger``, the ledger (default), the ledger with ``--capture full`` -- get chat
+requests in interleaved blocks (so the neighbours' load hits all three alike), and the
+ledger's cost is the difference of their p50 TTFB and end-of-stream times, and of their
+server CPU per request. Target: the ledger adds at most 0.3 ms p50.
+
+Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N] [--ledger-only]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,6 +64,15 @@ from bench._common import (
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 15.0
+TARGET_LEDGER_P50_MS = 0.3
+#: the ledger variants: name -> extra ``serve`` arguments
+LEDGER_VARIANTS: dict[str, tuple[str, ...]] = {
+    "ledger off": ("--no-ledger",),
+    "ledger on": (),
+    "ledger + capture full": ("--capture", "full"),
+}
+#: requests each variant gets before the next one's turn
+LEDGER_BLOCK = 50
 
 
 def measure_raw(count: int, warmup: int) -> list[float]:
@@ -97,6 +115,94 @@ def measure_http(
     return out
 
 
+def measure_ledger(count: int, warmup: int, budget: float, serve_args: list[str]) -> dict[str, Any]:
+    """The ledger variants side by side (module doc); prints a table, returns the results."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"ttfb": [], "end": []} for name in LEDGER_VARIANTS
+    }
+    cpu_ms: dict[str, float] = {}
+    #: per block: the variant's p50 end minus that of "ledger off" in the same block
+    paired: dict[str, list[float]] = {name: [] for name in list(LEDGER_VARIANTS)[1:]}
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for name, extra in LEDGER_VARIANTS.items():
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="clibridge-bench-"))
+            servers[name] = stack.enter_context(ServerProcess(Path(tmp), *serve_args, *extra))
+        clients: dict[str, SyncClient] = {}
+        data: dict[str, bytes] = {}
+        for name, server in servers.items():
+            port = server.wait_listening()
+            server.wait_ready(workers=1)
+            clients[name] = stack.enter_context(contextlib.closing(SyncClient(port)))
+            data[name] = request_bytes(port, "chat")
+            for _ in range(warmup):
+                clients[name].stream(data[name])
+        cpu0 = {name: cpu_seconds(server.pid) for name, server in servers.items()}
+        stop_at = time.perf_counter() + budget
+        done = 0
+        while done < count and time.perf_counter() < stop_at:
+            block = min(LEDGER_BLOCK, count - done)
+            medians: dict[str, float] = {}
+            for name in LEDGER_VARIANTS:
+                ends: list[float] = []
+                for _ in range(block):
+                    parser, times = clients[name].stream(data[name])
+                    if parser.status != 200:
+                        raise RuntimeError(f"{name}: bad response {parser.status}")
+                    samples[name]["ttfb"].append(ms(times["first_byte"]))
+                    ends.append(ms(times["end"]))
+                samples[name]["end"] += ends
+                medians[name] = statistics.median(ends)
+            for name in list(LEDGER_VARIANTS)[1:]:
+                paired[name].append(medians[name] - medians["ledger off"])
+            done += block
+        if done < count:
+            print(f"time budget reached after {done} requests per variant", file=sys.stderr)
+        for name, server in servers.items():
+            after = cpu_seconds(server.pid)
+            before = cpu0[name]
+            cpu_ms[name] = (
+                ms((after - before) / max(1, done))
+                if before is not None and after is not None
+                else float("nan")
+            )
+    print(f"\nrequest ledger: chat requests, {LEDGER_BLOCK}-request blocks interleaved (ms)")
+    rows = {
+        f"{name}: {key}": values for name, vals in samples.items() for key, values in vals.items()
+    }
+    print(table(STAT_HEADERS, stat_rows(rows)))
+    base = samples["ledger off"]
+    added: dict[str, dict[str, float]] = {}
+    for name in list(LEDGER_VARIANTS)[1:]:
+        added[name] = {
+            "ttfb_p50": summary(samples[name]["ttfb"])["p50"] - summary(base["ttfb"])["p50"],
+            "end_p50": summary(samples[name]["end"])["p50"] - summary(base["end"])["p50"],
+            "paired_end_p50": statistics.median(paired[name]) if paired[name] else float("nan"),
+            "cpu_per_request": cpu_ms[name] - cpu_ms["ledger off"],
+        }
+        a = added[name]
+        print(
+            f"{name:22} adds  p50 TTFB {a['ttfb_p50']:+.3f} ms   p50 end {a['end_p50']:+.3f} ms"
+            f"   block-paired p50 end {a['paired_end_p50']:+.3f} ms"
+            f"   server CPU {a['cpu_per_request']:+.3f} ms per request"
+        )
+    print("server CPU per request: " + ", ".join(f"{n} {v:.3f} ms" for n, v in cpu_ms.items()))
+    head = added["ledger on"]
+    # the paired estimate: the neighbours' load drifts less within a block than across a run
+    worst = head["paired_end_p50"]
+    ok = worst <= TARGET_LEDGER_P50_MS
+    print(
+        f"\ntarget (ledger on): adds <= {TARGET_LEDGER_P50_MS:g} ms p50 (block-paired, end of "
+        f"stream): {worst:.3f} ms  {verdict(ok)}"
+    )
+    return {
+        "http": {name: {k: summary(v) for k, v in vals.items()} for name, vals in samples.items()},
+        "server_cpu_ms_per_request": cpu_ms,
+        "added": added,
+        "target": {"p50_ms": TARGET_LEDGER_P50_MS, "met": ok, "value": worst},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run for CI (< 20 s)")
@@ -110,10 +216,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="extra argument for clibridge serve (repeat), e.g. --serve-arg=--max-turns=100000",
     )
+    parser.add_argument(
+        "--ledger-only", action="store_true", help="only the ledger on / off comparison"
+    )
     args = parser.parse_args(argv)
     count = args.n or (200 if args.quick else 2000)
     warmup = 20 if args.quick else 50
     budget = 8.0 if args.quick else 180.0
+
+    if args.ledger_only:
+        ledger = measure_ledger(count, warmup, budget, args.serve_arg)
+        path = write_results(
+            "http_overhead_ledger", {"quick": args.quick, "serve_args": args.serve_arg, **ledger}
+        )
+        print(f"results: {path}")
+        return 0
 
     raw = measure_raw(count // 2, warmup)
     http: dict[str, dict[str, list[float]]] = {}
@@ -152,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         results[dialect] = over
         print(f"overhead {dialect:9}  p50 {over['p50']:.3f} ms   p99 {over['p99']:.3f} ms")
     print(f"server process CPU per chat request: {server_cpu_ms:.3f} ms (user + system)")
+    ledger = measure_ledger(count, warmup, budget, args.serve_arg)
     head = results["chat"]
     ok = head["p50"] <= TARGET_P50_MS and head["p99"] <= TARGET_P99_MS
     print(
@@ -168,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "http": {d: {k: summary(v) for k, v in vals.items()} for d, vals in http.items()},
             "overhead": results,
             "server_cpu_ms_per_chat_request": server_cpu_ms,
+            "ledger": ledger,
             "target": {
                 "p50_ms": TARGET_P50_MS,
                 "p99_ms": TARGET_P99_MS,

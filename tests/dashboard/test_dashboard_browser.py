@@ -6,6 +6,7 @@ Refreshes the screenshot ``docs/dashboard.png``.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,29 @@ def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> No
     turns = page.locator("#workers tr[data-worker^=claude] td:nth-child(6)").all_inner_texts()
     assert "1" in turns
 
-    # the chart is drawn in the page
-    assert page.locator("#usage-chart").count() == 1
+    # the finished request appears in the last requests (from the ledger); a click opens it
+    request_id = result[0].headers["x-request-id"]
+    row = page.locator(f"#requests tr[data-id='{request_id}']")
+    row.wait_for(timeout=10_000)
+    cells = row.locator("td").all_inner_texts()
+    assert cells[2:5] == ["sonnet", "openai_chat", "200"], cells
+    assert cells[5].endswith(" s") and float(cells[5].removesuffix(" s")) >= SLOW_SECONDS
+    assert " in / " in cells[7] and cells[8] == "no"
+    row.click()
+    page.locator("#detail").wait_for(state="visible")
+    detail = json.loads(page.locator("#detail").inner_text())
+    assert detail["request_id"] == request_id and detail["status"] == 200
+
+    # the usage chart has points, and this hour's one counts the request
+    page.locator("#usage-chart circle.point").first.wait_for(state="attached", timeout=10_000)
+    assert page.locator("#usage-chart circle.point").count() >= 24
+    page.locator("#usage-metric").select_option("requests")
+    page.locator("#legend span").first.wait_for()
+    assert detail["cli_model"] in page.locator("#legend").inner_text()
+    tips = page.locator("#usage-chart circle.point title").all_text_contents()
+    assert any(
+        tip.startswith(detail["cli_model"]) and tip.endswith(": 1 requests") for tip in tips
+    ), tips
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # a phone: nothing wider than the screen (the tables scroll in their own box)

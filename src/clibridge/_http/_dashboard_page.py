@@ -197,7 +197,7 @@ function drawRequests(data) {
     const model = el("td", {text: r.model_asked ?? ""});
     if (r.backend) model.title = r.backend + ": " + (r.cli_model ?? "");
     const row = el("tr", {class: "req", tabindex: "0", "data-id": r.request_id}, [
-      el("td", {text: fmtTime(r.started)}), el("td", {text: r.key ?? ""}), model,
+      el("td", {text: fmtTime(r.started)}), el("td", {text: r.key ?? "—"}), model,
       el("td", {text: r.dialect ?? ""}),
       el("td", {class: failed ? "bad" : "ok",
                 text: String(r.status) + (r.error_type ? " " + r.error_type : "")}),

@@ -35,7 +35,8 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -46,11 +47,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
+from .. import _ledger
 from .._config import ServerConfig
 from .._errors import (
     AuthError,
     BridgeError,
     ErrorKind,
+    Forbidden,
     InternalError,
     MethodNotAllowed,
     ModelNotFound,
@@ -70,6 +73,7 @@ from .._events import (
     TurnStarted,
 )
 from .._events import collect as collect_events
+from .._logging import REQUEST_ID, install_request_id, log_request
 from .._service import ModelInfo, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
@@ -84,6 +88,7 @@ from ._guard import (
     dialect_of,
     is_preflight,
 )
+from ._record import RequestDraft, RequestObserver, notify, recorded
 from ._turns import (
     DrainState,
     TurnRun,
@@ -91,6 +96,9 @@ from ._turns import (
     retry_after_header,
     sse_body,
 )
+
+if TYPE_CHECKING:
+    from .._ledger import Ledger
 
 log = logging.getLogger("clibridge.http")
 
@@ -101,6 +109,9 @@ IMAGE_TOKENS = 1600
 
 #: how long a request that is refused with ``Connection: close`` may take to arrive whole
 _SETTLE_TIMEOUT = 1.0
+
+#: the longest model name a request record keeps
+_MODEL_CHARS = 200
 
 _json_converter = cattrs.Converter()
 _NOTHING = object()
@@ -142,6 +153,10 @@ class BridgeApp(QuartTrio):
     draining: trio.Event
     #: unix time the app was made (the ``created`` of every model)
     created: int
+    #: called once per admitted request when it is over, synchronously (:mod:`._record`)
+    request_observers: list[RequestObserver]
+    #: the request ledger (:func:`attach_ledger`), None when there is none
+    ledger: Ledger | None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -154,7 +169,35 @@ def request_id() -> str:
         given = request.headers.get("X-Request-Id", "")
         rid = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         g.request_id = rid
+        # every log line of this request names it (the tasks it starts inherit this)
+        REQUEST_ID.set(rid)
     return rid
+
+
+def _draft() -> RequestDraft | None:
+    """This request's record, when it is recorded (see :mod:`._record`)."""
+    exchange = request.scope.get(EXCHANGE_KEY)
+    return exchange.draft if isinstance(exchange, Exchange) else None
+
+
+def _end_request(app: BridgeApp, exchange: Exchange) -> None:
+    """The exchange middleware's end of a request: hand its record to the observers (and
+    its exchange to the ledger when it captures)."""
+    draft = exchange.draft
+    if draft is None:
+        return
+    notify(app.request_observers, draft.finish())
+    ledger = app.ledger
+    if ledger is not None and ledger.capture_mode != "off":
+        pending = draft.pending_capture()
+        if pending is not None:
+            ledger.capture(pending)
+
+
+def attach_ledger(app: BridgeApp, ledger: Ledger) -> None:
+    """Record every request of ``app`` in ``ledger`` (and serve it as ``app.ledger``)."""
+    app.ledger = ledger
+    app.request_observers.append(ledger.record)
 
 
 def json_response(
@@ -178,6 +221,9 @@ def error_response(error: BridgeError, dialect: Dialect | None = None) -> Respon
         headers["Connection"] = "close"
     if isinstance(error, MethodNotAllowed) and g.get("allowed_methods"):
         headers["Allow"] = ", ".join(sorted(g.allowed_methods))
+    draft = _draft()
+    if draft is not None:
+        draft.error = error
     if status >= 500:
         log.warning(
             "request %s %s %s -> %d %s%s",
@@ -371,7 +417,10 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     dashboard.install(app)
-    app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
+    install_request_id()
+    app.request_observers = [log_request]
+    app.ledger = None
+    app.asgi_app = ExchangeMiddleware(app.asgi_app, partial(_end_request, app))  # type: ignore[method-assign,arg-type,assignment]
 
     @app.before_serving
     async def _start_drain_watch() -> None:
@@ -395,12 +444,27 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             origin = headers["Origin"]
             guard.check_origin(origin)
             return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
+        # the key and whether it is the admin's (one token, or none: the one user is)
+        g.clibridge_key = None
+        g.clibridge_admin = True
         _authenticate(config.auth_token)
+        if recorded(request.path):
+            exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+            exchange.draft = RequestDraft(
+                request_id(),
+                request.path,
+                g.clibridge_key,
+                dialect=dialect_of(request.path, headers),
+            )
         return None
 
     @app.after_request
     async def _stamp(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
+        draft = _draft()
+        if draft is not None:
+            # the key as admission finally settled it
+            draft.key = g.get("clibridge_key")
         if response.status_code in (429, 503, 529) and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = "1"
         if guard.origins:
@@ -462,6 +526,35 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
 
     # ----------------------------------------------------------------- models
 
+    @app.get("/v1/usage")
+    async def usage() -> Response:
+        """Token usage from the ledger; a key sees its own, the admin all (or ``?key=``)."""
+        ledger = app.ledger
+        if ledger is None:
+            raise UnavailableError("this server keeps no request ledger")
+        args = request.args
+        try:
+            since = _ledger.parse_duration(args.get("since", "7d"))
+        except ValueError as exc:
+            raise RequestError(str(exc), param="since") from None
+        by = args.get("by", "model")
+        if by not in _ledger.USAGE_BY:
+            raise RequestError(
+                f"by must be one of {', '.join(_ledger.USAGE_BY)}, not {by!r}", param="by"
+            )
+        admin = bool(g.get("clibridge_admin"))
+        own: str | None = g.get("clibridge_key")
+        if admin:
+            scope = args.get("key")
+        elif own is None:
+            raise Forbidden("usage is kept per named key; this request carries none")
+        else:
+            scope = own
+        rows = await trio.to_thread.run_sync(ledger.usage, since, by, scope)
+        return json_response(
+            {"object": "list", "since_s": since, "by": by, "key": scope, "data": rows}
+        )
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         data = [_model_json(m, app.created) for m in service.models()]
@@ -502,8 +595,16 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
 
     async def run_turn(dialect: Dialect) -> Response:
         body = await _read_json()
+        draft = _draft()
+        if draft is not None:
+            # from the body as given: a request refused as invalid is recorded with them too
+            model = body.get("model")
+            draft.model_asked = model[:_MODEL_CHARS] if isinstance(model, str) else None
+            draft.stream = body.get("stream") is True
         codec = codec_for(dialect)
         req = codec.decode_request(body)
+        if draft is not None:
+            draft.request = req
         _check_limits(req, config)
         if app.draining.is_set():
             raise UnavailableError(
@@ -517,7 +618,10 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             drain=app.drain,
             send_timeout=config.send_timeout,
             request_id=request_id(),
+            keep_events=app.ledger is not None and app.ledger.capture_mode != "off",
         )
+        if draft is not None:
+            draft.run = run
         response_id = codec.new_response_id()
         created = int(time.time())
         handed_off = False

@@ -207,7 +207,7 @@ def install(app: BridgeApp) -> None:
         statistics = app.service.statistics()
         # reading /proc for every process: off the event loop
         rss = await trio.to_thread.run_sync(rss_by_pid, worker_pids(statistics))
-        ledger = getattr(app, "ledger", None)
+        ledger = app.ledger
         body: dict[str, Any] = {
             "now": time.time(),
             "ready": readiness.ready,
@@ -232,7 +232,7 @@ def install(app: BridgeApp) -> None:
         from .app import json_response
 
         _require_admin()
-        ledger = getattr(app, "ledger", None)
+        ledger = app.ledger
         entry = None
         if ledger is not None:
             entry = await trio.to_thread.run_sync(ledger.get, request_id)
