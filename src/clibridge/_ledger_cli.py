@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from ._http._logsafe import escape_controls
 from ._ledger import USAGE_BY, Ledger, parse_duration
 
 _RECENT_COLUMNS = (
@@ -168,7 +169,8 @@ def _ms(value: object) -> str:
 
 
 def _text(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
+    # a client chose the model name and the request id: no terminal escapes from them
+    return "-" if value is None or value == "" else escape_controls(str(value))
 
 
 def _number(value: object) -> str:
