@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -58,6 +59,15 @@ class ServeProcess:
 
 @pytest.fixture
 def fake_server(tmp_path: Path) -> Iterator[ServeProcess]:
+    """``clibridge serve --backend fake`` (:func:`serve_process`)."""
+    with serve_process(tmp_path) as server:
+        yield server
+
+
+@contextmanager
+def serve_process(
+    tmp_path: Path, env_extra: Mapping[str, str] | None = None
+) -> Iterator[ServeProcess]:
     """``clibridge serve --backend fake`` on a free loopback port, in a session of its own;
     on exit SIGTERM, and the server must drain, exit 0 and leave no process of its session
     behind."""
@@ -66,6 +76,7 @@ def fake_server(tmp_path: Path) -> Iterator[ServeProcess]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path / "home"),
         "NO_PROXY": "127.0.0.1,localhost",
+        **(env_extra or {}),
     }
     argv = [
         sys.executable,

@@ -17,7 +17,7 @@ from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
 from clibridge.testing.scenario import directive
 
-from .conftest import CHROMIUM_ARGS, ServeProcess
+from .conftest import CHROMIUM_ARGS, ServeProcess, serve_process
 
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "dashboard.png"
 #: long enough that the page (polling every second) sees the worker busy
@@ -76,7 +76,8 @@ def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> No
     thread = threading.Thread(target=_slow_request, args=(fake_server.base_url, result))
     thread.start()
     try:
-        page.wait_for_selector("#workers .s-busy", timeout=SLOW_SECONDS * 1000)
+        # visible for SLOW_SECONDS once the turn runs; the bound is for a loaded machine
+        page.wait_for_selector("#workers .s-busy", timeout=15_000)
         assert page.locator("#summary [data-pool=claude]").inner_text().startswith("claude: 1/2")
         page.locator("#workers .s-busy").wait_for(state="detached", timeout=SLOW_SECONDS * 3000)
     finally:
@@ -118,3 +119,27 @@ def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> No
     assert page.locator("#usage-chart").bounding_box()["width"] <= 375  # type: ignore[index]
     assert page.locator("#workers tr[data-worker]").first.is_visible()
     assert errors == []
+
+
+def test_with_an_auth_token_the_page_asks_for_the_key(chromium: str, tmp_path: Path) -> None:
+    with (
+        serve_process(tmp_path, {"CLIBRIDGE_API_KEY": "s3cret-admin"}) as server,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
+        try:
+            page = browser.new_page(viewport={"width": 375, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.base_url + "/dashboard")
+            page.locator("#keyform").wait_for(state="visible", timeout=10_000)
+            assert page.locator("#status").inner_text() == "needs the admin key"
+            assert page.locator("#workers tr[data-worker]").count() == 0
+            page.locator("#key").fill("s3cret-admin")
+            page.locator("#keyform button").click()
+            page.locator("#workers tr[data-worker] .s-idle").nth(1).wait_for(timeout=30_000)
+            assert not page.locator("#keyform").is_visible()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            assert errors == []
+        finally:
+            browser.close()
