@@ -257,7 +257,7 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
 
 
-def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def _run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import _doctor
 
     try:
@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "doctor":
-        return _doctor(args, env)
+        return _run_doctor(args, env)
     if args.command in ("inspect", "usage"):
         from ._supervisor import state_dir
 

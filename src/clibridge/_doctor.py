@@ -141,11 +141,8 @@ def check_config(config: Config, *, memory: int | None = None) -> list[Finding]:
 
         memory = psutil.virtual_memory().total
     out: list[Finding] = []
-    processes = {
-        name: b.settings(config).pool.workers + b.settings(config).pool.spares
-        for b, _ in served_backends(config)
-        for name in (b.name,)
-    }
+    pools = {b.name: b.settings(config).pool for b, _ in served_backends(config)}
+    processes = {name: pool.workers + pool.spares for name, pool in pools.items()}
     need = sum(n * WORKER_MEMORY.get(name, _DEFAULT_WORKER_MEMORY) for name, n in processes.items())
     sizes = ", ".join(f"{n} {name}" for name, n in processes.items())
     if need > memory:
