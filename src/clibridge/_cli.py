@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
             )
         elif name == "doctor":
-            p.add_argument("--tui", action="store_true", help="also check tmux (for serve --tui)")
+            p.add_argument("--tui", action="store_true", help="check as for serve --tui (tmux too)")
             p.add_argument(
                 "--show-config",
                 action="store_true",
@@ -260,6 +260,8 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import _doctor
 
+    if args.tui:
+        setattr(args, "claude.tui", True)  # as serve --tui: the claude.tui setting
     try:
         config: Config | ConfigError = _load(args, environ)
     except ConfigError as exc:

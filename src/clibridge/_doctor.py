@@ -20,7 +20,7 @@ What is checked, in the order printed:
 * the state dir: owner, modes (0700 / 0600; ``serve`` tightens them at start, so loose
   modes are a ``warn`` unless another user owns the tree), free disk;
 * the port: free, or taken by whom;
-* ``tmux`` present and new enough when ``--tui`` is asked for.
+* ``tmux`` present and new enough when ``--tui`` is asked for (or ``claude.tui`` is set).
 
 ``doctor`` exits 1 when any finding is ``fail``, 0 otherwise.
 """
@@ -55,7 +55,7 @@ _DEFAULT_WORKER_MEMORY = 200 * 2**20
 #: free disk below this under the state dir: transcripts and session files stop being written
 MIN_FREE_DISK = 200 * 2**20
 LOW_FREE_DISK = 2 * 2**30
-#: the oldest tmux the TUI driver is meant for (``display-message -p`` formats, ``-e`` env)
+#: the oldest tmux the TUI driver is meant for (``new-session -e`` came with 3.0)
 MIN_TMUX = (3, 0)
 #: how long a CLI's ``--version`` / status command may take
 COMMAND_TIMEOUT = 20.0
@@ -113,7 +113,8 @@ def run_doctor(
         )
     findings += check_state_dir(home)
     findings.append(check_port(config.server.host, config.server.port))
-    if tui:
+    # the TUI driver's setting (claude.tui, set by serve --tui) where this build has it
+    if tui or getattr(config.claude, "tui", False) is True:
         findings.append(check_tmux(environ))
     return findings
 
