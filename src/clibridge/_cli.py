@@ -1,4 +1,4 @@
-"""The command line: ``clibridge serve | config | login | openclaw-config | version``.
+"""The command line: ``clibridge serve | config | doctor | login | openclaw-config | version``.
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "run the server (pools of CLI workers behind the HTTP API)"),
         ("config", "print the effective configuration as TOML (secrets redacted)"),
+        ("doctor", "check the CLIs, logins, state dir, port and settings; say what to fix"),
     ):
         p = sub.add_parser(
             name,
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--tui",
                 action="store_true",
                 help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
+            )
+        elif name == "doctor":
+            p.add_argument("--tui", action="store_true", help="check as for serve --tui (tmux too)")
+            p.add_argument(
+                "--show-config",
+                action="store_true",
+                help="also print the configuration as loaded (as `clibridge config` does)",
             )
         _add_setting_flags(p)
     sub.add_parser("version", help="print the version")
@@ -249,6 +257,22 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
 
 
+def _run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import _doctor
+
+    if args.tui:
+        setattr(args, "claude.tui", True)  # as serve --tui: the claude.tui setting
+    try:
+        config: Config | ConfigError = _load(args, environ)
+    except ConfigError as exc:
+        config = exc
+    findings = _doctor.run_doctor(config, environ, tui=args.tui)
+    if args.show_config and isinstance(config, Config):
+        sys.stdout.write("# the configuration as loaded\n" + dump_toml(config) + "\n")
+    sys.stdout.write(_doctor.render(findings))
+    return _doctor.exit_code(findings)
+
+
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, keyed like :func:`settings` (unset ones dropped)."""
     out: dict[str, Any] = {}
@@ -280,6 +304,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "doctor":
+        return _run_doctor(args, env)
     if args.command in ("inspect", "usage"):
         from ._supervisor import state_dir
 

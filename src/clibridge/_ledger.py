@@ -520,7 +520,9 @@ class Ledger:
             out["capture"] = _exchange_of(conn, request_id)
         return out
 
-    def usage(self, since_s: float, by: str, key: str | None = None) -> list[dict[str, object]]:
+    def usage(
+        self, since_s: float, by: str, key: str | None = None, model: str | None = None
+    ) -> list[dict[str, object]]:
         """Usage of the model endpoints (:data:`MODEL_ENDPOINTS`) over the last ``since_s``
         seconds, grouped ``by`` model | key | day | hour (days and hours in UTC), biggest
         first for model and key, in time order otherwise.
@@ -528,7 +530,8 @@ class Ledger:
         Each row: the group (under the name ``by``: ``{"model": ...}``), ``requests``,
         ``errors``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
         ``cache_write_tokens``, ``total_tokens`` (input + cache + output),
-        ``duration_s`` (summed). ``key``: only that key's requests.
+        ``duration_s`` (summed). ``key``: only that key's requests; ``model``: only that
+        model's (as grouped ``by="model"``; the dashboard's per-model hourly chart).
         """
         if by not in USAGE_BY:
             raise ValueError(f"by must be one of {', '.join(USAGE_BY)}, not {by!r}")
@@ -544,6 +547,9 @@ class Ledger:
         if key is not None:
             where += " AND key = ?"
             params.append(key)
+        if model is not None:
+            where += " AND COALESCE(cli_model, model_asked) = ?"
+            params.append(model)
         sql = f"""
             SELECT {group} AS grp, COUNT(*) AS requests,
                 SUM(status >= 400 OR error_type IS NOT NULL) AS errors,

@@ -102,6 +102,8 @@ class WorkerStats:
     turns: int
     bound: bool
     system_chars: int
+    #: a turn of it waits for a client's tool results (parked on a tool call, not finished)
+    paused: bool = False
 
 
 @attrs.frozen
@@ -804,6 +806,7 @@ class WorkerPool:
                     turns=s.worker.turns,
                     bound=s.worker.binding is not None,
                     system_chars=len(s.worker.binding.system) if s.worker.binding else 0,
+                    paused=s.worker.paused,
                 )
                 for s in self._slots.values()
             ),

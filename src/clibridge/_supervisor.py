@@ -654,7 +654,14 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
     mode = config.backend
     if mode == "fake":
         fakes = {name: BACKENDS[name].fake_command for name in _default_backends()}
-        return BackendChoice(fakes, fake=True, notes=("fake CLIs",))
+        return BackendChoice(
+            fakes,
+            fake=True,
+            notes=[
+                f"{name}: the bundled FAKE CLI (backend = fake, chosen explicitly)"
+                for name in fakes
+            ],
+        )
     notes: list[str] = []
     chosen: dict[str, tuple[str, ...]] = {}
     home = state_dir(config)
@@ -665,23 +672,27 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
         command = b.settings(config).command
         found = _find(command, environ)
         why = b.logged_in(config, environ, home)
-        if found and why:
-            chosen[name] = found
-            notes.append(f"{name}: {found[0]} ({why})")
-        elif wanted:
+        if wanted:
             if not found:
                 raise SystemExit(
                     f"clibridge: error: --backend {mode}: {command[0]!r} not found on PATH "
                     f"(set {name}.command)"
                 )
             chosen[name] = found
-            notes.append(f"{name}: {found[0]} (no login detected: run `{b.login_fix}`)")
+            login = f"login: {why}" if why else f"no login detected: run `{b.login_fix}`"
+            notes.append(f"{name}: {found[0]} (backend = {mode}, chosen explicitly; {login})")
+        elif found and why:
+            chosen[name] = found
+            notes.append(f"{name}: {found[0]} (login detected: {why})")
         else:
             notes.append(
-                f"{name}: " + ("not logged in for clibridge" if found else "not installed")
+                f"{name}: not served ("
+                + (f"installed, no login found: run `{b.login_fix}`" if found else "not installed")
+                + ")"
             )
     if mode == "auto" and not chosen:
         fallback = {FAKE_FALLBACK: BACKENDS[FAKE_FALLBACK].fake_command}
+        notes.append(f"{FAKE_FALLBACK}: the bundled FAKE CLI (no login found for any backend)")
         return BackendChoice(fallback, fake=True, notes=notes)
     return BackendChoice(chosen, fake=False, notes=notes)
 
@@ -809,9 +820,7 @@ async def serve(
                     http_done.set()
 
             host, port = await root.start(run_http)
-            print(banner(config, host, port, service), file=sys.stderr, flush=True)
-            for note in choice.notes:
-                log.info("%s", note)
+            print(banner(config, host, port, service, choice.notes), file=sys.stderr, flush=True)
             task_status.started((host, port))
             await shutdown.wait()
             log.info(

@@ -49,6 +49,7 @@ __all__ = [
     "Backend",
     "BackendSettings",
     "LoginCommand",
+    "StatusCommand",
     "backend",
 ]
 
@@ -87,6 +88,25 @@ class LoginCommand:
     cwd: Path
     #: printed before it runs (after ``clibridge: ``)
     note: str
+
+
+@attrs.frozen
+class StatusCommand:
+    """The CLI's own login status command (``clibridge doctor``): no model call is spent."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    #: (exit code, stdout + stderr) -> logged in
+    logged_in: Callable[[int, str], bool]
+    #: the home the CLI reads its login from: a CLI asked in a missing one creates it, so
+    #: the command is not run until ``serve`` made it (0700)
+    home: Path
+
+
+class StatusFactory(Protocol):
+    def __call__(
+        self, config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
+    ) -> StatusCommand: ...
 
 
 class LoginFactory(Protocol):
@@ -136,6 +156,11 @@ class Backend:
     login: LoginFactory | None = None
     #: served by ``backend = "auto"``, ``"both"`` and ``"fake"`` (else only when named)
     default: bool = True
+    #: the CLI version clibridge was tested with (the pinned one; ``clibridge doctor``)
+    tested_version: str = ""
+    #: the CLI's login status command, run with the spawn home's environment (no file
+    #: IO, no model call; ``clibridge doctor``); None: the CLI has none
+    login_status: StatusFactory | None = None
 
 
 # imported after Backend: the packages build their BACKEND with it

@@ -57,8 +57,9 @@ from .._errors import (
 )
 from .._wire.errors import Dialect, dialect_for_path, error_body
 
-#: paths that need neither the auth token nor a known Host / Origin (probes)
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: paths that need neither the auth token nor a known Host / Origin: the probes, and the
+#: dashboard's page (static, no data: its script asks /dashboard/state with the key)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/dashboard"})
 #: response headers a browser client may read besides the CORS-safelisted ones
 EXPOSED_HEADERS = "X-Request-Id, Retry-After, X-Clibridge-Token-Count"
 #: how long a browser may cache a preflight answer (seconds)

@@ -12,8 +12,8 @@ middleware calls :meth:`RequestDraft.finish` exactly once and hands the frozen
 :class:`RequestRecord` to every observer (:func:`notify`), synchronously: an observer
 must not block (the ledger's puts the record on a bounded queue).
 
-Probes (``/healthz``, ``/readyz``), ``/metrics`` scrapes and CORS preflights are not
-recorded: they would drown the requests an operator asks about.
+Probes (``/healthz``, ``/readyz``), ``/metrics`` scrapes, the dashboard's page and polls
+and CORS preflights are not recorded: they would drown the requests an operator asks about.
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ log = logging.getLogger("clibridge.http")
 #: the status of a request whose client left before any response was sent (nginx's)
 CLIENT_CLOSED = 499
 #: paths whose requests are not recorded
-UNRECORDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNRECORDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
+#: nor anything under these: the dashboard's own polls would bury the requests it shows
+UNRECORDED_PREFIXES = ("/dashboard/",)
+
+
+def recorded(path: str) -> bool:
+    """Whether a request to ``path`` gets a record (see :data:`UNRECORDED_PATHS`)."""
+    return path not in UNRECORDED_PATHS and not path.startswith(UNRECORDED_PREFIXES)
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ Routes::
     GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
     GET  /v1/stats                   the service's statistics
     GET  /v1/usage                   token usage from the request ledger (a key sees its own)
+    GET  /dashboard[/state|/requests/<id>]  the operator's live page (:mod:`.dashboard`)
     GET  /healthz                    liveness (never needs auth)
     GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
                                      so load balancers can probe it)
@@ -80,7 +81,7 @@ from .._logging import REQUEST_ID, install_request_id, log_request
 from .._service import ModelInfo, Readiness, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
-from . import _logsafe
+from . import _logsafe, dashboard
 from ._codecs import codec_for
 from ._exchange import EXCHANGE_KEY, Exchange, ExchangeMiddleware
 from ._guard import (
@@ -91,7 +92,7 @@ from ._guard import (
     dialect_of,
     is_preflight,
 )
-from ._record import UNRECORDED_PATHS, RequestDraft, RequestObserver, notify
+from ._record import RequestDraft, RequestObserver, notify, recorded
 from ._turns import (
     DrainState,
     TurnRun,
@@ -445,6 +446,7 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
+    dashboard.install(app)
     install_request_id()
     app.request_observers = [log_request]
     app.ledger = None
@@ -476,7 +478,7 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         g.clibridge_key = None
         g.clibridge_admin = True
         _authenticate(config.auth_token)
-        if request.path not in UNRECORDED_PATHS:
+        if recorded(request.path):
             exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
             exchange.draft = RequestDraft(
                 request_id(),

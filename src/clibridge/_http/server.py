@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -83,8 +83,12 @@ async def serve_http(
         task_status.started((host, port))
 
 
-def banner(config: Config, host: str, port: int, service: TurnService) -> str:
-    """The startup banner: URL, backends, a loud fake-CLI notice, pool state, a curl to try.
+def banner(
+    config: Config, host: str, port: int, service: TurnService, why: Sequence[str] = ()
+) -> str:
+    """The startup banner: URL, dashboard, backends and why each was chosen (``why``: the
+    backend choice's notes: chosen explicitly, login detected, or no login found), a loud
+    fake-CLI notice, pool state, a curl to try.
 
     The fake notice says why the fake serves: no login found (``backend = "auto"``), or
     chosen on purpose (``backend = "fake"``).
@@ -104,7 +108,9 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
         f"clibridge is listening on {base}",
         f"  OpenAI base URL:     {base}/v1",
         f"  Anthropic base URL:  {base}",
+        f"  dashboard:           {base}/dashboard",
         f"  backends:            {', '.join(backends)} ({config.backend})",
+        *(f"    {note}" for note in why),
         f"  pool:                {pool}",
         f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
     ]

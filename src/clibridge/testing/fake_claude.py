@@ -1476,6 +1476,27 @@ def _process_scenario() -> dict[str, Any]:
     return dict(default) if isinstance(default, dict) else {}
 
 
+def _auth_status(proc: dict[str, Any]) -> int:
+    """``claude auth status`` as the real CLI prints it: JSON, exit 1 when logged out.
+
+    Logged in by ``CLAUDE_CODE_OAUTH_TOKEN``, ``ANTHROPIC_API_KEY`` or
+    ``$HOME/.claude/.credentials.json``, unless the scenario's upstream refuses the login
+    (``api_error`` 401, e.g. ``claude_login_expired.json``): the fake's model of an expired
+    login.
+    """
+    method = "none"
+    if os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
+        method = "oauth_token"
+    elif os.environ.get("ANTHROPIC_API_KEY"):
+        method = "api_key"
+    elif os.path.isfile(os.path.expanduser("~/.claude/.credentials.json")):
+        method = "claude.ai"
+    logged_in = method != "none" and proc.get("api_error") != 401
+    status = {"loggedIn": logged_in, "authMethod": method, "apiProvider": "firstParty"}
+    print(json.dumps(status, indent=2))
+    return 0 if logged_in else 1
+
+
 def _hang() -> NoReturn:
     while True:
         time.sleep(3600)
@@ -1494,6 +1515,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     proc = _process_scenario()
+    if argv[:1] == ["--version"]:
+        print(f"{VERSION} (Claude Code)")
+        return 0
+    if argv[:2] == ["auth", "status"]:
+        return _auth_status(proc)
     if proc.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if proc.get("spawn_grandchild"):

@@ -1158,6 +1158,22 @@ def parse_argv(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
     return sub, config
 
 
+def _login_status() -> int:
+    """``codex login status`` as the real CLI answers it (on stderr; exit 1 when logged
+    out): logged in when ``$CODEX_HOME/auth.json`` exists, unless the scenario's upstream
+    refuses the login (``api_error`` 401: the fake's model of an expired login)."""
+    home = os.environ.get("CODEX_HOME") or os.path.expanduser("~/.codex")
+    try:
+        expired = load_book().default.api_error == 401
+    except (OSError, ValueError):
+        expired = False
+    if os.path.isfile(os.path.join(home, "auth.json")) and not expired:
+        print("Logged in using ChatGPT", file=sys.stderr)
+        return 0
+    print("Not logged in", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: ``clibridge-fake-codex app-server [-c key=value ...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1165,6 +1181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sub == "--version":
         print(f"codex-cli {VERSION}")
         return 0
+    if sub == "login" and argv[1:2] == ["status"]:
+        return _login_status()
     if sub != "app-server":
         print("fake codex: only `codex app-server [-c key=value ...]` is faked", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .. import Backend
+from .. import Backend, StatusCommand
 from .argv import build_argv
 from .parser import (
     NEED_DATA,
@@ -166,6 +166,14 @@ def _logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> s
     return logged_in(config, environ, state_dir)
 
 
+def _login_status(
+    config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
+) -> StatusCommand:
+    from .home import login_status
+
+    return login_status(config, command, state_dir, environ)
+
+
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
 BACKEND: Final[Backend] = Backend(
     name="claude",
@@ -178,4 +186,6 @@ BACKEND: Final[Backend] = Backend(
     login_fix="claude setup-token, then set CLAUDE_CODE_OAUTH_TOKEN",
     fake_command=(sys.executable, "-m", "clibridge.testing.fake_claude"),
     continuation=True,
+    tested_version="2.1.197",
+    login_status=_login_status,
 )

@@ -54,6 +54,7 @@ import attrs
 from ..._config import ClaudeConfig, Config
 from ..._process import ChildSpec
 from ..._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
+from .. import StatusCommand
 from .._env import ALLOWED_ENV, allow_listed_env
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "child_env",
     "default_state_dir",
     "logged_in",
+    "login_status",
     "prepare_claude_home",
 ]
 
@@ -190,3 +192,30 @@ def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> st
         if creds.is_file():
             return f"use_real_home and {creds} exists"
     return None
+
+
+def login_status(
+    config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
+) -> StatusCommand:
+    """``claude auth status`` in the spawn home (no model call): it prints JSON with
+    ``loggedIn`` and exits 1 when logged out (claude 2.1.197)."""
+    home = (
+        Path(environ.get("HOME") or os.path.expanduser("~"))
+        if config.claude.use_real_home
+        else state_dir / "claude" / "home"
+    )
+    return StatusCommand(
+        (*command, "auth", "status"),
+        child_env(config.claude, home, environ),
+        _auth_status_ok,
+        home,
+    )
+
+
+def _auth_status_ok(code: int, output: str) -> bool:
+    start = output.find("{")
+    try:
+        status = json.loads(output[start:]) if start >= 0 else {}
+    except ValueError:
+        return False
+    return code == 0 and isinstance(status, dict) and status.get("loggedIn") is True

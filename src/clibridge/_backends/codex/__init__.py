@@ -58,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .. import Backend, LoginCommand
+from .. import Backend, LoginCommand, StatusCommand
 from .argv import (
     BASE_OVERRIDES,
     NO_CLI_TOOLS_OVERRIDES,
@@ -200,6 +200,14 @@ def _login(
     return login_command(config, state_dir, environ, cli_args)
 
 
+def _login_status(
+    config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
+) -> StatusCommand:
+    from .home import login_status
+
+    return login_status(config, command, state_dir, environ)
+
+
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
 BACKEND: Final[Backend] = Backend(
     name="codex",
@@ -215,4 +223,6 @@ BACKEND: Final[Backend] = Backend(
     continuation=True,
     threads_per_worker=_threads_per_worker,
     login=_login,
+    tested_version="0.169.0",
+    login_status=_login_status,
 )

@@ -38,7 +38,7 @@ import attrs
 from ..._config import CodexConfig, Config
 from ..._process import ChildSpec
 from ..._state_dir import default_state_dir, private_dir
-from .. import LoginCommand
+from .. import LoginCommand, StatusCommand
 from .._env import ALLOWED_ENV, allow_listed_env
 
 log = logging.getLogger(__name__)
@@ -130,3 +130,20 @@ def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> st
         return f"use_real_home and {auth} exists" if auth.is_file() else None
     auth = state_dir / "codex" / "home" / "auth.json"
     return f"{auth} exists (clibridge login codex)" if auth.is_file() else None
+
+
+def login_status(
+    config: Config, command: tuple[str, ...], state_dir: Path, environ: Mapping[str, str]
+) -> StatusCommand:
+    """``codex login status`` with the spawn home's CODEX_HOME (no model call): exit 0 with
+    "Logged in using ChatGPT" or "API key configured" when it has a login, exit 1 with "Not
+    logged in" (or an error about the login file) otherwise (codex 0.169.0)."""
+    codex_home = (
+        real_codex_home(environ) if config.codex.use_real_home else state_dir / "codex" / "home"
+    )
+    env = child_env(config.codex, codex_home, state_dir / "codex" / "user", environ)
+    return StatusCommand((*command, "login", "status"), env, _login_status_ok, codex_home)
+
+
+def _login_status_ok(code: int, output: str) -> bool:
+    return code == 0 and "not logged in" not in output.lower()
