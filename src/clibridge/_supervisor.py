@@ -556,6 +556,7 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
+    from ._http._keyring import KeyRing
     from ._http.app import create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
@@ -590,7 +591,7 @@ async def serve(
             fake_on_purpose=config.backend == "fake",
             janitor=janitor,
         )
-        app = create_app(service, config.server)
+        app = create_app(service, config.server, keys=KeyRing(home))
         async with trio.open_nursery() as root:
             await root.start(janitor.run)
             for pool in pools.values():

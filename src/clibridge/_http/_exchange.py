@@ -61,6 +61,8 @@ class Exchange:
     producers: list[Abandonable] = attrs.field(factory=list)
     #: set when the connection was cut under a stalled client
     cut_done: bool = False
+    #: called once when the request is over (its body sent or the client gone)
+    on_end: list[Callable[[], None]] = attrs.field(factory=list)
 
     def cut(self) -> None:
         """Close the connection under a client that stopped reading (idempotent)."""
@@ -117,12 +119,18 @@ class ExchangeMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        async with trio.open_nursery() as nursery:
-            exchange = Exchange(nursery, CONNECTION_STREAM.get())
-            scope[EXCHANGE_KEY] = exchange
-            try:
-                await self._app(scope, receive, _end_sender(scope, send))
-            finally:
-                # a body generator that never ran never abandoned its producer
-                for producer in exchange.producers:
-                    producer.abandon()
+        on_end: list[Callable[[], None]] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                exchange = Exchange(nursery, CONNECTION_STREAM.get(), on_end=on_end)
+                scope[EXCHANGE_KEY] = exchange
+                try:
+                    await self._app(scope, receive, _end_sender(scope, send))
+                finally:
+                    # a body generator that never ran never abandoned its producer
+                    for producer in exchange.producers:
+                        producer.abandon()
+        finally:
+            # the producers have left the service: the request is over
+            for callback in on_end:
+                callback()

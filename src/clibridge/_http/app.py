@@ -69,6 +69,7 @@ from .._events import (
     TurnStarted,
 )
 from .._events import collect as collect_events
+from .._keys import DEFAULT_KEY_NAME, KeyRecord
 from .._service import ModelInfo, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
@@ -83,6 +84,7 @@ from ._guard import (
     dialect_of,
     is_preflight,
 )
+from ._keyring import KeyRing
 from ._turns import (
     DrainState,
     TurnRun,
@@ -141,6 +143,8 @@ class BridgeApp(QuartTrio):
     draining: trio.Event
     #: unix time the app was made (the ``created`` of every model)
     created: int
+    #: the named keys and their quotas
+    keys: KeyRing
 
 
 # --------------------------------------------------------------------------- helpers
@@ -269,22 +273,61 @@ async def _read_json() -> dict[str, Any]:
     return body
 
 
-def _authenticate(token: str | None) -> None:
-    """Raise :class:`AuthError` unless the request carries ``token`` (if one is set)."""
-    if token is None or request.path in OPEN_PATHS:
-        return
+#: the paths whose requests count against a named key's quotas (they run turns)
+QUOTA_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})
+
+
+def _presented_key() -> str | None:
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             given = credentials.strip()
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError(
-            "missing or wrong API key: send the clibridge auth token as "
-            "'Authorization: Bearer <token>' or 'x-api-key: <token>'"
-            if given is None
-            else "wrong API key: it does not match the clibridge auth token"
+    return given
+
+
+def _refuse(reason: str, message: str) -> AuthError:
+    # the presented key is never logged, not even a part of it
+    log.warning(
+        "auth failed (request %s %s %s from %s): %s",
+        request_id(),
+        request.method,
+        request.path,
+        request.remote_addr,
+        reason,
+    )
+    return AuthError(message)
+
+
+def _authenticate(token: str | None, keys: KeyRing) -> KeyRecord | None:
+    """Who the request is: sets ``g.clibridge_key`` (the key's name, ``default`` for the
+    auth token, None without auth) and ``g.clibridge_admin``; raises :class:`AuthError`
+    when auth is on (a token or any named key) and the request has no valid key.
+    Returns the named key's record (its quotas apply), else None."""
+    g.clibridge_key = None
+    g.clibridge_admin = True
+    if (token is None and not keys.active) or request.path in OPEN_PATHS:
+        return None
+    given = _presented_key()
+    if given is None:
+        raise _refuse(
+            "no key",
+            "missing API key: send a clibridge key as 'Authorization: Bearer <key>' or "
+            "'x-api-key: <key>'",
         )
+    if token is not None and hmac.compare_digest(given.encode(), token.encode()):
+        g.clibridge_key = DEFAULT_KEY_NAME
+        return None
+    record = keys.authenticate(given)
+    if record is None:
+        raise _refuse(
+            "unknown or revoked key",
+            "wrong API key: it is not the clibridge auth token nor a named key "
+            "(see clibridge keys list)",
+        )
+    g.clibridge_key = record.name
+    g.clibridge_admin = record.admin
+    return record
 
 
 def prompt_chars(req: Request) -> int:
@@ -349,10 +392,15 @@ def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
-    """The HTTP front end for ``service``; serve it with :func:`~._http.server.serve_http`."""
+def create_app(
+    service: TurnService, config: ServerConfig, *, keys: KeyRing | None = None
+) -> BridgeApp:
+    """The HTTP front end for ``service``; serve it with :func:`~._http.server.serve_http`.
+
+    ``keys`` are the named keys (none without it: only ``config.auth_token``, if set)."""
     app = BridgeApp("clibridge")
     app.service = service
+    app.keys = keys = keys or KeyRing(None)
     app.server_config = config
     app.guard = guard = Guard.from_config(config)
     _logsafe.install()
@@ -374,6 +422,8 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
     @app.before_serving
     async def _start_drain_watch() -> None:
         app.nursery.start_soon(app.drain.watch)
+        # the keys are loaded before the first request is admitted
+        await app.nursery.start(keys.run)
 
     @app.before_request
     async def _admit() -> Response | None:
@@ -393,7 +443,11 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             origin = headers["Origin"]
             guard.check_origin(origin)
             return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
-        _authenticate(config.auth_token)
+        record = _authenticate(config.auth_token, keys)
+        if record is not None and request.path in QUOTA_PATHS and request.method == "POST":
+            admission = keys.admit(record)
+            exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+            exchange.on_end.append(admission.release)
         return None
 
     @app.after_request
