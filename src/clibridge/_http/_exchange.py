@@ -61,7 +61,8 @@ class Exchange:
     producers: list[Abandonable] = attrs.field(factory=list)
     #: set when the connection was cut under a stalled client
     cut_done: bool = False
-    #: called once when the request is over (its body sent or the client gone)
+    #: called once when the request is over: as its last body chunk is sent, or when
+    #: the client is gone
     on_end: list[Callable[[], None]] = attrs.field(factory=list)
 
     def cut(self) -> None:
@@ -120,17 +121,30 @@ class ExchangeMiddleware:
             await self._app(scope, receive, send)
             return
         on_end: list[Callable[[], None]] = []
+        sender = _end_sender(scope, send)
+
+        async def send_last_ends(message: Any) -> None:
+            # the client has everything once the last body chunk is out: a client that
+            # sends its next request right then must find the request over
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                _end(on_end)
+            await sender(message)
+
         try:
             async with trio.open_nursery() as nursery:
                 exchange = Exchange(nursery, CONNECTION_STREAM.get(), on_end=on_end)
                 scope[EXCHANGE_KEY] = exchange
                 try:
-                    await self._app(scope, receive, _end_sender(scope, send))
+                    await self._app(scope, receive, send_last_ends)
                 finally:
                     # a body generator that never ran never abandoned its producer
                     for producer in exchange.producers:
                         producer.abandon()
         finally:
-            # the producers have left the service: the request is over
-            for callback in on_end:
-                callback()
+            _end(on_end)
+
+
+def _end(on_end: list[Callable[[], None]]) -> None:
+    """Run the request's end callbacks (once: they are taken off the list)."""
+    while on_end:
+        on_end.pop(0)()
