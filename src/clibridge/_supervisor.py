@@ -608,7 +608,12 @@ async def serve(
                     http_done.set()
 
             host, port = await root.start(run_http)
-            print(banner(config, host, port, service), file=sys.stderr, flush=True)
+            named_keys = len(app.keys.names())
+            print(
+                banner(config, host, port, service, named_keys=named_keys),
+                file=sys.stderr,
+                flush=True,
+            )
             for note in choice.notes:
                 log.info("%s", note)
             task_status.started((host, port))

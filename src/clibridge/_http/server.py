@@ -83,7 +83,9 @@ async def serve_http(
         task_status.started((host, port))
 
 
-def banner(config: Config, host: str, port: int, service: TurnService) -> str:
+def banner(
+    config: Config, host: str, port: int, service: TurnService, *, named_keys: int = 0
+) -> str:
     """The startup banner: URL, backends, a loud fake-CLI notice, pool state, a curl to try.
 
     The fake notice says why the fake serves: no login found (``backend = "auto"``), or
@@ -106,7 +108,7 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
         f"  Anthropic base URL:  {base}",
         f"  backends:            {', '.join(backends)} ({config.backend})",
         f"  pool:                {pool}",
-        f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
+        f"  auth:                {_auth_line(config, named_keys)}",
     ]
     if readiness.fake:
         bar = "!" * 72
@@ -130,7 +132,7 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
         '"messages": [{"role": "user", "content": "Say hello"}]}'
     )
     curl = ["curl", "-N", f"{base}/v1/chat/completions", "-H", "Content-Type: application/json"]
-    if config.server.auth_token:
+    if config.server.auth_token or named_keys:
         curl += ["-H", "Authorization: Bearer $CLIBRIDGE_API_KEY"]
     curl += ["-d", body]
     command = " ".join(
@@ -138,3 +140,12 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
     )
     lines += ["", "Try it:", f"  {command}", ""]
     return "\n".join(lines)
+
+
+def _auth_line(config: Config, named_keys: int) -> str:
+    parts = ["token required"] if config.server.auth_token else []
+    if named_keys:
+        parts.append(
+            f"{named_keys} named key{'s' if named_keys != 1 else ''} (clibridge keys list)"
+        )
+    return " + ".join(parts) if parts else "none (loopback only; clibridge keys add NAME)"
