@@ -14,7 +14,7 @@ import openai
 import pytest
 import trio
 
-from clibridge._keys import KeyStore, Quotas
+from clibridge._keys import KeyStore, Quotas, today
 
 from .conftest import BOUND, FAST_POOL, MODEL, open_e2e_server
 
@@ -145,3 +145,40 @@ async def test_rpm_quota_admits_exactly_n(tmp_path: Path) -> None:
                 )
                 assert chat.choices[0].message.content == "ok"
         await server.assert_clean()
+
+
+async def test_daily_tokens_count_and_survive_a_restart(tmp_path: Path) -> None:
+    key = add_key(tmp_path, "budget", Quotas(daily_tokens=30))
+    headers = admin_headers(tmp_path)
+    ask = prompt(input_tokens=17, output_tokens=9)
+    async with open_e2e_server(tmp_path) as server:
+        server.headers = headers
+        async with openai.AsyncOpenAI(api_key=key, base_url=server.v1, max_retries=0) as oai:
+            for _ in range(2):  # 26 tokens, then 52: the second still starts under 30
+                chat = await oai.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": ask}]
+                )
+                assert chat.usage is not None and chat.usage.total_tokens == 26
+            with pytest.raises(openai.RateLimitError) as refused:
+                await oai.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": ask}]
+                )
+        assert "used 52 of its 30 tokens" in str(refused.value)
+        retry_after = int(refused.value.response.headers["Retry-After"])
+        assert 1 <= retry_after <= 86400
+        await server.assert_clean()
+    # a new server on the same state dir knows today's count
+    async with open_e2e_server(tmp_path) as server:
+        server.headers = headers
+        async with anthropic.AsyncAnthropic(
+            api_key=key, base_url=server.base_url, max_retries=0
+        ) as ant:
+            with pytest.raises(anthropic.RateLimitError, match="used 52 of its 30 tokens"):
+                await ant.messages.create(
+                    model=MODEL, max_tokens=50, messages=[{"role": "user", "content": ask}]
+                )
+    store = KeyStore.open(tmp_path / "state")
+    try:
+        assert store.tokens_on(today()) == {"budget": 52}
+    finally:
+        store.close()
