@@ -26,6 +26,13 @@ before reusing the worker.
 Targets (issue 4): overhead p50 <= 3 ms, p99 <= 15 ms.
 
 Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N]``
+
+A/B mode (``--compare-arg ARG``, repeatable): two servers, the second with the extra
+``serve`` arguments (``--compare-arg=--no-metrics``), and chat requests alternating between
+them in batches of :data:`AB_BATCH`, so drift in the neighbours' load hits both alike.
+Reports TTFB, end of body and server CPU per request of each, and the differences (the
+cost of what the arguments turn off: issue 12's target is ledger and metrics together
+<= 0.3 ms p50).
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ from bench._common import (
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 15.0
+#: A/B mode: requests to one server before switching to the other
+AB_BATCH = 25
+#: A/B mode: what the compared features may add to the p50 (issue 12)
+AB_TARGET_P50_MS = 0.3
 
 
 def measure_raw(count: int, warmup: int) -> list[float]:
@@ -97,6 +108,73 @@ def measure_http(
     return out
 
 
+def compare(args: argparse.Namespace, count: int, warmup: int, budget: float) -> int:
+    """A/B mode (module doc): the server as given (A) against A plus ``--compare-arg`` (B)."""
+    names = ("A (as given)", "B (" + " ".join(args.compare_arg) + ")")
+    samples: dict[str, dict[str, list[float]]] = {n: {"ttfb": [], "end": []} for n in names}
+    cpu_ms: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp,
+        ServerProcess(Path(tmp) / "a", *args.serve_arg) as server_a,
+        ServerProcess(Path(tmp) / "b", *args.serve_arg, *args.compare_arg) as server_b,
+    ):
+        servers = dict(zip(names, (server_a, server_b), strict=True))
+        for server in servers.values():
+            server.wait_listening()
+            server.wait_ready(workers=1)
+        stop_at = time.perf_counter() + budget
+        for server in servers.values():  # warm both up
+            measure_http(server.port, "chat", warmup, 0, stop_at + 60)
+        cpu0 = {n: cpu_seconds(s.pid) for n, s in servers.items()}
+        done = 0
+        while done < count and time.perf_counter() < stop_at:
+            for name, server in servers.items():
+                got = measure_http(server.port, "chat", AB_BATCH, 0, stop_at + 60)
+                samples[name]["ttfb"] += got["ttfb"]
+                samples[name]["end"] += got["end"]
+            done += AB_BATCH
+        for name, server in servers.items():
+            c0, c1 = cpu0[name], cpu_seconds(server.pid)
+            n = len(samples[name]["ttfb"])
+            cpu_ms[name] = ms((c1 - c0) / n) if c0 is not None and c1 is not None else float("nan")
+    rows = {f"{n}: {k}": v for n, kinds in samples.items() for k, v in kinds.items()}
+    print(f"A/B, chat streaming, concurrency 1, batches of {AB_BATCH} alternating (ms)")
+    print(table(STAT_HEADERS, stat_rows(rows)))
+    a, b = names
+    diff: dict[str, dict[str, float]] = {}
+    for kind in ("ttfb", "end"):
+        sa, sb = summary(samples[a][kind]), summary(samples[b][kind])
+        diff[kind] = {"p50": sa["p50"] - sb["p50"], "p99": sa["p99"] - sb["p99"]}
+        print(f"A - B {kind:5} p50 {diff[kind]['p50']:+.3f} ms   p99 {diff[kind]['p99']:+.3f} ms")
+    cpu_diff = cpu_ms[a] - cpu_ms[b]
+    print(
+        f"server CPU per request: A {cpu_ms[a]:.3f} ms, B {cpu_ms[b]:.3f} ms, A - B {cpu_diff:+.3f} ms"
+    )
+    ok = max(diff["ttfb"]["p50"], diff["end"]["p50"]) <= AB_TARGET_P50_MS
+    print(
+        f"\ntarget: what B turns off adds <= {AB_TARGET_P50_MS:g} ms p50 (TTFB and end): "
+        f"{diff['ttfb']['p50']:+.3f} / {diff['end']['p50']:+.3f} ms  {verdict(ok)}"
+    )
+    path = write_results(
+        "http_overhead_ab",
+        {
+            "quick": args.quick,
+            "serve_args": args.serve_arg,
+            "compare_args": args.compare_arg,
+            "unit": "ms",
+            "batch": AB_BATCH,
+            "samples": {
+                n: {k: summary(v) for k, v in kinds.items()} for n, kinds in samples.items()
+            },
+            "a_minus_b": diff,
+            "server_cpu_ms_per_request": cpu_ms,
+            "target": {"p50_ms": AB_TARGET_P50_MS, "met": ok},
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run for CI (< 20 s)")
@@ -110,10 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="extra argument for clibridge serve (repeat), e.g. --serve-arg=--max-turns=100000",
     )
+    parser.add_argument(
+        "--compare-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="A/B mode: a second server with this extra serve argument (repeat), e.g. "
+        "--compare-arg=--no-metrics",
+    )
     args = parser.parse_args(argv)
     count = args.n or (200 if args.quick else 2000)
     warmup = 20 if args.quick else 50
     budget = 8.0 if args.quick else 180.0
+    if args.compare_arg:
+        return compare(args, count, warmup, budget)
 
     raw = measure_raw(count // 2, warmup)
     http: dict[str, dict[str, list[float]]] = {}
