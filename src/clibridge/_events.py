@@ -155,10 +155,29 @@ class Usage:
 
 
 @attrs.frozen
+class Route:
+    """Where the supervisor ran a turn: facts for the request ledger, never sent to clients."""
+
+    backend: str
+    worker_id: int
+    #: the CLI's process id (None for in-process workers)
+    pid: int | None
+    #: seconds from asking the pool for a worker until one was leased (boot included)
+    queue_wait_s: float
+    #: the turn continued a conversation parked on this worker
+    continued: bool
+
+
+@attrs.frozen
 class TurnStarted:
-    """The backend accepted the turn. ``model`` is the model id actually used."""
+    """The backend accepted the turn. ``model`` is the model id actually used.
+
+    ``route`` is set by the supervisor (drivers leave it None); it takes no part in
+    equality, so an event compares equal whoever served it.
+    """
 
     model: str
+    route: Route | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

@@ -56,7 +56,16 @@ from ._conversations import (
     setup_digest,
 )
 from ._errors import BridgeError, CliCrashed, ToolsUnavailable
-from ._events import Event, Finished, FinishReason, Request, ToolCallStart, TurnStarted, collect
+from ._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Request,
+    Route,
+    ToolCallStart,
+    TurnStarted,
+    collect,
+)
 from ._models import ModelTable
 from ._pool import Lease, WorkerPool
 from ._service import ModelInfo, Readiness
@@ -158,6 +167,7 @@ class Supervisor:
         if match is not None:
             parked = match.conversation
             step = match.plan
+            asked = trio.current_time()
             async with pool.resume(parked.key) as lease:
                 if lease is not None and step is not None:
                     worker = lease.worker
@@ -175,7 +185,16 @@ class Supervisor:
                         source = worker.turn(request, tool_results=step.results)
                     else:
                         source = worker.turn(request, messages=step.messages)
-                    events = self._retrying(pool, lease, binding, request, tracker, source)
+                    events = self._retrying(
+                        pool,
+                        lease,
+                        binding,
+                        request,
+                        tracker,
+                        source,
+                        queue_wait=trio.current_time() - asked,
+                        continued=True,
+                    )
                     try:
                         yield events
                     finally:
@@ -214,9 +233,17 @@ class Supervisor:
         """The turn on a freshly leased worker (the whole history), retried once
         (:meth:`_retrying`)."""
         reuse = tracker is not None and watch is not None and watch.reuses_finished(tracker.setup)
+        asked = trio.current_time()
         async with pool.lease(binding, reuse_finished=reuse) as lease:
             events = self._retrying(
-                pool, lease, binding, request, tracker, lease.worker.turn(request)
+                pool,
+                lease,
+                binding,
+                request,
+                tracker,
+                lease.worker.turn(request),
+                queue_wait=trio.current_time() - asked,
+                continued=False,
             )
             try:
                 async with aclosing(events):
@@ -234,9 +261,15 @@ class Supervisor:
         request: Request,
         tracker: _Tracker | None,
         source: AsyncIterator[Event],
+        *,
+        queue_wait: float,
+        continued: bool,
     ) -> AsyncGenerator[Event, None]:
         """``source``'s events; on a worker failure before any output, the whole request once
         more on another worker (see the module doc).
+
+        The ``TurnStarted`` the client gets carries the :class:`Route` of the worker that
+        started the turn (a retry's worker is not announced again).
 
         Regression (issue 15, item 10): a codex app-server crash failed every request on
         that process, also those whose turn had not produced anything yet.
@@ -251,6 +284,9 @@ class Supervisor:
                             if announced:
                                 continue  # the client was told once already
                             announced = True
+                            worker = lease.worker
+                            route = Route(pool.name, worker.id, worker.pid, queue_wait, continued)
+                            event = attrs.evolve(event, route=route)
                         else:
                             produced = True
                         yield event

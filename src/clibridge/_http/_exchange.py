@@ -13,6 +13,10 @@ ASGI scope nor its extensions carry it), but clibridge runs the accept loop itse
 variable every task Hypercorn starts for that connection inherits, the app's included.
 Without it (an app driven in-process, without a socket) a stalled client still has its
 turn cancelled and its slot freed; only the connection stays until the client goes away.
+
+The middleware also ends each request's record (:mod:`._record`): it notes the status it
+sent and whether the last byte went out, and once the request and its producers are over
+it calls ``on_end`` exactly once, whatever ended it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from ._guard import refuse_websocket
+
+if TYPE_CHECKING:
+    from ._record import RequestDraft
 
 log = logging.getLogger("clibridge.http")
 
@@ -61,8 +68,11 @@ class Exchange:
     producers: list[Abandonable] = attrs.field(factory=list)
     #: set when the connection was cut under a stalled client
     cut_done: bool = False
+    #: the request's record, once it passed admission (:mod:`._record`)
+    draft: RequestDraft | None = None
     #: called once when the request is over: as its last body chunk is sent, or when
-    #: the client is gone
+    #: the client is gone (before the request observers, which run after the producers
+    #: have exited)
     on_end: list[Callable[[], None]] = attrs.field(factory=list)
 
     def cut(self) -> None:
@@ -104,12 +114,32 @@ def _end_sender(scope: Scope, send: Send) -> Send:
     return send if scope.get("http_version") == "2" else partial(_send_end_shielded, send)
 
 
+def _noting_sender(exchange: Exchange, send: Send) -> Send:
+    """``send``, noting on the exchange's draft the status and whether the body ended."""
+
+    async def noting(message: Any) -> None:
+        draft = exchange.draft
+        if draft is None:
+            await send(message)
+            return
+        kind = message.get("type")
+        if kind == "http.response.start":
+            draft.status = message.get("status")
+        await send(message)
+        if kind == "http.response.body" and not message.get("more_body", False):
+            draft.complete = True
+
+    return noting
+
+
 class ExchangeMiddleware:
     """ASGI middleware that gives each HTTP request an :class:`Exchange` (and refuses
     WebSocket upgrades)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_end: Callable[[Exchange], None] | None = None) -> None:
         self._app = app
+        #: called once per HTTP request, after it and its producers are over
+        self._on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -121,19 +151,20 @@ class ExchangeMiddleware:
             await self._app(scope, receive, send)
             return
         on_end: list[Callable[[], None]] = []
-        sender = _end_sender(scope, send)
-
-        async def send_last_ends(message: Any) -> None:
-            # the client has everything once the last body chunk is out: a client that
-            # sends its next request right then must find the request over
-            if message.get("type") == "http.response.body" and not message.get("more_body"):
-                _end(on_end)
-            await sender(message)
-
+        exchange: Exchange | None = None
         try:
             async with trio.open_nursery() as nursery:
                 exchange = Exchange(nursery, CONNECTION_STREAM.get(), on_end=on_end)
                 scope[EXCHANGE_KEY] = exchange
+                sender = _noting_sender(exchange, _end_sender(scope, send))
+
+                async def send_last_ends(message: Any) -> None:
+                    # the client has everything once the last body chunk is out: a client
+                    # that sends its next request right then must find this one over
+                    if message.get("type") == "http.response.body" and not message.get("more_body"):
+                        _end(on_end)
+                    await sender(message)
+
                 try:
                     await self._app(scope, receive, send_last_ends)
                 finally:
@@ -142,6 +173,8 @@ class ExchangeMiddleware:
                         producer.abandon()
         finally:
             _end(on_end)
+            if exchange is not None and self._on_end is not None:
+                self._on_end(exchange)
 
 
 def _end(on_end: list[Callable[[], None]]) -> None:

@@ -38,7 +38,15 @@ import attrs
 import trio
 
 from .._errors import QuotaExceeded
-from .._keys import KeyRecord, KeyStore, find_key, seconds_to_midnight, today
+from .._keys import (
+    DEFAULT_KEY_NAME,
+    KeyRecord,
+    KeyStore,
+    find_key,
+    seconds_to_midnight,
+    today,
+)
+from ._record import RequestRecord
 
 log = logging.getLogger("clibridge.http")
 
@@ -143,6 +151,18 @@ class KeyRing:
         self._roll_day()
         self._tokens[name] += tokens
         self._pending[(self._day, name)] += tokens
+
+    def observe(self, record: RequestRecord) -> None:
+        """A request observer: count a named key's tokens when its request ends."""
+        if record.key is None or record.key == DEFAULT_KEY_NAME:
+            return
+        tokens = (
+            (record.input_tokens or 0)
+            + (record.output_tokens or 0)
+            + (record.cache_read_tokens or 0)
+            + (record.cache_write_tokens or 0)
+        )
+        self.count_tokens(record.key, tokens)
 
     def tokens_today(self, name: str) -> int:
         self._roll_day()

@@ -21,6 +21,7 @@ No request ids, key secrets or raw client strings become labels.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,20 +36,25 @@ from ._record import RequestRecord
 #: the content type of the text exposition format
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: the requests that run turns (the only ones counted: model calls)
+TURN_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})
 _DIALECTS = frozenset({"openai_chat", "openai_responses", "anthropic_messages"})
 #: the error types a 429 may carry, by cause
 _429_CAUSES = {
-    "QuotaExceeded": "key_quota",
-    "QueueFull": "queue",
-    "CapacityError": "queue",
-    "UpstreamRateLimited": "upstream",
+    "quota_exceeded": "key_quota",
+    "queue_full": "queue",
+    "capacity_error": "queue",
+    "upstream_rate_limited": "upstream",
 }
-#: every error class name clibridge has (the values an error_type label may take)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+#: every error type a record may carry (the values the error_type label may take):
+#: clibridge's error classes as :func:`._record.error_type_of` names them, and how a
+#: request can end without one
 _ERROR_TYPES = frozenset(
-    name
+    _CAMEL.sub("_", name).lower()
     for name, value in vars(_errors).items()
     if isinstance(value, type) and issubclass(value, _errors.BridgeError)
-)
+) | {"client_gone", "client_stalled", "http_error"}
 _WORKER_STATES = ("booting", "idle", "busy", "parked", "retiring")
 
 _QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -163,21 +169,25 @@ class Metrics:
         self.refresh_models()
 
     def refresh_models(self) -> None:
-        """Take the model ids the server lists (the model label's values) anew."""
-        self._models = frozenset(m.id for m in self._service.models())
+        """Take the model table anew: the ids the server lists and the CLI models they
+        resolve to are the model label's values."""
+        listed = self._service.models()
+        self._models = frozenset(m.id for m in listed) | frozenset(m.cli_model for m in listed)
 
-    def _model(self, asked: str | None) -> str:
-        if not asked:
-            return "none"
-        return asked if asked in self._models else "other"
+    def _model(self, record: RequestRecord) -> str:
+        if record.model_asked in self._models:
+            return record.model_asked
+        if record.cli_model in self._models:
+            return record.cli_model  # an accepted spelling the table resolved
+        return "other" if record.model_asked else "none"
 
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request (a request observer: synchronous, no IO)."""
+        if record.endpoint not in TURN_PATHS:
+            return  # not a model call: /v1/models, count_tokens, stats
         dialect = record.dialect if record.dialect in _DIALECTS else "none"
-        if dialect == "none":
-            return  # not a turn: /v1/models, count_tokens, probes
         backend = record.backend or "none"
-        model = self._model(record.model_asked)
+        model = self._model(record)
         self.requests.labels(dialect, model, backend, str(record.status)).inc()
         if record.queue_wait_s is not None:
             self.queue_wait.labels(backend).observe(record.queue_wait_s)

@@ -33,6 +33,7 @@ import contextlib
 import enum
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeAlias
 
@@ -40,7 +41,7 @@ import attrs
 import trio
 
 from .._errors import BridgeError, InternalError, ProtocolError, UnavailableError
-from .._events import Event, Finished, Request, TurnStarted
+from .._events import Event, Finished, Request, ToolCallStart, TurnStarted
 from .._service import TurnService
 from ._codecs import StreamEncoder
 from ._exchange import Exchange
@@ -151,6 +152,16 @@ class TurnRun:
         self._drain_deadline: float | None = None
         #: set once the producer has left the service context
         self.exited = trio.Event()
+        # what the request ledger reads once the request is over (see _record.py)
+        #: the turn's TurnStarted (its ``route`` says which worker served it)
+        self.started: TurnStarted | None = None
+        #: the turn's Finished (its usage)
+        self.finished: Finished | None = None
+        #: time.perf_counter() when the first event that is not TurnStarted arrived
+        self.first_content_at: float | None = None
+        self.tool_calls = 0
+        #: the error the turn ended with after it was admitted
+        self.failure: BridgeError | None = None
 
     # -------------------------------------------------------------- producer side
 
@@ -189,6 +200,7 @@ class TurnRun:
                     )
                     self._end(TurnState.DRAINED)
                 if failure is not None:
+                    self.failure = failure
                     self._deliver_final(failure)
         finally:
             self._end(
@@ -205,6 +217,7 @@ class TurnRun:
 
     async def _pump(self, events: AsyncIterator[Event]) -> None:
         async for event in events:
+            self._note(event)
             with trio.move_on_after(self._send_timeout) as waited:
                 try:
                     await self._send.send(event)
@@ -225,6 +238,20 @@ class TurnRun:
                 self._end(TurnState.FINISHED)
                 return
         self._end(TurnState.ENDED)
+
+    def _note(self, event: Event) -> None:
+        """Keep what the request ledger wants to know of ``event``."""
+        if isinstance(event, TurnStarted):
+            if self.started is None:
+                self.started = event
+            return
+        if isinstance(event, Finished):
+            self.finished = event
+            return
+        if self.first_content_at is None:
+            self.first_content_at = time.perf_counter()
+        if isinstance(event, ToolCallStart):
+            self.tool_calls += 1
 
     def _deliver_final(self, error: BridgeError) -> None:
         # never blocks: a consumer that is not reading gets the error when it comes back,

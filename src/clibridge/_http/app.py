@@ -14,6 +14,7 @@ Routes::
     POST /v1/messages/count_tokens   Anthropic token count (an estimate: ~4 chars a token)
     GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
     GET  /v1/stats                   the service's statistics
+    GET  /metrics                    Prometheus metrics (an admin key when auth is on)
     GET  /healthz                    liveness (never needs auth)
     GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
                                      so load balancers can probe it)
@@ -34,6 +35,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import attrs
@@ -50,6 +52,7 @@ from .._errors import (
     AuthError,
     BridgeError,
     ErrorKind,
+    Forbidden,
     InternalError,
     MethodNotAllowed,
     ModelNotFound,
@@ -85,6 +88,9 @@ from ._guard import (
     is_preflight,
 )
 from ._keyring import KeyRing
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import TURN_PATHS, Metrics
+from ._record import UNRECORDED_PATHS, RequestDraft, RequestObserver, notify
 from ._turns import (
     DrainState,
     TurnRun,
@@ -102,6 +108,9 @@ IMAGE_TOKENS = 1600
 
 #: how long a request that is refused with ``Connection: close`` may take to arrive whole
 _SETTLE_TIMEOUT = 1.0
+
+#: the longest model name a request record keeps
+_MODEL_CHARS = 200
 
 _json_converter = cattrs.Converter()
 _NOTHING = object()
@@ -145,6 +154,10 @@ class BridgeApp(QuartTrio):
     created: int
     #: the named keys and their quotas
     keys: KeyRing
+    #: called once per admitted request when it is over, synchronously (:mod:`._record`)
+    request_observers: list[RequestObserver]
+    #: GET /metrics (None: ``server.metrics`` is off)
+    metrics: Metrics | None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,6 +171,18 @@ def request_id() -> str:
         rid = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         g.request_id = rid
     return rid
+
+
+def _draft() -> RequestDraft | None:
+    """This request's record, when it is recorded (see :mod:`._record`)."""
+    exchange = request.scope.get(EXCHANGE_KEY)
+    return exchange.draft if isinstance(exchange, Exchange) else None
+
+
+def _end_request(app: BridgeApp, exchange: Exchange) -> None:
+    """The exchange middleware's end of a request: hand its record to the observers."""
+    if exchange.draft is not None:
+        notify(app.request_observers, exchange.draft.finish())
 
 
 def json_response(
@@ -181,6 +206,9 @@ def error_response(error: BridgeError, dialect: Dialect | None = None) -> Respon
         headers["Connection"] = "close"
     if isinstance(error, MethodNotAllowed) and g.get("allowed_methods"):
         headers["Allow"] = ", ".join(sorted(g.allowed_methods))
+    draft = _draft()
+    if draft is not None:
+        draft.error = error
     if status >= 500:
         log.warning(
             "request %s %s %s -> %d %s%s",
@@ -274,7 +302,7 @@ async def _read_json() -> dict[str, Any]:
 
 
 #: the paths whose requests count against a named key's quotas (they run turns)
-QUOTA_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})
+QUOTA_PATHS = TURN_PATHS
 
 
 def _presented_key() -> str | None:
@@ -417,7 +445,11 @@ def create_app(
         # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    app.asgi_app = ExchangeMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
+    app.request_observers = [keys.observe]
+    app.metrics = Metrics(service) if config.metrics else None
+    if app.metrics is not None:
+        app.request_observers.append(app.metrics.observe)
+    app.asgi_app = ExchangeMiddleware(app.asgi_app, partial(_end_request, app))  # type: ignore[method-assign,arg-type,assignment]
 
     @app.before_serving
     async def _start_drain_watch() -> None:
@@ -443,10 +475,18 @@ def create_app(
             origin = headers["Origin"]
             guard.check_origin(origin)
             return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
-        record = _authenticate(config.auth_token, keys)
-        if record is not None and request.path in QUOTA_PATHS and request.method == "POST":
-            admission = keys.admit(record)
-            exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+        key = _authenticate(config.auth_token, keys)
+        exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
+        if request.path not in UNRECORDED_PATHS:
+            exchange.draft = RequestDraft(
+                request_id(),
+                request.path,
+                g.clibridge_key,
+                dialect=dialect_of(request.path, headers),
+            )
+        if key is not None and request.path in QUOTA_PATHS and request.method == "POST":
+            # after the draft: a request refused by a quota is recorded (and counted)
+            admission = keys.admit(key)
             exchange.on_end.append(admission.release)
         return None
 
@@ -512,6 +552,19 @@ def create_app(
             }
         )
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if app.metrics is None:
+            raise NotFound("metrics are off on this server (server.metrics = false)")
+        if not g.clibridge_admin:
+            raise Forbidden(
+                "GET /metrics needs an admin key (clibridge keys add NAME --admin) or the "
+                "auth token"
+            )
+        app.metrics.refresh_models()
+        # rendering reads counters and the pools' statistics: no IO, a few ms at most
+        return Response(app.metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
+
     # ----------------------------------------------------------------- models
 
     @app.get("/v1/models")
@@ -554,6 +607,12 @@ def create_app(
 
     async def run_turn(dialect: Dialect) -> Response:
         body = await _read_json()
+        draft = _draft()
+        if draft is not None:
+            # from the body as given: a request refused as invalid is recorded with them too
+            model = body.get("model")
+            draft.model_asked = model[:_MODEL_CHARS] if isinstance(model, str) else None
+            draft.stream = body.get("stream") is True
         codec = codec_for(dialect)
         req = codec.decode_request(body)
         _check_limits(req, config)
@@ -570,6 +629,8 @@ def create_app(
             send_timeout=config.send_timeout,
             request_id=request_id(),
         )
+        if draft is not None:
+            draft.run = run
         response_id = codec.new_response_id()
         created = int(time.time())
         handed_off = False
