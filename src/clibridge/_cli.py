@@ -214,7 +214,8 @@ def _keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ._supervisor import state_dir
 
     flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
-    home = state_dir(load_config(flags, environ, args.config))
+    # the first key of a server off loopback is made before that server can start
+    home = state_dir(load_config(flags, environ, args.config, check_auth=False))
     try:
         store = KeyStore.open(home)
         try:

@@ -29,7 +29,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -245,3 +245,15 @@ class KeyStore:
                 "ON CONFLICT (name, day) DO UPDATE SET tokens = tokens + excluded.tokens",
                 [(name, day, n) for name, n in tokens.items()],
             )
+
+
+def has_keys(state_dir: Path) -> bool:
+    """Whether ``state_dir`` holds at least one named key (read only; no file: none)."""
+    path = keys_path(state_dir)
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as db:
+            return db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False

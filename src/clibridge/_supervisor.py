@@ -592,6 +592,7 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
+    from ._config_load import is_loopback
     from ._http._keyring import KeyRing
     from ._http.app import create_app
     from ._http.server import banner, serve_http
@@ -627,7 +628,9 @@ async def serve(
             fake_on_purpose=config.backend == "fake",
             janitor=janitor,
         )
-        app = create_app(service, config.server, keys=KeyRing(home))
+        # off loopback a key is needed even once the last named key is revoked
+        keys = KeyRing(home, required=not is_loopback(config.server.host))
+        app = create_app(service, config.server, keys=keys)
         async with trio.open_nursery() as root:
             await root.start(janitor.run)
             for pool in pools.values():

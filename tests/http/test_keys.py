@@ -161,3 +161,15 @@ async def test_concurrency_comes_back_when_a_stream_is_cut(tmp_path: Path) -> No
             bad = await client.post(PATHS["openai_chat"], json={"model": 3})
             assert bad.status_code == 400
             assert ring.in_flight("one") == 0
+
+
+async def test_a_required_ring_refuses_everyone_without_keys(tmp_path: Path) -> None:
+    """Off loopback, revoking the last named key must not open the server."""
+    async with (
+        open_server(keys=KeyRing(tmp_path, required=True)) as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        r = await client.post(PATHS["openai_chat"], json=body_for("openai_chat"))
+        assert r.status_code == 401
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200

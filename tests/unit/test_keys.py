@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from clibridge._cli import main
+from clibridge._config_load import ConfigError, load_config
 from clibridge._errors import QuotaExceeded
 from clibridge._http._keyring import KeyRing
 from clibridge._keys import KEY_PREFIX, KeysError, KeyStore, Quotas, keys_path, today
@@ -198,3 +199,20 @@ async def test_ring_follows_the_file(tmp_path: Path) -> None:
         finally:
             store.close()
         nursery.cancel_scope.cancel()
+
+
+def test_named_keys_allow_a_server_off_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "state"
+    flags = {"server.host": "0.0.0.0", "state_dir": str(home)}
+    with pytest.raises(ConfigError, match="clibridge keys add NAME"):
+        load_config(flags, {}, None)
+    # the first key is made while the server still cannot start
+    env = {"CLIBRIDGE_HOST": "0.0.0.0", "CLIBRIDGE_STATE_DIR": str(home)}
+    assert main(["keys", "add", "first"], environ=env) == 0
+    capsys.readouterr()
+    assert load_config(flags, {}, None).server.auth_token is None
+    assert main(["keys", "revoke", "first"], environ=env) == 0
+    with pytest.raises(ConfigError):
+        load_config(flags, {}, None)

@@ -72,8 +72,13 @@ class Admission:
 class KeyRing:
     """The named keys and their quotas, for one server (see the module doc)."""
 
-    def __init__(self, state_dir: Path | None, *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self, state_dir: Path | None, *, required: bool = False, poll_interval: float = 0.5
+    ) -> None:
         self._state_dir = state_dir
+        #: a key is needed even when none exists (a server off loopback: revoking the last
+        #: key must not open it to everyone)
+        self.required = required
         self._poll_interval = poll_interval
         self._store: KeyStore | None = None
         self._version: int | None = None
@@ -91,8 +96,8 @@ class KeyRing:
 
     @property
     def active(self) -> bool:
-        """Whether any named key exists (then a request needs a key)."""
-        return bool(self._keys)
+        """Whether a request needs a key: any named key exists, or :attr:`required`."""
+        return self.required or bool(self._keys)
 
     def names(self) -> list[str]:
         return sorted(record.name for record in self._keys.values())
