@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from clibridge._http._keyring import KeyRing
+from clibridge._http._record import RequestRecord
 from clibridge._keys import KeyStore, Quotas
 
 from .conftest import RunningServer, Script, Sleep, hello, open_server
@@ -173,3 +174,37 @@ async def test_a_required_ring_refuses_everyone_without_keys(tmp_path: Path) -> 
         assert r.status_code == 401
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_records_name_the_key(tmp_path: Path) -> None:
+    """The contract with the request ledger: ``g.clibridge_key`` becomes the record's key."""
+    alice = _add(tmp_path, "alice", Quotas(rpm=1))
+    records: list[RequestRecord] = []
+    async with (
+        keyed_server(tmp_path, auth_token="s3cret") as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        server.app.request_observers.append(records.append)
+        body = body_for("openai_responses")
+        for key in (alice, "s3cret", alice):
+            await client.post(PATHS["openai_responses"], json=body, headers=bearer(key))
+        await client.post(PATHS["openai_responses"], json=body)
+        with trio.fail_after(5):
+            while len(records) < 3:  # noqa: ASYNC110 - observers run after the response
+                await trio.sleep(0.01)
+    assert [(r.key, r.status, r.error_type) for r in records] == [
+        ("alice", 200, None),
+        ("default", 200, None),
+        ("alice", 429, "quota_exceeded"),
+    ]  # the 401 is not an admitted request: no record
+    async with (
+        keyed_server(tmp_path / "none") as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        server.app.request_observers.append(records.append)
+        await client.post(PATHS["anthropic_messages"], json=body_for("anthropic_messages"))
+        with trio.fail_after(5):
+            while len(records) < 4:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert len(records) == 4
+    assert (records[3].endpoint, records[3].key) == ("/v1/messages", None)
