@@ -12,7 +12,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import BOUND, MODEL, E2EServer, open_e2e_server
+from .conftest import BOUND, CODEX_MODEL, MODEL, Backend, E2EServer, open_e2e_server
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -41,21 +41,28 @@ def total(
     )
 
 
-async def test_metrics_follow_real_requests(tmp_path: Path) -> None:
+#: per backend: the model asked for, and the pool's capacity in the harness
+CASES: dict[Backend, tuple[str, int]] = {"claude": (MODEL, 2), "codex": (CODEX_MODEL, 4)}
+
+
+@pytest.mark.parametrize("backend", list(CASES))
+async def test_metrics_follow_real_requests(tmp_path: Path, backend: Backend) -> None:
+    model, capacity = CASES[backend]
     ask = "@fake " + json.dumps({"reply": "hi", "input_tokens": 11, "output_tokens": 4}) + "\nhi"
-    async with open_e2e_server(tmp_path) as server:
-        await server.wait_stats(lambda s: s["idle"] >= 1)
+    async with open_e2e_server(tmp_path, backend=backend) as server:
         before = await scrape(server)
-        assert total(before, "clibridge_pool_workers", backend="claude", state="idle") >= 1
-        assert total(before, "clibridge_pool_boots_total", backend="claude") >= 1
-        assert total(before, "clibridge_pool_queue_depth", backend="claude") == 0
-        assert total(before, "clibridge_pool_capacity", backend="claude") == 2
+        # codex boots its first worker on demand (no spares in the harness)
+        booted = total(before, "clibridge_pool_boots_total", backend=backend)
+        idle = total(before, "clibridge_pool_workers", backend=backend, state="idle")
+        assert booted >= idle
+        assert total(before, "clibridge_pool_queue_depth", backend=backend) == 0
+        assert total(before, "clibridge_pool_capacity", backend=backend) == capacity
         assert total(before, "clibridge_requests_total") == 0
         with trio.fail_after(BOUND):
             async with openai.AsyncOpenAI(api_key="x", base_url=server.v1, max_retries=0) as oai:
                 for stream in (False, True):
                     chat = await oai.chat.completions.create(
-                        model=MODEL, messages=[{"role": "user", "content": ask}], stream=stream
+                        model=model, messages=[{"role": "user", "content": ask}], stream=stream
                     )
                     if stream:
                         async for _chunk in chat:  # type: ignore[union-attr]
@@ -68,18 +75,22 @@ async def test_metrics_follow_real_requests(tmp_path: Path) -> None:
                 api_key="x", base_url=server.base_url, max_retries=0
             ) as ant:
                 await ant.messages.create(
-                    model=MODEL, max_tokens=20, messages=[{"role": "user", "content": ask}]
+                    model=model, max_tokens=20, messages=[{"role": "user", "content": ask}]
                 )
         await server.assert_clean()
         after = await scrape(server)
+    assert total(after, "clibridge_pool_boots_total", backend=backend) >= 1
+    assert total(after, "clibridge_pool_workers", backend=backend, state="idle") >= 1
+    assert total(after, "clibridge_pool_workers", backend=backend, state="busy") == 0
     assert total(after, "clibridge_requests_total", dialect="openai_chat", status="200") == 2
+    assert total(after, "clibridge_requests_total", model=model, backend=backend) == 3
     assert total(after, "clibridge_requests_total", dialect="anthropic_messages", status="200") == 1
     missing = total(after, "clibridge_requests_total", status="404", model="other")
     assert missing == 1  # the client's made-up model is not a label
-    assert total(after, "clibridge_tokens_total", backend="claude", kind="input") == 33
-    assert total(after, "clibridge_tokens_total", backend="claude", kind="output") == 12
-    assert total(after, "clibridge_queue_wait_seconds_count", backend="claude") == 3
-    assert total(after, "clibridge_time_to_first_content_seconds_count", backend="claude") == 3
-    assert total(after, "clibridge_request_duration_seconds_count", backend="claude") == 3
-    assert total(after, "clibridge_pool_served_total", backend="claude") == 3
+    assert total(after, "clibridge_tokens_total", backend=backend, kind="input") == 33
+    assert total(after, "clibridge_tokens_total", backend=backend, kind="output") == 12
+    assert total(after, "clibridge_queue_wait_seconds_count", backend=backend) == 3
+    assert total(after, "clibridge_time_to_first_content_seconds_count", backend=backend) == 3
+    assert total(after, "clibridge_request_duration_seconds_count", backend=backend) == 3
+    assert total(after, "clibridge_pool_served_total", backend=backend) == 3
     assert not any("no-such-model" in str(labels) for _, labels in after)
