@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 import types
@@ -19,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from . import __version__
+from . import __version__, _ledger_cli
 from ._backends import BACKENDS
 from ._config import Config
 from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
@@ -89,7 +88,10 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         elif s.key == "log_level":
             kwargs["choices"] = list(LOG_LEVELS)
         else:
-            kwargs["metavar"] = _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+            days = s.key.endswith("_days")
+            kwargs["metavar"] = (
+                "DAYS" if days else _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+            )
         groups[_group_of(s)].add_argument(s.flag, **kwargs)
 
 
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge into this OpenClaw config (e.g. ~/.openclaw/openclaw.json)",
     )
     oc.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
+    _ledger_cli.add_commands(sub)
     return parser
 
 
@@ -359,15 +362,6 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     return load_config(flags_from_args(args), environ, args.config)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``clibridge`` command; returns the process exit code."""
     parser = build_parser()
@@ -383,6 +377,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
+    if args.command in ("inspect", "usage"):
+        from ._supervisor import state_dir
+
+        try:
+            flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
+            config = load_config(flags, env, args.config)
+        except ConfigError as exc:
+            print(f"clibridge: error: {exc}", file=sys.stderr)
+            return 2
+        return _ledger_cli.run(args, state_dir(config))
     if getattr(args, "tui", False):
         print(
             "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "
@@ -398,7 +402,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "config":
         sys.stdout.write(dump_toml(config))
         return 0
-    _setup_logging(config.log_level)
+    from ._logging import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
     # imported late: `clibridge config` and `--help` must not pay for the server stack
     supervisor = importlib.import_module("clibridge._supervisor")
     exit_code: int = supervisor.run(config)

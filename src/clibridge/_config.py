@@ -140,6 +140,11 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), validator=_host_names)
     #: serve Prometheus metrics on GET /metrics (admin key when auth is on)
     metrics: bool = True
+    #: what the request ledger keeps of each exchange besides its row: off, metadata (the
+    #: conversation and message identities, no text), full (the messages and the answer)
+    capture: Literal["off", "metadata", "full"] = "off"
+    #: days the request ledger keeps its rows (and captured exchanges); 0 keeps them forever
+    ledger_retention_days: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -154,3 +159,5 @@ class Config:
     #: model alias -> "backend:cli-model-id" overrides on top of the built-in table
     models: dict[str, str] = attrs.field(factory=dict)
     log_level: str = "info"
+    #: log lines as text, or one JSON object per line (for log shippers)
+    log_format: Literal["text", "json"] = "text"

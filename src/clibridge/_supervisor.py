@@ -594,9 +594,10 @@ async def serve(
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
     from ._config_load import is_loopback
     from ._http._keyring import KeyRing
-    from ._http.app import create_app
+    from ._http.app import attach_ledger, create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
+    from ._ledger import Ledger, ledger_path
     from ._state_dir import secure_state_dir
 
     if shutdown is None:
@@ -631,7 +632,14 @@ async def serve(
         # off loopback a key is needed even once the last named key is revoked
         keys = KeyRing(home, required=not is_loopback(config.server.host))
         app = create_app(service, config.server, keys=keys)
+        ledger = Ledger(
+            ledger_path(home),
+            retention_days=config.server.ledger_retention_days,
+            capture_mode=config.server.capture,
+        )
+        attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
+            await root.start(ledger.run)
             await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)

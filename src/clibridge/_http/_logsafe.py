@@ -3,8 +3,9 @@
 A request path is percent-decoded before anyone logs it: ``/v1/x%0AINFO%20...`` would
 write a second, forged log line, ``%00`` a NUL byte, a lone surrogate a logging error.
 :class:`EscapeControls` rewrites every record of the loggers that log request data
-(``clibridge.http`` and Hypercorn's access and error logs) into one line with C0 / C1
-control characters, DEL and lone surrogates escaped as ``\\xNN`` / ``\\uNNNN``.
+(``clibridge.http``, the request lines of ``clibridge.requests``, and Hypercorn's access
+and error logs) into one line with C0 / C1 control characters, DEL and lone surrogates
+escaped as ``\\xNN`` / ``\\uNNNN``.
 Tracebacks (``exc_info``) are left alone: they are many lines by nature and the logging
 formatter writes them after the message.
 """
@@ -15,7 +16,7 @@ import logging
 import re
 
 #: the loggers whose records may carry request data
-REQUEST_LOGGERS = ("clibridge.http", "hypercorn.access", "hypercorn.error")
+REQUEST_LOGGERS = ("clibridge.http", "clibridge.requests", "hypercorn.access", "hypercorn.error")
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 

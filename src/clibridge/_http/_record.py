@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .._capture import PendingCapture
+from .._conversations import assistant_message
 from .._errors import BridgeError
+from .._events import Request, collect
 
 if TYPE_CHECKING:
     from ._turns import TurnRun
@@ -101,6 +104,8 @@ class RequestDraft:
     model_asked: str | None = None
     stream: bool = False
     run: TurnRun | None = None
+    #: the decoded request (what exchange capture stores)
+    request: Request | None = None
     #: the error the response was made of
     error: BridgeError | None = None
     #: set by the middleware: the status sent, and whether the last byte of the body went
@@ -154,6 +159,25 @@ class RequestDraft:
         if run is not None and run.state is TurnState.ENDED:
             return "protocol_error"  # the events ended without a Finished
         return None
+
+    def pending_capture(self) -> PendingCapture | None:
+        """The exchange to capture: the request and, when the turn finished, its answer."""
+        req = self.request
+        if req is None:
+            return None
+        answer = None
+        run = self.run
+        if run is not None and run.events is not None and run.finished is not None:
+            answer = assistant_message(collect(req.model, run.events))
+        return PendingCapture(
+            request_id=self.request_id,
+            started=self.started,
+            key=self.key,
+            model=req.model,
+            system=req.system,
+            messages=req.messages,
+            answer=answer,
+        )
 
 
 def notify(observers: Iterable[RequestObserver], record: RequestRecord) -> None:

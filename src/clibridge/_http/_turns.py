@@ -138,6 +138,7 @@ class TurnRun:
         drain: DrainState,
         send_timeout: float,
         request_id: str,
+        keep_events: bool = False,
     ) -> None:
         self._service = service
         self._request = request
@@ -162,6 +163,8 @@ class TurnRun:
         self.tool_calls = 0
         #: the error the turn ended with after it was admitted
         self.failure: BridgeError | None = None
+        #: every event of the turn, when asked to keep them (exchange capture)
+        self.events: list[Event] | None = [] if keep_events else None
 
     # -------------------------------------------------------------- producer side
 
@@ -241,6 +244,8 @@ class TurnRun:
 
     def _note(self, event: Event) -> None:
         """Keep what the request ledger wants to know of ``event``."""
+        if self.events is not None:
+            self.events.append(event)
         if isinstance(event, TurnStarted):
             if self.started is None:
                 self.started = event

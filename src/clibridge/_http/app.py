@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -47,6 +47,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
+from .. import _ledger
 from .._config import ServerConfig
 from .._errors import (
     AuthError,
@@ -73,6 +74,7 @@ from .._events import (
 )
 from .._events import collect as collect_events
 from .._keys import DEFAULT_KEY_NAME, KeyRecord
+from .._logging import REQUEST_ID, install_request_id, log_request
 from .._service import ModelInfo, TurnService
 from .._wire.errors import Dialect, error_body, error_status
 from .._wire.sse import KEEPALIVE
@@ -98,6 +100,9 @@ from ._turns import (
     retry_after_header,
     sse_body,
 )
+
+if TYPE_CHECKING:
+    from .._ledger import Ledger
 
 log = logging.getLogger("clibridge.http")
 
@@ -158,6 +163,8 @@ class BridgeApp(QuartTrio):
     request_observers: list[RequestObserver]
     #: GET /metrics (None: ``server.metrics`` is off)
     metrics: Metrics | None
+    #: the request ledger (:func:`attach_ledger`), None when there is none
+    ledger: Ledger | None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -170,6 +177,8 @@ def request_id() -> str:
         given = request.headers.get("X-Request-Id", "")
         rid = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         g.request_id = rid
+        # every log line of this request names it (the tasks it starts inherit this)
+        REQUEST_ID.set(rid)
     return rid
 
 
@@ -180,9 +189,23 @@ def _draft() -> RequestDraft | None:
 
 
 def _end_request(app: BridgeApp, exchange: Exchange) -> None:
-    """The exchange middleware's end of a request: hand its record to the observers."""
-    if exchange.draft is not None:
-        notify(app.request_observers, exchange.draft.finish())
+    """The exchange middleware's end of a request: hand its record to the observers (and
+    its exchange to the ledger when it captures)."""
+    draft = exchange.draft
+    if draft is None:
+        return
+    notify(app.request_observers, draft.finish())
+    ledger = app.ledger
+    if ledger is not None and ledger.capture_mode != "off":
+        pending = draft.pending_capture()
+        if pending is not None:
+            ledger.capture(pending)
+
+
+def attach_ledger(app: BridgeApp, ledger: Ledger) -> None:
+    """Record every request of ``app`` in ``ledger`` (and serve it as ``app.ledger``)."""
+    app.ledger = ledger
+    app.request_observers.append(ledger.record)
 
 
 def json_response(
@@ -445,7 +468,9 @@ def create_app(
         # OPTIONS is a CORS preflight (answered in _admit) or a 405 in the API's shape
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    app.request_observers = [keys.observe]
+    install_request_id()
+    app.request_observers = [log_request, keys.observe]
+    app.ledger = None
     app.metrics = Metrics(service) if config.metrics else None
     if app.metrics is not None:
         app.request_observers.append(app.metrics.observe)
@@ -567,6 +592,35 @@ def create_app(
 
     # ----------------------------------------------------------------- models
 
+    @app.get("/v1/usage")
+    async def usage() -> Response:
+        """Token usage from the ledger; a key sees its own, the admin all (or ``?key=``)."""
+        ledger = app.ledger
+        if ledger is None:
+            raise UnavailableError("this server keeps no request ledger")
+        args = request.args
+        try:
+            since = _ledger.parse_duration(args.get("since", "7d"))
+        except ValueError as exc:
+            raise RequestError(str(exc), param="since") from None
+        by = args.get("by", "model")
+        if by not in _ledger.USAGE_BY:
+            raise RequestError(
+                f"by must be one of {', '.join(_ledger.USAGE_BY)}, not {by!r}", param="by"
+            )
+        admin = bool(g.get("clibridge_admin"))
+        own: str | None = g.get("clibridge_key")
+        if admin:
+            scope = args.get("key")
+        elif own is None:
+            raise Forbidden("usage is kept per named key; this request carries none")
+        else:
+            scope = own
+        rows = await trio.to_thread.run_sync(ledger.usage, since, by, scope)
+        return json_response(
+            {"object": "list", "since_s": since, "by": by, "key": scope, "data": rows}
+        )
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         data = [_model_json(m, app.created) for m in service.models()]
@@ -615,6 +669,8 @@ def create_app(
             draft.stream = body.get("stream") is True
         codec = codec_for(dialect)
         req = codec.decode_request(body)
+        if draft is not None:
+            draft.request = req
         _check_limits(req, config)
         if app.draining.is_set():
             raise UnavailableError(
@@ -628,6 +684,7 @@ def create_app(
             drain=app.drain,
             send_timeout=config.send_timeout,
             request_id=request_id(),
+            keep_events=app.ledger is not None and app.ledger.capture_mode != "off",
         )
         if draft is not None:
             draft.run = run
