@@ -110,13 +110,16 @@ def measure_http(
 
 def compare(args: argparse.Namespace, count: int, warmup: int, budget: float) -> int:
     """A/B mode (module doc): the server as given (A) against A plus ``--compare-arg`` (B)."""
-    names = ("A (as given)", "B (" + " ".join(args.compare_arg) + ")")
+    extra = [*args.compare_arg, *(f"{k}={v}" for k, v in args.compare_env)]
+    names = ("A (as given)", "B (" + " ".join(extra) + ")")
     samples: dict[str, dict[str, list[float]]] = {n: {"ttfb": [], "end": []} for n in names}
     cpu_ms: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp,
         ServerProcess(Path(tmp) / "a", *args.serve_arg) as server_a,
-        ServerProcess(Path(tmp) / "b", *args.serve_arg, *args.compare_arg) as server_b,
+        ServerProcess(
+            Path(tmp) / "b", *args.serve_arg, *args.compare_arg, env=dict(args.compare_env)
+        ) as server_b,
     ):
         servers = dict(zip(names, (server_a, server_b), strict=True))
         for server in servers.values():
@@ -161,6 +164,7 @@ def compare(args: argparse.Namespace, count: int, warmup: int, budget: float) ->
             "quick": args.quick,
             "serve_args": args.serve_arg,
             "compare_args": args.compare_arg,
+            "compare_env": dict(args.compare_env),
             "unit": "ms",
             "batch": AB_BATCH,
             "samples": {
@@ -196,7 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         help="A/B mode: a second server with this extra serve argument (repeat), e.g. "
         "--compare-arg=--no-metrics",
     )
+    parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="A/B mode: an environment variable for the second server only (repeat)",
+    )
     args = parser.parse_args(argv)
+    if args.compare_env and not args.compare_arg:
+        args.compare_arg = ["--log-level=warning"]  # A/B on the environment alone
     count = args.n or (200 if args.quick else 2000)
     warmup = 20 if args.quick else 50
     budget = 8.0 if args.quick else 180.0
