@@ -25,23 +25,26 @@ before reusing the worker.
 
 Targets (issue 4): overhead p50 <= 3 ms, p99 <= 15 ms.
 
-Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N]``
+The request ledger and the metrics (issue 12) are measured in the same run: four servers
+side by side -- both off (``--no-ledger --no-metrics``), metrics only (``--no-ledger``),
+both on (the default), both on with ``--capture full`` -- get chat requests in interleaved
+blocks (so the neighbours' load hits all alike), and what each adds is the difference of
+its p50 TTFB and end-of-stream times, and of its server CPU per request, from the first.
+Target: the ledger and the metrics together add at most 0.3 ms p50.
 
-A/B mode (``--compare-arg ARG``, repeatable): two servers, the second with the extra
-``serve`` arguments (``--compare-arg=--no-metrics``), and chat requests alternating between
-them in batches of :data:`AB_BATCH`, so drift in the neighbours' load hits both alike.
-Reports TTFB, end of body and server CPU per request of each, and the differences (the
-cost of what the arguments turn off: issue 12's target is ledger and metrics together
-<= 0.3 ms p50).
+Run: ``.venv/bin/python bench/http_overhead.py [--quick] [-n N] [--ledger-only]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,7 +55,6 @@ from bench._common import (
     SyncClient,
     cpu_seconds,
     ms,
-    percentile,
     request_bytes,
     stat_rows,
     summary,
@@ -63,10 +65,19 @@ from bench._common import (
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 15.0
-#: A/B mode: requests to one server before switching to the other
-AB_BATCH = 25
-#: A/B mode: what the compared features may add to the p50 (issue 12)
-AB_TARGET_P50_MS = 0.3
+TARGET_LEDGER_P50_MS = 0.3
+#: the ledger variants: name -> extra ``serve`` arguments
+LEDGER_VARIANTS: dict[str, tuple[str, ...]] = {
+    "ledger, metrics off": ("--no-ledger", "--no-metrics"),
+    "metrics only": ("--no-ledger",),
+    "ledger + metrics": (),
+    "+ capture full": ("--capture", "full"),
+}
+#: the variant the others are compared with, and the one the target is about
+BASELINE = "ledger, metrics off"
+TARGET_VARIANT = "ledger + metrics"
+#: requests each variant gets before the next one's turn
+LEDGER_BLOCK = 50
 
 
 def measure_raw(count: int, warmup: int) -> list[float]:
@@ -109,88 +120,94 @@ def measure_http(
     return out
 
 
-def compare(args: argparse.Namespace, count: int, warmup: int, budget: float) -> int:
-    """A/B mode (module doc): the server as given (A) against A plus ``--compare-arg`` (B)."""
-    extra = [*args.compare_arg, *(f"{k}={v}" for k, v in args.compare_env)]
-    names = ("A (as given)", "B (" + " ".join(extra) + ")")
-    samples: dict[str, dict[str, list[float]]] = {n: {"ttfb": [], "end": []} for n in names}
+def measure_ledger(count: int, warmup: int, budget: float, serve_args: list[str]) -> dict[str, Any]:
+    """The ledger variants side by side (module doc); prints a table, returns the results."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"ttfb": [], "end": []} for name in LEDGER_VARIANTS
+    }
     cpu_ms: dict[str, float] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="clibridge-bench-") as tmp,
-        ServerProcess(Path(tmp) / "a", *args.serve_arg) as server_a,
-        ServerProcess(
-            Path(tmp) / "b", *args.serve_arg, *args.compare_arg, env=dict(args.compare_env)
-        ) as server_b,
-    ):
-        servers = dict(zip(names, (server_a, server_b), strict=True))
-        for server in servers.values():
-            server.wait_listening()
-            server.wait_ready(workers=1)
-        stop_at = time.perf_counter() + budget
-        for server in servers.values():  # warm both up
-            measure_http(server.port, "chat", warmup, 0, stop_at + 60)
-        cpu0 = {n: cpu_seconds(s.pid) for n, s in servers.items()}
-        done = 0
-        #: per pair of batches (one on A, then one on B): the difference of their medians
-        paired: dict[str, list[float]] = {"ttfb": [], "end": []}
-        while done < count and time.perf_counter() < stop_at:
-            medians: dict[str, dict[str, float]] = {}
-            for name, server in servers.items():
-                got = measure_http(server.port, "chat", AB_BATCH, 0, stop_at + 60)
-                samples[name]["ttfb"] += got["ttfb"]
-                samples[name]["end"] += got["end"]
-                medians[name] = {k: percentile(got[k], 50) for k in ("ttfb", "end")}
-            for kind in paired:
-                paired[kind].append(medians[names[0]][kind] - medians[names[1]][kind])
-            done += AB_BATCH
+    #: per block: the variant's p50 end minus that of the baseline in the same block
+    paired: dict[str, list[float]] = {name: [] for name in list(LEDGER_VARIANTS)[1:]}
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for name, extra in LEDGER_VARIANTS.items():
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="clibridge-bench-"))
+            servers[name] = stack.enter_context(ServerProcess(Path(tmp), *serve_args, *extra))
+        clients: dict[str, SyncClient] = {}
+        data: dict[str, bytes] = {}
         for name, server in servers.items():
-            c0, c1 = cpu0[name], cpu_seconds(server.pid)
-            n = len(samples[name]["ttfb"])
-            cpu_ms[name] = ms((c1 - c0) / n) if c0 is not None and c1 is not None else float("nan")
-    rows = {f"{n}: {k}": v for n, kinds in samples.items() for k, v in kinds.items()}
-    print(f"A/B, chat streaming, concurrency 1, batches of {AB_BATCH} alternating (ms)")
+            port = server.wait_listening()
+            server.wait_ready(workers=1)
+            clients[name] = stack.enter_context(contextlib.closing(SyncClient(port)))
+            data[name] = request_bytes(port, "chat")
+            for _ in range(warmup):
+                clients[name].stream(data[name])
+        cpu0 = {name: cpu_seconds(server.pid) for name, server in servers.items()}
+        stop_at = time.perf_counter() + budget
+        done = 0
+        while done < count and time.perf_counter() < stop_at:
+            block = min(LEDGER_BLOCK, count - done)
+            medians: dict[str, float] = {}
+            for name in LEDGER_VARIANTS:
+                ends: list[float] = []
+                for _ in range(block):
+                    parser, times = clients[name].stream(data[name])
+                    if parser.status != 200:
+                        raise RuntimeError(f"{name}: bad response {parser.status}")
+                    samples[name]["ttfb"].append(ms(times["first_byte"]))
+                    ends.append(ms(times["end"]))
+                samples[name]["end"] += ends
+                medians[name] = statistics.median(ends)
+            for name in list(LEDGER_VARIANTS)[1:]:
+                paired[name].append(medians[name] - medians[BASELINE])
+            done += block
+        if done < count:
+            print(f"time budget reached after {done} requests per variant", file=sys.stderr)
+        for name, server in servers.items():
+            after = cpu_seconds(server.pid)
+            before = cpu0[name]
+            cpu_ms[name] = (
+                ms((after - before) / max(1, done))
+                if before is not None and after is not None
+                else float("nan")
+            )
+    print(
+        f"\nrequest ledger and metrics: chat requests, {LEDGER_BLOCK}-request blocks interleaved (ms)"
+    )
+    rows = {
+        f"{name}: {key}": values for name, vals in samples.items() for key, values in vals.items()
+    }
     print(table(STAT_HEADERS, stat_rows(rows)))
-    a, b = names
-    diff: dict[str, dict[str, float]] = {}
-    for kind in ("ttfb", "end"):
-        sa, sb = summary(samples[a][kind]), summary(samples[b][kind])
-        diff[kind] = {"p50": sa["p50"] - sb["p50"], "p99": sa["p99"] - sb["p99"]}
-        diff[kind]["paired_median"] = percentile(paired[kind], 50)
+    base = samples[BASELINE]
+    added: dict[str, dict[str, float]] = {}
+    for name in list(LEDGER_VARIANTS)[1:]:
+        added[name] = {
+            "ttfb_p50": summary(samples[name]["ttfb"])["p50"] - summary(base["ttfb"])["p50"],
+            "end_p50": summary(samples[name]["end"])["p50"] - summary(base["end"])["p50"],
+            "paired_end_p50": statistics.median(paired[name]) if paired[name] else float("nan"),
+            "cpu_per_request": cpu_ms[name] - cpu_ms[BASELINE],
+        }
+        a = added[name]
         print(
-            f"A - B {kind:5} p50 {diff[kind]['p50']:+.3f} ms   p99 {diff[kind]['p99']:+.3f} ms"
-            f"   median of paired batch differences {diff[kind]['paired_median']:+.3f} ms"
+            f"{name:22} adds  p50 TTFB {a['ttfb_p50']:+.3f} ms   p50 end {a['end_p50']:+.3f} ms"
+            f"   block-paired p50 end {a['paired_end_p50']:+.3f} ms"
+            f"   server CPU {a['cpu_per_request']:+.3f} ms per request"
         )
-    cpu_diff = cpu_ms[a] - cpu_ms[b]
+    print("server CPU per request: " + ", ".join(f"{n} {v:.3f} ms" for n, v in cpu_ms.items()))
+    head = added[TARGET_VARIANT]
+    # the paired estimate: the neighbours' load drifts less within a block than across a run
+    worst = head["paired_end_p50"]
+    ok = worst <= TARGET_LEDGER_P50_MS
     print(
-        f"server CPU per request: A {cpu_ms[a]:.3f} ms, B {cpu_ms[b]:.3f} ms, A - B {cpu_diff:+.3f} ms"
+        f"\ntarget ({TARGET_VARIANT}): adds <= {TARGET_LEDGER_P50_MS:g} ms p50 (block-paired, end of "
+        f"stream): {worst:.3f} ms  {verdict(ok)}"
     )
-    # the paired medians: drift in the neighbours' load between batches cancels out
-    worst = max(diff["ttfb"]["paired_median"], diff["end"]["paired_median"])
-    ok = worst <= AB_TARGET_P50_MS
-    print(
-        f"\ntarget: what B turns off adds <= {AB_TARGET_P50_MS:g} ms to the median (TTFB and "
-        f"end, paired batches): {diff['ttfb']['paired_median']:+.3f} / "
-        f"{diff['end']['paired_median']:+.3f} ms  {verdict(ok)}"
-    )
-    path = write_results(
-        "http_overhead_ab",
-        {
-            "quick": args.quick,
-            "serve_args": args.serve_arg,
-            "compare_args": args.compare_arg,
-            "compare_env": dict(args.compare_env),
-            "unit": "ms",
-            "batch": AB_BATCH,
-            "samples": {
-                n: {k: summary(v) for k, v in kinds.items()} for n, kinds in samples.items()
-            },
-            "a_minus_b": diff,
-            "server_cpu_ms_per_request": cpu_ms,
-            "target": {"p50_ms": AB_TARGET_P50_MS, "met": ok},
-        },
-    )
-    print(f"results: {path}")
-    return 0
+    return {
+        "http": {name: {k: summary(v) for k, v in vals.items()} for name, vals in samples.items()},
+        "server_cpu_ms_per_request": cpu_ms,
+        "added": added,
+        "target": {"p50_ms": TARGET_LEDGER_P50_MS, "met": ok, "value": worst},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,29 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         help="extra argument for clibridge serve (repeat), e.g. --serve-arg=--max-turns=100000",
     )
     parser.add_argument(
-        "--compare-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="A/B mode: a second server with this extra serve argument (repeat), e.g. "
-        "--compare-arg=--no-metrics",
-    )
-    parser.add_argument(
-        "--compare-env",
-        action="append",
-        default=[],
-        type=lambda text: tuple(text.split("=", 1)),
-        metavar="NAME=VALUE",
-        help="A/B mode: an environment variable for the second server only (repeat)",
+        "--ledger-only",
+        action="store_true",
+        help="only the ledger / metrics on / off comparison",
     )
     args = parser.parse_args(argv)
-    if args.compare_env and not args.compare_arg:
-        args.compare_arg = ["--log-level=warning"]  # A/B on the environment alone
     count = args.n or (200 if args.quick else 2000)
     warmup = 20 if args.quick else 50
     budget = 8.0 if args.quick else 180.0
-    if args.compare_arg:
-        return compare(args, count, warmup, budget)
+
+    if args.ledger_only:
+        ledger = measure_ledger(count, warmup, budget, args.serve_arg)
+        path = write_results(
+            "http_overhead_ledger", {"quick": args.quick, "serve_args": args.serve_arg, **ledger}
+        )
+        print(f"results: {path}")
+        return 0
 
     raw = measure_raw(count // 2, warmup)
     http: dict[str, dict[str, list[float]]] = {}
@@ -268,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         results[dialect] = over
         print(f"overhead {dialect:9}  p50 {over['p50']:.3f} ms   p99 {over['p99']:.3f} ms")
     print(f"server process CPU per chat request: {server_cpu_ms:.3f} ms (user + system)")
+    ledger = measure_ledger(count, warmup, budget, args.serve_arg)
     head = results["chat"]
     ok = head["p50"] <= TARGET_P50_MS and head["p99"] <= TARGET_P99_MS
     print(
@@ -284,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             "http": {d: {k: summary(v) for k, v in vals.items()} for d, vals in http.items()},
             "overhead": results,
             "server_cpu_ms_per_chat_request": server_cpu_ms,
+            "ledger": ledger,
             "target": {
                 "p50_ms": TARGET_P50_MS,
                 "p99_ms": TARGET_P99_MS,

@@ -140,6 +140,9 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), validator=_host_names)
     #: serve Prometheus metrics on GET /metrics (admin key when auth is on)
     metrics: bool = True
+    #: keep the request ledger (a SQLite row per request under the state dir); off only
+    #: for comparisons (benchmarks) or a read-only state dir
+    ledger: bool = True
     #: what the request ledger keeps of each exchange besides its row: off, metadata (the
     #: conversation and message identities, no text), full (the messages and the answer)
     capture: Literal["off", "metadata", "full"] = "off"

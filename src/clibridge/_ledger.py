@@ -7,8 +7,9 @@ WAL mode. Nothing on the event loop touches it: :meth:`Ledger.record` (a request
 observer, :mod:`clibridge._http._record`) and :meth:`Ledger.capture` only put an item on a
 bounded queue, and never wait -- when the queue is full the item is dropped and counted
 (``statistics().dropped``) rather than slowing a request down. One writer thread takes
-what is queued, writes a batch in one transaction and commits it; a busy server commits
-a few hundred rows at a time, an idle one each row at once.
+what is queued, writes a batch in one transaction and commits it; the writer gathers
+what comes within :data:`BATCH_WINDOW` of the first row (up to :data:`BATCH_SIZE`), so a
+busy server commits many rows at a time and an idle one each row within 50 ms.
 
 Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction when the
 server process dies, SIGKILL included (the write-ahead log is in the OS's hands at commit;
@@ -58,10 +59,16 @@ SCHEMA_VERSION = 1
 QUEUE_SIZE = 10_000
 #: the most rows one transaction writes
 BATCH_SIZE = 500
+#: after the first row of a batch, how long the writer gathers more before it commits
+#: (seconds): one commit for all the requests of that moment, not one per request
+BATCH_WINDOW = 0.05
 #: how often old rows are deleted (seconds)
 PRUNE_INTERVAL = 3600.0
 #: a dropped record is logged at most this often (seconds)
 _DROP_LOG_INTERVAL = 10.0
+
+#: the endpoints whose requests :meth:`Ledger.usage` counts (model calls)
+MODEL_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 
 UsageBy = Literal["model", "key", "day", "hour"]
 USAGE_BY: Final = ("model", "key", "day", "hour")
@@ -310,9 +317,13 @@ class Ledger:
         try:
             while True:
                 batch = [self._queue.get()]
-                while len(batch) < BATCH_SIZE:
+                until = time.monotonic() + BATCH_WINDOW
+                while len(batch) < BATCH_SIZE and not _ends_batch(batch[-1]):
+                    left = until - time.monotonic()
                     try:
-                        batch.append(self._queue.get_nowait())
+                        batch.append(
+                            self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                        )
                     except queue.Empty:
                         break
                 stop = self._write_batch(conn, batch)
@@ -467,8 +478,9 @@ class Ledger:
         return out
 
     def usage(self, since_s: float, by: str, key: str | None = None) -> list[dict[str, object]]:
-        """Usage over the last ``since_s`` seconds, grouped ``by`` model | key | day | hour
-        (days and hours in UTC), biggest first for model and key, in time order otherwise.
+        """Usage of the model endpoints (:data:`MODEL_ENDPOINTS`) over the last ``since_s``
+        seconds, grouped ``by`` model | key | day | hour (days and hours in UTC), biggest
+        first for model and key, in time order otherwise.
 
         Each row: the group (under the name ``by``: ``{"model": ...}``), ``requests``,
         ``errors``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
@@ -484,8 +496,8 @@ class Ledger:
             "hour": "strftime('%Y-%m-%dT%H:00Z', started, 'unixepoch')",
         }[by]
         order = "total_tokens DESC, requests DESC" if by in ("model", "key") else "grp"
-        where = "started >= ?"
-        params: list[Any] = [time.time() - since_s]
+        where = f"started >= ? AND endpoint IN ({', '.join('?' for _ in MODEL_ENDPOINTS)})"
+        params: list[Any] = [time.time() - since_s, *MODEL_ENDPOINTS]
         if key is not None:
             where += " AND key = ?"
             params.append(key)
@@ -528,6 +540,11 @@ class Ledger:
                 (conversation_id,),
             ).fetchall()
         return [dict(row) for row in rows]
+
+
+def _ends_batch(item: object) -> bool:
+    """A flush or the stop is not kept waiting for the batch window."""
+    return item is _STOP or isinstance(item, _Barrier)
 
 
 def _request_dict(row: sqlite3.Row) -> dict[str, object]:

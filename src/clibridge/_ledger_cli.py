@@ -77,10 +77,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
 
 
-def run(args: argparse.Namespace, state_dir: Path, out: TextIO = sys.stdout) -> int:
-    """Run ``inspect`` or ``usage`` against the ledger in ``state_dir``."""
+def run(args: argparse.Namespace, state_dir: Path, out: TextIO | None = None) -> int:
+    """Run ``inspect`` or ``usage`` against the ledger in ``state_dir`` (to stdout)."""
     from ._ledger import ledger_path
 
+    out = out or sys.stdout
     ledger = Ledger(ledger_path(state_dir))
     try:
         if args.command == "usage":

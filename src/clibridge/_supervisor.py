@@ -632,14 +632,17 @@ async def serve(
         # off loopback a key is needed even once the last named key is revoked
         keys = KeyRing(home, required=not is_loopback(config.server.host))
         app = create_app(service, config.server, keys=keys)
-        ledger = Ledger(
-            ledger_path(home),
-            retention_days=config.server.ledger_retention_days,
-            capture_mode=config.server.capture,
-        )
-        attach_ledger(app, ledger)
+        ledger = None
+        if config.server.ledger:
+            ledger = Ledger(
+                ledger_path(home),
+                retention_days=config.server.ledger_retention_days,
+                capture_mode=config.server.capture,
+            )
+            attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
-            await root.start(ledger.run)
+            if ledger is not None:
+                await root.start(ledger.run)
             await root.start(janitor.run)
             for pool in pools.values():
                 await root.start(pool.run)

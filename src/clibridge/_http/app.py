@@ -518,6 +518,10 @@ def create_app(
     @app.after_request
     async def _stamp(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
+        draft = _draft()
+        if draft is not None:
+            # the key as admission finally settled it
+            draft.key = g.get("clibridge_key")
         if response.status_code in (429, 503, 529) and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = "1"
         if guard.origins:
