@@ -16,12 +16,15 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from . import __version__, _ledger_cli
 from ._backends import BACKENDS
 from ._config import Config
 from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
+
+if TYPE_CHECKING:
+    from ._keys import KeyRecord
 
 _GROUPS = {
     "server": "HTTP server",
@@ -244,7 +247,7 @@ def _keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _keys_table(records: Sequence[Any], used: Mapping[str, int]) -> str:
+def _keys_table(records: Sequence[KeyRecord], used: Mapping[str, int]) -> str:
     from datetime import UTC, datetime
 
     def limit(value: int | None) -> str:
