@@ -512,6 +512,9 @@ def create_app(
         if key is not None and request.path in QUOTA_PATHS and request.method == "POST":
             # after the draft: a request refused by a quota is recorded (and counted)
             admission = keys.admit(key)
+            # released as the last body chunk goes out, not by a request observer: those
+            # run after the response, and a client that sends its next request at once
+            # (concurrency 1) must not find this one still counted
             exchange.on_end.append(admission.release)
         return None
 
