@@ -1,7 +1,9 @@
 """``clibridge inspect`` and ``clibridge usage``: the request ledger as terminal tables.
 
 Both read the ledger file under the state dir directly (:mod:`clibridge._ledger`): the
-server need not run, and a running one is not disturbed (WAL lets readers in).
+server need not run, and a running one is not disturbed (WAL lets readers in). The ledger
+(and with it the HTTP stack) is imported only when a command runs: ``clibridge --help``
+and ``clibridge config`` must not pay for it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ._ledger import USAGE_BY, Ledger, parse_duration
+if TYPE_CHECKING:
+    from ._ledger import Ledger
+
+#: ``--by`` of ``clibridge usage`` (:data:`clibridge._ledger.USAGE_BY`)
+USAGE_BY = ("model", "key", "day", "hour")
 
 _RECENT_COLUMNS = (
     ("time", "started"),
@@ -79,7 +85,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, state_dir: Path, out: TextIO | None = None) -> int:
     """Run ``inspect`` or ``usage`` against the ledger in ``state_dir`` (to stdout)."""
-    from ._ledger import ledger_path
+    from ._ledger import Ledger, ledger_path
 
     out = out or sys.stdout
     ledger = Ledger(ledger_path(state_dir))
@@ -118,6 +124,8 @@ def _inspect(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _usage(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
+    from ._ledger import parse_duration
+
     try:
         since = parse_duration(args.since)
     except ValueError as exc:
@@ -168,7 +176,10 @@ def _ms(value: object) -> str:
 
 
 def _text(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
+    from ._http._logsafe import escape_controls
+
+    # a client chose the model name and the request id: no terminal escapes from them
+    return "-" if value is None or value == "" else escape_controls(str(value))
 
 
 def _number(value: object) -> str:

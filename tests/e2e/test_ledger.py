@@ -289,3 +289,33 @@ async def test_sigkill_during_writes_loses_no_committed_row(tmp_path: Path) -> N
     assert statuses == {200}
     # rows are written after the answer went out: at most the 4 in flight not yet counted
     assert answered >= len(seen) - 4
+
+
+async def test_a_continued_turn_is_marked_with_its_worker(tmp_path: Path) -> None:
+    """The second turn of a conversation resumes the parked worker: the row says so (claude:
+    its finished conversations are parked from the first one)."""
+    model = FAKE_MODELS["claude"]
+    async with open_e2e_server(tmp_path, backend="claude") as server:
+        history: list[dict[str, str]] = [{"role": "user", "content": "first question"}]
+        ids: list[str] = []
+        async with server.client() as client:
+            for question in ("second question", None):
+                r = await client.post(
+                    "/v1/chat/completions", json={"model": model, "messages": history}
+                )
+                assert r.status_code == 200, r.text
+                ids.append(r.headers["X-Request-Id"])
+                history.append(r.json()["choices"][0]["message"])
+                if question is not None:
+                    history.append({"role": "user", "content": question})
+        stats = await server.stats()
+        ledger = Ledger(ledger_path(tmp_path / "state"))
+        rows = await _rows(ledger, ids)
+    assert stats["resume_hits"] == 1, stats
+    first, second = rows[ids[0]], rows[ids[1]]
+    assert (first["continued"], second["continued"]) == (False, True)
+    assert (second["backend"], second["worker_id"], second["pid"]) == (
+        first["backend"],
+        first["worker_id"],
+        first["pid"],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import httpx
 import pytest
@@ -239,3 +240,28 @@ def test_error_type_names() -> None:
     assert error_type_of(E.QueueFull("x")) == "queue_full"
     assert error_type_of(E.UpstreamRateLimited("x")) == "upstream_rate_limited"
     assert error_type_of(E.BridgeError("x")) == "bridge_error"
+
+
+async def test_every_log_line_of_a_request_names_it(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lines logged by the turn's producer task (not the handler) carry the request id too."""
+    caplog.set_level(logging.INFO)
+    (records, _) = observe(server)
+    server.service.default = Script(steps=[TurnStarted(MODEL), E.InternalError("boom")])
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        r = await client.post(
+            PATHS["openai_chat"],
+            json=body_for("openai_chat", stream=True),
+            headers={"X-Request-Id": "trace-me"},
+        )
+        assert r.status_code == 500
+        assert (await client.get("/v1/models")).status_code == 200
+    await records.exactly(2)
+    failed = [rec for rec in caplog.records if rec.getMessage().startswith("turn failed")]
+    assert failed and all(vars(rec)["request_id"] == "trace-me" for rec in failed)
+    lines = [rec for rec in caplog.records if rec.name == "clibridge.requests"]
+    assert vars(lines[0])["request_id"] == "trace-me"
+    assert lines[0].getMessage().startswith("/v1/chat/completions 500 internal_error")
+    # the next request's line names its own
+    assert vars(lines[1])["request_id"] != "trace-me"

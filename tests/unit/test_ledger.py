@@ -7,6 +7,8 @@ import json
 import logging
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from clibridge._cli import main
 from clibridge._events import Message, TextPart, ThinkingPart, ToolCallPart, ToolResultPart
 from clibridge._http._record import RequestRecord
 from clibridge._ledger import RECORD_COLUMNS, Ledger, ledger_path, parse_duration
+from clibridge._ledger import USAGE_BY as ledger_usage_by
+from clibridge._ledger_cli import USAGE_BY
 from clibridge._logging import (
     REQUEST_ID,
     JsonFormatter,
@@ -401,3 +405,14 @@ def test_setup_logging_json(capsys: pytest.CaptureFixture[str]) -> None:
     line = json.loads(capsys.readouterr().err)
     assert line["message"].startswith("/v1/chat/completions 499 client_gone")
     assert line["request_id"] == "req_j" and line["logger"] == "clibridge.requests"
+
+
+def test_the_command_line_does_not_import_the_ledger_until_it_is_used() -> None:
+    """``clibridge --help`` / ``config`` must not pay for sqlite3 and the HTTP stack."""
+    code = (
+        "import sys, clibridge._cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('quart', 'sqlite3', 'clibridge._ledger') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert ledger_usage_by == USAGE_BY
