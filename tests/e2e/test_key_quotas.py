@@ -14,6 +14,7 @@ import openai
 import pytest
 import trio
 
+from clibridge._cli import main
 from clibridge._keys import KeyStore, Quotas, today
 
 from .conftest import BOUND, FAST_POOL, MODEL, open_e2e_server
@@ -182,3 +183,35 @@ async def test_daily_tokens_count_and_survive_a_restart(tmp_path: Path) -> None:
         assert store.tokens_on(today()) == {"budget": 52}
     finally:
         store.close()
+
+
+async def test_keys_command_against_a_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``clibridge keys add`` / ``revoke`` take effect on a running server (no restart)."""
+    env = {"CLIBRIDGE_STATE_DIR": str(tmp_path / "state")}
+    headers = admin_headers(tmp_path)
+    async with open_e2e_server(tmp_path) as server:
+        server.headers = headers
+        assert main(["keys", "add", "late"], environ=env) == 0
+        key = capsys.readouterr().out.strip()
+        messages: Any = [{"role": "user", "content": prompt()}]
+        async with openai.AsyncOpenAI(api_key=key, base_url=server.v1, max_retries=0) as oai:
+            with trio.fail_after(10):
+                while True:  # the server follows the file within poll_interval (0.5 s)
+                    try:
+                        await oai.chat.completions.create(model=MODEL, messages=messages)
+                        break
+                    except openai.AuthenticationError:
+                        await trio.sleep(0.05)
+            assert main(["keys", "revoke", "late"], environ=env) == 0
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await oai.chat.completions.create(model=MODEL, messages=messages)
+                    except openai.AuthenticationError as exc:
+                        refused = exc
+                        break
+                    await trio.sleep(0.05)
+        assert "wrong API key" in str(refused)
+        await server.assert_clean()
