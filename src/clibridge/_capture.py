@@ -110,8 +110,7 @@ def _canonical_parts(parts: Sequence[Part]) -> list[Any]:
             continue
         flush()
         if isinstance(part, ImagePart):
-            digest = hashlib.sha256((part.data or part.url or "").encode()).hexdigest()
-            out.append(["image", digest])
+            out.append(["image", _digest(part.data or part.url or "")])
         elif isinstance(part, ToolCallPart):
             out.append(["call", canonical_id(part.id), part.name, _json_or_text(part.arguments)])
         elif isinstance(part, ToolResultPart):
@@ -122,6 +121,10 @@ def _canonical_parts(parts: Sequence[Part]) -> list[Any]:
     return out
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
@@ -130,7 +133,13 @@ def _json_or_text(text: str) -> Any:
 
 
 def _dumps(value: Any, *, canonical: bool) -> str:
-    return json.dumps(value, sort_keys=canonical, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(value, sort_keys=canonical, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # lone surrogates (JSON allows "\ud800"): kept, as JSON escapes SQLite can store
+        text = json.dumps(value, sort_keys=canonical, separators=(",", ":"))
+    return text
 
 
 def _stored_parts(parts: Sequence[Part]) -> list[dict[str, Any]]:
@@ -142,7 +151,7 @@ def _stored_parts(parts: Sequence[Part]) -> list[dict[str, Any]]:
         elif isinstance(part, ThinkingPart):
             out.append({"type": "thinking", "text": part.text})
         elif isinstance(part, ImagePart):
-            digest = hashlib.sha256((part.data or part.url or "").encode()).hexdigest()
+            digest = _digest(part.data or part.url or "")
             out.append({"type": "image", "media_type": part.media_type, "sha256": digest})
         elif isinstance(part, ToolCallPart):
             out.append(
@@ -166,7 +175,7 @@ def message_row(
     """``parts`` of ``role`` chained after ``prev_id``."""
     content_hash = hashlib.sha256(
         _dumps([role, _canonical_parts(parts)], canonical=True).encode()
-    ).hexdigest()
+    ).hexdigest()  # _dumps gives text that encodes
     ident = hashlib.sha256(f"{prev_id}:{content_hash}".encode()).hexdigest()
     content = _dumps(_stored_parts(parts), canonical=False) if mode == "full" else None
     return CapturedMessage(ident, prev_id, role, content_hash, content)

@@ -7,8 +7,8 @@ WAL mode. Nothing on the event loop touches it: :meth:`Ledger.record` (a request
 observer, :mod:`clibridge._http._record`) and :meth:`Ledger.capture` only put an item on a
 bounded queue, and never wait -- when the queue is full the item is dropped and counted
 (``statistics().dropped``) rather than slowing a request down. One writer thread takes
-what is queued, writes a batch in one transaction and commits it; the writer gathers
-what comes within :data:`BATCH_WINDOW` of the first row (up to :data:`BATCH_SIZE`), so a
+what is queued, writes a batch in one transaction and commits it: woken by a first row,
+it waits :data:`BATCH_WINDOW` and takes all that came meanwhile (up to :data:`BATCH_SIZE`), so a
 busy server commits many rows at a time and an idle one each row within 50 ms.
 
 Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction when the
@@ -46,6 +46,7 @@ import attrs
 import trio
 
 from ._capture import CaptureMode, Exchange, PendingCapture, capture
+from ._http._logsafe import escape_controls
 from ._http._record import RequestRecord
 from ._state_dir import PRIVATE_FILE_MODE, private_dir
 
@@ -188,6 +189,10 @@ class _Barrier:
 _STOP: Final = object()
 
 
+class LedgerError(Exception):
+    """The ledger file cannot be opened or created (the message says what to do)."""
+
+
 def connect(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     """A connection to the ledger at ``path`` (rows as :class:`sqlite3.Row`)."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -239,12 +244,23 @@ class Ledger:
         self._dropped = 0
         self._last_drop_log = 0.0
         self._last_prune = 0.0
+        #: set by flush() and close(): the writer stops gathering and commits now
+        self._hurry = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Create the database if needed, prune it, and start the writer thread."""
-        conn = open_schema(self.path)
+        """Create the database if needed, prune it, and start the writer thread.
+
+        Raises :class:`LedgerError` when the file cannot be opened (not a database, no
+        permission, a newer schema)."""
+        try:
+            conn = open_schema(self.path)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            raise LedgerError(
+                f"cannot open the request ledger {self.path}: {exc}; move the file away "
+                "(a new one is created) or start with --no-ledger"
+            ) from exc
         self._prune(conn)
         self._thread = threading.Thread(
             target=self._write_loop, args=(conn,), name="clibridge-ledger", daemon=True
@@ -258,6 +274,7 @@ class Ledger:
             return
         try:
             self._queue.put(_STOP, timeout=timeout)
+            self._hurry.set()
         except queue.Full:
             log.warning("ledger: the writer is stuck; %d records not written", self._queue.qsize())
             return
@@ -265,8 +282,10 @@ class Ledger:
         self._thread = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the writer, report started, and close the ledger when cancelled."""
-        await trio.to_thread.run_sync(self.start)
+        """Start the writer (unless started), report started, and close the ledger when
+        cancelled."""
+        if self._thread is None:
+            await trio.to_thread.run_sync(self.start)
         try:
             task_status.started()
             await trio.sleep_forever()
@@ -281,6 +300,7 @@ class Ledger:
         barrier = _Barrier()
         try:
             self._queue.put(barrier, timeout=timeout)
+            self._hurry.set()
         except queue.Full:
             return False
         return barrier.done.wait(timeout)
@@ -317,13 +337,14 @@ class Ledger:
         try:
             while True:
                 batch = [self._queue.get()]
-                until = time.monotonic() + BATCH_WINDOW
+                if not _ends_batch(batch[0]):
+                    # let the rows of this moment gather; woken once, not once per row
+                    # (a wake-up per row fought the event loop's thread for the GIL)
+                    self._hurry.wait(BATCH_WINDOW)
+                self._hurry.clear()
                 while len(batch) < BATCH_SIZE and not _ends_batch(batch[-1]):
-                    left = until - time.monotonic()
                     try:
-                        batch.append(
-                            self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                        )
+                        batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 stop = self._write_batch(conn, batch)
@@ -336,21 +357,11 @@ class Ledger:
 
     def _write_batch(self, conn: sqlite3.Connection, batch: Sequence[object]) -> bool:
         rows = [item for item in batch if isinstance(item, RequestRecord | PendingCapture)]
-        if rows:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for item in rows:
-                    if isinstance(item, RequestRecord):
-                        conn.execute(_INSERT_REQUEST, attrs.astuple(item))
-                    else:
-                        self._store_capture(conn, item)
-                conn.execute("COMMIT")
-                self._written += len(rows)
-            except sqlite3.Error:
-                log.exception("ledger: writing %d rows failed; they are lost", len(rows))
-                self._dropped += len(rows)
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        if rows and not self._commit(conn, rows):
+            # one bad item must not cost the others: write them one by one
+            for item in rows:
+                if not self._commit(conn, [item], report=True):
+                    self._dropped += 1
         stop = False
         for done in batch:
             if isinstance(done, _Barrier):
@@ -358,6 +369,32 @@ class Ledger:
             elif done is _STOP:
                 stop = True
         return stop
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[RequestRecord | PendingCapture],
+        *,
+        report: bool = False,
+    ) -> bool:
+        """Write ``items`` in one transaction; False (rolled back) when that failed."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in items:
+                if isinstance(item, RequestRecord):
+                    conn.execute(_INSERT_REQUEST, _row_values(item))
+                else:
+                    self._store_capture(conn, item)
+            conn.execute("COMMIT")
+        except Exception:
+            # the writer must outlive any one row (a full disk, a bug): never die here
+            if report:
+                log.exception("ledger: writing a row failed; it is lost")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return False
+        self._written += len(items)
+        return True
 
     def _store_capture(self, conn: sqlite3.Connection, pending: PendingCapture) -> None:
         exchange = capture(
@@ -376,7 +413,13 @@ class Ledger:
             conn.execute(
                 "INSERT INTO conversations (id, started, last_seen, key, model, requests) "
                 "VALUES (?, ?, ?, ?, ?, 1)",
-                (conversation, exchange.started, exchange.started, exchange.key, exchange.model),
+                (
+                    conversation,
+                    exchange.started,
+                    exchange.started,
+                    exchange.key,
+                    _storable(exchange.model),
+                ),
             )
         else:
             conn.execute(
@@ -540,6 +583,16 @@ class Ledger:
                 (conversation_id,),
             ).fetchall()
         return [dict(row) for row in rows]
+
+
+def _row_values(record: RequestRecord) -> tuple[object, ...]:
+    """The record's column values; text a client chose (a model name, a path) may hold
+    lone surrogates, which SQLite cannot store: they are written escaped."""
+    return tuple(_storable(v) if isinstance(v, str) else v for v in attrs.astuple(record))
+
+
+def _storable(text: str) -> str:
+    return text if text.isascii() else escape_controls(text)
 
 
 def _ends_batch(item: object) -> bool:

@@ -121,7 +121,12 @@ class JsonFormatter(logging.Formatter):
             out["request"] = attrs.asdict(request)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        line = json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        try:
+            line.encode()
+        except UnicodeEncodeError:  # lone surrogates a client sent (a model name)
+            line = json.dumps(out, separators=(",", ":"))
+        return line
 
 
 def setup_logging(level: str, fmt: LogFormat = "text") -> None:

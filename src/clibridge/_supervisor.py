@@ -597,7 +597,7 @@ async def serve(
     from ._http.app import attach_ledger, create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
-    from ._ledger import Ledger, ledger_path
+    from ._ledger import Ledger, LedgerError, ledger_path
     from ._state_dir import secure_state_dir
 
     if shutdown is None:
@@ -639,6 +639,10 @@ async def serve(
                 retention_days=config.server.ledger_retention_days,
                 capture_mode=config.server.capture,
             )
+            try:
+                await trio.to_thread.run_sync(ledger.start)
+            except LedgerError as exc:
+                raise SystemExit(f"clibridge: error: {exc}") from None
             attach_ledger(app, ledger)
         async with trio.open_nursery() as root:
             if ledger is not None:

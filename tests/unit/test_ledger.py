@@ -20,7 +20,7 @@ from clibridge._capture import PendingCapture, capture, chain
 from clibridge._cli import main
 from clibridge._events import Message, TextPart, ThinkingPart, ToolCallPart, ToolResultPart
 from clibridge._http._record import RequestRecord
-from clibridge._ledger import RECORD_COLUMNS, Ledger, ledger_path, parse_duration
+from clibridge._ledger import RECORD_COLUMNS, Ledger, LedgerError, ledger_path, parse_duration
 from clibridge._ledger import USAGE_BY as ledger_usage_by
 from clibridge._ledger_cli import USAGE_BY
 from clibridge._logging import (
@@ -416,3 +416,54 @@ def test_the_command_line_does_not_import_the_ledger_until_it_is_used() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert ledger_usage_by == USAGE_BY
+
+
+def test_the_writer_survives_rows_it_cannot_store(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (chaos fuzz): a model name with a lone surrogate raised
+    UnicodeEncodeError in the writer thread, which died; every later row was lost."""
+    ledger.capture_mode = "full"
+    ledger.record(make_record("surrogate", model_asked="\ud800x", endpoint="/v1/\udc80"))
+    ledger.capture(
+        PendingCapture(
+            "surrogate",
+            time.time(),
+            None,
+            "\ud800x",
+            "",
+            (Message("user", (TextPart("lone \ud83d half"),)),),
+            Message("assistant", (TextPart("ok"),)),
+        )
+    )
+    ledger.record(make_record("unstorable", pid=object()))
+    ledger.record(make_record("after"))
+    assert ledger.flush()
+    assert ledger.get("after") is not None
+    assert ledger.get("unstorable") is None
+    row = ledger.get("surrogate")
+    assert row is not None
+    assert row["model_asked"] == "\\ud800x" and row["endpoint"] == "/v1/\\udc80"
+    capture = row["capture"]
+    assert isinstance(capture, dict)
+    question, answer = capture["messages"]
+    assert json.loads(str(question["content"])) == [{"type": "text", "text": "lone \ud83d half"}]
+    assert answer["role"] == "assistant"
+    assert ledger.statistics().dropped == 1
+    assert "writing a row failed" in caplog.text
+
+
+def test_a_json_line_with_lone_surrogates_still_encodes() -> None:
+    install_request_id()
+    record = logging.LogRecord("clibridge.requests", logging.INFO, "x", 1, "m", (), None)
+    record.request = make_record(model_asked="\ud800")
+    line = JsonFormatter().format(record)
+    line.encode()
+    assert json.loads(line)["request"]["model_asked"] == "\ud800"
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LedgerError, match=r"cannot open the request ledger .* --no-ledger"):
+        Ledger(path).start()

@@ -22,7 +22,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import attrs
 
@@ -30,9 +29,7 @@ from .._capture import PendingCapture
 from .._conversations import assistant_message
 from .._errors import BridgeError
 from .._events import Request, collect
-
-if TYPE_CHECKING:
-    from ._turns import TurnRun
+from ._turns import TurnRun, TurnState
 
 log = logging.getLogger("clibridge.http")
 
@@ -145,8 +142,6 @@ class RequestDraft:
         )
 
     def _error_type(self) -> str | None:
-        from ._turns import TurnState
-
         if self.error is not None:
             return error_type_of(self.error)
         run = self.run

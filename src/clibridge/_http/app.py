@@ -14,6 +14,7 @@ Routes::
     POST /v1/messages/count_tokens   Anthropic token count (an estimate: ~4 chars a token)
     GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
     GET  /v1/stats                   the service's statistics
+    GET  /v1/usage                   token usage from the request ledger (a key sees its own)
     GET  /metrics                    Prometheus metrics (an admin key when auth is on)
     GET  /healthz                    liveness (never needs auth)
     GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
@@ -21,6 +22,9 @@ Routes::
 
 Sampling knobs the CLIs cannot take (temperature, top_p, ...) are accepted and ignored by
 the wire layer; features that cannot be honoured get a 400 there.
+
+Every admitted request ends as one :class:`~._record.RequestRecord` handed to
+``app.request_observers`` (the request log line; the ledger once attached).
 """
 
 from __future__ import annotations
