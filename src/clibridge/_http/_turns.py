@@ -158,7 +158,7 @@ class TurnRun:
         self.started: TurnStarted | None = None
         #: the turn's Finished (its usage)
         self.finished: Finished | None = None
-        #: time.perf_counter() when the first event that is not TurnStarted arrived
+        #: time.perf_counter() when the first content (text, thinking, a tool call) arrived
         self.first_content_at: float | None = None
         self.tool_calls = 0
         #: the error the turn ended with after it was admitted
