@@ -1,4 +1,5 @@
-"""The command line: ``clibridge serve | config | doctor | login | openclaw-config | version``.
+"""The command line: ``clibridge serve | config | doctor | login | keys | openclaw-config |
+version`` (and ``inspect`` / ``usage`` for the request ledger).
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -16,12 +17,15 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from . import __version__, _ledger_cli
 from ._backends import BACKENDS
 from ._config import Config
 from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
+
+if TYPE_CHECKING:
+    from ._keys import KeyRecord
 
 _GROUPS = {
     "server": "HTTP server",
@@ -154,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
     )
+    _add_keys_parser(sub)
     oc = sub.add_parser(
         "openclaw-config",
         help="print the OpenClaw provider block for a running clibridge, or merge it into "
@@ -183,6 +188,101 @@ def build_parser() -> argparse.ArgumentParser:
     oc.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
     _ledger_cli.add_commands(sub)
     return parser
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="named API keys with quotas: add, list, revoke (a running server follows at once)",
+        description="Named API keys, stored hashed in the state dir (keys.sqlite3). A key is "
+        "shown once, when it is made. Once any named key exists, every request needs a key "
+        "(a named one or the --auth-token).",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_sub.required = True
+    add = keys_sub.add_parser("add", help="make a key and print it (once)")
+    add.add_argument("name", help="the key's name (letters, digits, '.', '_', '-')")
+    for flag, text in (
+        ("--concurrency", "requests in flight at once"),
+        ("--rpm", "requests per minute (sliding window)"),
+        ("--daily-tokens", "tokens (input, cache and output) per UTC day"),
+    ):
+        add.add_argument(flag, type=int, metavar="N", help=f"quota: {text} [default: unlimited]")
+    add.add_argument(
+        "--admin", action="store_true", help="an admin key: /metrics and every key's usage"
+    )
+    keys_sub.add_parser("list", help="the keys, their quotas and today's tokens")
+    revoke = keys_sub.add_parser("revoke", help="delete a key (a running server refuses it)")
+    revoke.add_argument("name")
+    for p in (keys, *keys_sub.choices.values()):
+        p.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            metavar="PATH",
+            help="clibridge's state dir: use the same as `serve` (env CLIBRIDGE_STATE_DIR)",
+        )
+
+
+def _keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ._keys import KeysError, KeyStore, Quotas, today
+    from ._supervisor import state_dir
+
+    flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
+    # the first key of a server off loopback is made before that server can start
+    home = state_dir(load_config(flags, environ, args.config, check_auth=False))
+    try:
+        store = KeyStore.open(home)
+        try:
+            if args.keys_command == "add":
+                quotas = Quotas(args.concurrency, args.rpm, args.daily_tokens)
+                key = store.add(args.name, quotas, admin=args.admin)
+                print(
+                    f"clibridge: made key {args.name!r} (shown this once: store it now)",
+                    file=sys.stderr,
+                )
+                print(key)
+            elif args.keys_command == "revoke":
+                store.revoke(args.name)
+                print(f"clibridge: revoked key {args.name!r}", file=sys.stderr)
+            else:
+                used = store.tokens_on(today())
+                print(_keys_table(store.records(), used))
+        finally:
+            store.close()
+    except KeysError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _keys_table(records: Sequence[KeyRecord], used: Mapping[str, int]) -> str:
+    from datetime import UTC, datetime
+
+    def limit(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    rows = [("NAME", "KEY", "ADMIN", "CONCURRENCY", "RPM", "DAILY TOKENS", "TODAY", "CREATED")]
+    for r in records:
+        created = datetime.fromtimestamp(r.created, UTC).strftime("%Y-%m-%d %H:%M")
+        rows.append(
+            (
+                r.name,
+                r.shown + "...",
+                "yes" if r.admin else "no",
+                limit(r.quotas.concurrency),
+                limit(r.quotas.rpm),
+                limit(r.quotas.daily_tokens),
+                str(used.get(r.name, 0)),
+                created,
+            )
+        )
+    if len(rows) == 1:
+        return "no named keys (clibridge keys add NAME)"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def _openclaw_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -298,9 +398,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
-    if args.command in ("login", "openclaw-config"):
+    if args.command in ("login", "openclaw-config", "keys"):
+        command = {"login": _login, "openclaw-config": _openclaw_config, "keys": _keys}
         try:
-            return (_login if args.command == "login" else _openclaw_config)(args, env)
+            return command[args.command](args, env)
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2

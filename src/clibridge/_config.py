@@ -138,6 +138,8 @@ class ServerConfig:
     #: host names the Host header may carry besides the bind address and localhost /
     #: loopback addresses (a reverse proxy's public name); * accepts any
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), validator=_host_names)
+    #: serve Prometheus metrics on GET /metrics (admin key when auth is on)
+    metrics: bool = True
     #: keep the request ledger (a SQLite row per request under the state dir); off only
     #: for comparisons (benchmarks) or a read-only state dir
     ledger: bool = True

@@ -547,7 +547,11 @@ def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    argv_flags: Mapping[str, Any], environ: Mapping[str, str], file: Path | None
+    argv_flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file: Path | None,
+    *,
+    check_auth: bool = True,
 ) -> Config:
     """The effective :class:`Config` from defaults < ``file`` < ``environ`` < ``argv_flags``.
 
@@ -555,6 +559,8 @@ def load_config(
     ``"server.auth_token_file"``; see :func:`settings`) to values, typed or as strings;
     None means "not given". ``file`` falls back to ``environ["CLIBRIDGE_CONFIG"]``.
     Raises :class:`ConfigError` with a message naming the setting and its source.
+    ``check_auth=False`` skips the check that a non-loopback server has an auth token or
+    a named key (for commands that do not serve, like ``keys add`` making the first key).
     """
     if file is None and environ.get("CLIBRIDGE_CONFIG"):
         file = Path(environ["CLIBRIDGE_CONFIG"]).expanduser()
@@ -592,12 +598,17 @@ def load_config(
     ) as exc:  # pragma: no cover - checked above
         raise ConfigError(f"invalid configuration: {exc}") from None
     server = config.server
-    if not is_loopback(server.host) and server.auth_token is None:
-        raise ConfigError(
-            f"refusing to listen on {server.host!r} without an auth token: anyone who can reach "
-            "it could use your CLI subscription. Set one with --auth-token-file FILE, "
-            "CLIBRIDGE_API_KEY or [server] auth_token, or bind 127.0.0.1."
-        )
+    if check_auth and not is_loopback(server.host) and server.auth_token is None:
+        from ._keys import has_keys
+        from ._state_dir import default_state_dir
+
+        if not has_keys(config.state_dir or default_state_dir()):
+            raise ConfigError(
+                f"refusing to listen on {server.host!r} without an auth token or a named key: "
+                "anyone who can reach it could use your CLI subscription. Set a token with "
+                "--auth-token-file FILE, CLIBRIDGE_API_KEY or [server] auth_token, add a key "
+                "with `clibridge keys add NAME`, or bind 127.0.0.1."
+            )
     return config
 
 

@@ -18,7 +18,8 @@ these at layer boundaries only.
     ├── NotFound                      404  not_found         unknown path
     ├── MethodNotAllowed              405  invalid_request
     ├── CapacityError                 429  rate_limit        clibridge's own backpressure
-    │   └── QueueFull                 429  rate_limit        queue full or queue_timeout
+    │   ├── QueueFull                 429  rate_limit        queue full or queue_timeout
+    │   └── QuotaExceeded             429  rate_limit        a named key's quota (concurrency, rpm, tokens)
     ├── UnavailableError              503  unavailable       not ready / draining / crash loop
     ├── UpstreamError                 502  api_error         the CLI or its upstream failed
     │   ├── LoginExpired              503  authentication    CLI login invalid: run ...
@@ -145,6 +146,10 @@ class CapacityError(BridgeError):
 
 class QueueFull(CapacityError):
     pass
+
+
+class QuotaExceeded(CapacityError):
+    """A named key is over one of its quotas (:mod:`clibridge._keys`)."""
 
 
 class UnavailableError(BridgeError):

@@ -129,6 +129,7 @@ class PoolStatistics:
     draining: bool
     reclaimed: int = 0  # parked leases ended by park_ttl, pressure or drain
     retried: int = 0  # leases moved to another worker to run their turn again
+    boots: int = 0  # workers that booted (became ready)
 
 
 class _ReadySignal:
@@ -252,6 +253,7 @@ class WorkerPool:
         self._turn_seconds = 5.0  # EWMA of lease durations, for Retry-After estimates
         # counters
         self._served = 0
+        self._boots = 0
         self._rejected = 0
         self._boot_failures = 0
         self._crashes = 0
@@ -734,6 +736,7 @@ class WorkerPool:
             self._notify()
 
     def _on_booted(self, slot: _Slot) -> None:
+        self._boots += 1
         slot.last_used = trio.current_time()
         self._boot_failures_in_a_row = 0
         if slot.state is SlotState.BOOTING:
@@ -825,6 +828,7 @@ class WorkerPool:
             draining=self._draining,
             reclaimed=self._reclaimed,
             retried=self._retried,
+            boots=self._boots,
         )
 
     def statistics_dict(self) -> dict[str, Any]:

@@ -754,6 +754,8 @@ async def serve(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """The root nursery. ``shutdown`` (or SIGTERM/SIGINT) starts the drain."""
+    from ._config_load import is_loopback
+    from ._http._keyring import KeyRing
     from ._http.app import attach_ledger, create_app
     from ._http.server import banner, serve_http
     from ._janitor import Janitor
@@ -789,7 +791,9 @@ async def serve(
             fake_on_purpose=config.backend == "fake",
             janitor=janitor,
         )
-        app = create_app(service, config.server)
+        # off loopback a key is needed even once the last named key is revoked
+        keys = KeyRing(home, required=not is_loopback(config.server.host))
+        app = create_app(service, config.server, keys=keys)
         ledger = None
         if config.server.ledger:
             ledger = Ledger(
@@ -820,7 +824,12 @@ async def serve(
                     http_done.set()
 
             host, port = await root.start(run_http)
-            print(banner(config, host, port, service, choice.notes), file=sys.stderr, flush=True)
+            named_keys = len(app.keys.names())
+            print(
+                banner(config, host, port, service, choice.notes, named_keys=named_keys),
+                file=sys.stderr,
+                flush=True,
+            )
             task_status.started((host, port))
             await shutdown.wait()
             log.info(

@@ -112,6 +112,8 @@ class E2EServer:
     model: str = MODEL
     #: every child of this test process seen while the server ran
     children: set[int] = attrs.field(factory=set)
+    #: headers every :meth:`client` sends (an admin key when the server has named keys)
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def v1(self) -> str:
@@ -119,6 +121,7 @@ class E2EServer:
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("timeout", 30.0)
+        kwargs.setdefault("headers", self.headers)
         return httpx.AsyncClient(base_url=self.base_url, **kwargs)
 
     async def all_stats(self) -> dict[str, dict[str, Any]]:

@@ -39,6 +39,7 @@ import trio
 from clibridge._config import ServerConfig
 from clibridge._http import BridgeApp, create_app, serve_http
 from clibridge._http._connections import ConnectionTable
+from clibridge._http._keyring import KeyRing
 from clibridge.testing.scripted import (
     MODEL,
     USAGE,
@@ -64,14 +65,15 @@ async def open_server(
     service: ScriptedService | None = None,
     *,
     connections: ConnectionTable | None = None,
+    keys: KeyRing | None = None,
     **server: Any,
 ) -> AsyncIterator[RunningServer]:
     """The real app on Hypercorn on an ephemeral loopback port, for the test's duration
-    (its open connections in ``connections`` when given)."""
+    (its open connections in ``connections`` when given, its named keys in ``keys``)."""
     server.setdefault("drain_timeout", 2.0)
     config = ServerConfig(host="127.0.0.1", port=0, **server)
     service = service or ScriptedService()
-    app = create_app(service, config)
+    app = create_app(service, config, keys=keys)
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(

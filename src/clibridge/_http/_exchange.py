@@ -70,6 +70,10 @@ class Exchange:
     cut_done: bool = False
     #: the request's record, once it passed admission (:mod:`._record`)
     draft: RequestDraft | None = None
+    #: called once when the request is over: as its last body chunk is sent, or when
+    #: the client is gone (before the request observers, which run after the producers
+    #: have exited)
+    on_end: list[Callable[[], None]] = attrs.field(factory=list)
 
     def cut(self) -> None:
         """Close the connection under a client that stopped reading (idempotent)."""
@@ -146,19 +150,34 @@ class ExchangeMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        on_end: list[Callable[[], None]] = []
         exchange: Exchange | None = None
         try:
             async with trio.open_nursery() as nursery:
-                exchange = Exchange(nursery, CONNECTION_STREAM.get())
+                exchange = Exchange(nursery, CONNECTION_STREAM.get(), on_end=on_end)
                 scope[EXCHANGE_KEY] = exchange
+                sender = _noting_sender(exchange, _end_sender(scope, send))
+
+                async def send_last_ends(message: Any) -> None:
+                    # the client has everything once the last body chunk is out: a client
+                    # that sends its next request right then must find this one over
+                    if message.get("type") == "http.response.body" and not message.get("more_body"):
+                        _end(on_end)
+                    await sender(message)
+
                 try:
-                    await self._app(
-                        scope, receive, _noting_sender(exchange, _end_sender(scope, send))
-                    )
+                    await self._app(scope, receive, send_last_ends)
                 finally:
                     # a body generator that never ran never abandoned its producer
                     for producer in exchange.producers:
                         producer.abandon()
         finally:
+            _end(on_end)
             if exchange is not None and self._on_end is not None:
                 self._on_end(exchange)
+
+
+def _end(on_end: list[Callable[[], None]]) -> None:
+    """Run the request's end callbacks (once: they are taken off the list)."""
+    while on_end:
+        on_end.pop(0)()

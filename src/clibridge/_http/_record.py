@@ -53,7 +53,8 @@ class RequestRecord:
     request_id: str
     #: unix time the request was admitted
     started: float
-    #: the name of the key it authenticated with (None: no auth, or the single token)
+    #: the name of the key it authenticated with: a named key, "default" for the single
+    #: --auth-token, None when the server has no auth
     key: str | None
     #: openai_chat | openai_responses | anthropic_messages | none (not a model call)
     dialect: str

@@ -16,6 +16,7 @@ Routes::
     GET  /v1/stats                   the service's statistics
     GET  /v1/usage                   token usage from the request ledger (a key sees its own)
     GET  /dashboard[/state|/requests/<id>]  the operator's live page (:mod:`.dashboard`)
+    GET  /metrics                    Prometheus metrics (an admin key when auth is on)
     GET  /healthz                    liveness (never needs auth)
     GET  /readyz                     readiness: 200, or 503 with the reason (no auth either,
                                      so load balancers can probe it)
@@ -77,6 +78,7 @@ from .._events import (
     TurnStarted,
 )
 from .._events import collect as collect_events
+from .._keys import DEFAULT_KEY_NAME, KeyRecord
 from .._logging import REQUEST_ID, install_request_id, log_request
 from .._service import ModelInfo, Readiness, TurnService
 from .._wire.errors import Dialect, error_body, error_status
@@ -92,6 +94,9 @@ from ._guard import (
     dialect_of,
     is_preflight,
 )
+from ._keyring import KeyRing
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import TURN_PATHS, Metrics
 from ._record import RequestDraft, RequestObserver, notify, recorded
 from ._turns import (
     DrainState,
@@ -157,8 +162,12 @@ class BridgeApp(QuartTrio):
     draining: trio.Event
     #: unix time the app was made (the ``created`` of every model)
     created: int
+    #: the named keys and their quotas
+    keys: KeyRing
     #: called once per admitted request when it is over, synchronously (:mod:`._record`)
     request_observers: list[RequestObserver]
+    #: GET /metrics (None: ``server.metrics`` is off)
+    metrics: Metrics | None
     #: the request ledger (:func:`attach_ledger`), None when there is none
     ledger: Ledger | None
 
@@ -320,22 +329,61 @@ async def _read_json() -> dict[str, Any]:
     return body
 
 
-def _authenticate(token: str | None) -> None:
-    """Raise :class:`AuthError` unless the request carries ``token`` (if one is set)."""
-    if token is None or request.path in OPEN_PATHS:
-        return
+#: the paths whose requests count against a named key's quotas (they run turns)
+QUOTA_PATHS = TURN_PATHS
+
+
+def _presented_key() -> str | None:
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             given = credentials.strip()
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError(
-            "missing or wrong API key: send the clibridge auth token as "
-            "'Authorization: Bearer <token>' or 'x-api-key: <token>'"
-            if given is None
-            else "wrong API key: it does not match the clibridge auth token"
+    return given
+
+
+def _refuse(reason: str, message: str) -> AuthError:
+    # the presented key is never logged, not even a part of it
+    log.warning(
+        "auth failed (request %s %s %s from %s): %s",
+        request_id(),
+        request.method,
+        request.path,
+        request.remote_addr,
+        reason,
+    )
+    return AuthError(message)
+
+
+def _authenticate(token: str | None, keys: KeyRing) -> KeyRecord | None:
+    """Who the request is: sets ``g.clibridge_key`` (the key's name, ``default`` for the
+    auth token, None without auth) and ``g.clibridge_admin``; raises :class:`AuthError`
+    when auth is on (a token or any named key) and the request has no valid key.
+    Returns the named key's record (its quotas apply), else None."""
+    g.clibridge_key = None
+    g.clibridge_admin = True
+    if (token is None and not keys.active) or request.path in OPEN_PATHS:
+        return None
+    given = _presented_key()
+    if given is None:
+        raise _refuse(
+            "no key",
+            "missing API key: send a clibridge key as 'Authorization: Bearer <key>' or "
+            "'x-api-key: <key>'",
         )
+    if token is not None and hmac.compare_digest(given.encode(), token.encode()):
+        g.clibridge_key = DEFAULT_KEY_NAME
+        return None
+    record = keys.authenticate(given)
+    if record is None:
+        raise _refuse(
+            "unknown or revoked key",
+            "wrong API key: it is not the clibridge auth token nor a named key "
+            "(see clibridge keys list)",
+        )
+    g.clibridge_key = record.name
+    g.clibridge_admin = record.admin
+    return record
 
 
 def prompt_chars(req: Request) -> int:
@@ -426,10 +474,15 @@ def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
-    """The HTTP front end for ``service``; serve it with :func:`~._http.server.serve_http`."""
+def create_app(
+    service: TurnService, config: ServerConfig, *, keys: KeyRing | None = None
+) -> BridgeApp:
+    """The HTTP front end for ``service``; serve it with :func:`~._http.server.serve_http`.
+
+    ``keys`` are the named keys (none without it: only ``config.auth_token``, if set)."""
     app = BridgeApp("clibridge")
     app.service = service
+    app.keys = keys = keys or KeyRing(None)
     app.server_config = config
     app.guard = guard = Guard.from_config(config)
     _logsafe.install()
@@ -448,13 +501,18 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
     )
     dashboard.install(app)
     install_request_id()
-    app.request_observers = [log_request]
+    app.request_observers = [log_request, keys.observe]
     app.ledger = None
+    app.metrics = Metrics(service) if config.metrics else None
+    if app.metrics is not None:
+        app.request_observers.append(app.metrics.observe)
     app.asgi_app = ExchangeMiddleware(app.asgi_app, partial(_end_request, app))  # type: ignore[method-assign,arg-type,assignment]
 
     @app.before_serving
     async def _start_drain_watch() -> None:
         app.nursery.start_soon(app.drain.watch)
+        # the keys are loaded before the first request is admitted
+        await app.nursery.start(keys.run)
 
     @app.before_request
     async def _admit() -> Response | None:
@@ -474,18 +532,22 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
             origin = headers["Origin"]
             guard.check_origin(origin)
             return Response(b"", status=204, headers=guard.preflight_headers(origin, headers))
-        # the key and whether it is the admin's (one token, or none: the one user is)
-        g.clibridge_key = None
-        g.clibridge_admin = True
-        _authenticate(config.auth_token)
+        key = _authenticate(config.auth_token, keys)
+        exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
         if recorded(request.path):
-            exchange: Exchange = request.scope[EXCHANGE_KEY]  # type: ignore[literal-required]
             exchange.draft = RequestDraft(
                 request_id(),
                 request.path,
                 g.clibridge_key,
                 dialect=dialect_of(request.path, headers),
             )
+        if key is not None and request.path in QUOTA_PATHS and request.method == "POST":
+            # after the draft: a request refused by a quota is recorded (and counted)
+            admission = keys.admit(key)
+            # released as the last body chunk goes out, not by a request observer: those
+            # run after the response, and a client that sends its next request at once
+            # (concurrency 1) must not find this one still counted
+            exchange.on_end.append(admission.release)
         return None
 
     @app.after_request
@@ -551,6 +613,19 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
                 "http": {"open_turns": len(app.drain.live), "draining": app.draining.is_set()},
             }
         )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if app.metrics is None:
+            raise NotFound("metrics are off on this server (server.metrics = false)")
+        if not g.clibridge_admin:
+            raise Forbidden(
+                "GET /metrics needs an admin key (clibridge keys add NAME --admin) or the "
+                "auth token"
+            )
+        app.metrics.refresh_models()
+        # rendering reads counters and the pools' statistics: no IO, a few ms at most
+        return Response(app.metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
 
     # ----------------------------------------------------------------- models
 

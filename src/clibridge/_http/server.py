@@ -84,11 +84,17 @@ async def serve_http(
 
 
 def banner(
-    config: Config, host: str, port: int, service: TurnService, why: Sequence[str] = ()
+    config: Config,
+    host: str,
+    port: int,
+    service: TurnService,
+    why: Sequence[str] = (),
+    *,
+    named_keys: int = 0,
 ) -> str:
     """The startup banner: URL, dashboard, backends and why each was chosen (``why``: the
     backend choice's notes: chosen explicitly, login detected, or no login found), a loud
-    fake-CLI notice, pool state, a curl to try.
+    fake-CLI notice, pool state, how clients authenticate (``named_keys``), a curl to try.
 
     The fake notice says why the fake serves: no login found (``backend = "auto"``), or
     chosen on purpose (``backend = "fake"``).
@@ -112,7 +118,7 @@ def banner(
         f"  backends:            {', '.join(backends)} ({config.backend})",
         *(f"    {note}" for note in why),
         f"  pool:                {pool}",
-        f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
+        f"  auth:                {_auth_line(config, named_keys)}",
     ]
     if readiness.fake:
         bar = "!" * 72
@@ -136,7 +142,7 @@ def banner(
         '"messages": [{"role": "user", "content": "Say hello"}]}'
     )
     curl = ["curl", "-N", f"{base}/v1/chat/completions", "-H", "Content-Type: application/json"]
-    if config.server.auth_token:
+    if config.server.auth_token or named_keys:
         curl += ["-H", "Authorization: Bearer $CLIBRIDGE_API_KEY"]
     curl += ["-d", body]
     command = " ".join(
@@ -144,3 +150,12 @@ def banner(
     )
     lines += ["", "Try it:", f"  {command}", ""]
     return "\n".join(lines)
+
+
+def _auth_line(config: Config, named_keys: int) -> str:
+    parts = ["token required"] if config.server.auth_token else []
+    if named_keys:
+        parts.append(
+            f"{named_keys} named key{'s' if named_keys != 1 else ''} (clibridge keys list)"
+        )
+    return " + ".join(parts) if parts else "none (loopback only; clibridge keys add NAME)"
