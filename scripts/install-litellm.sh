@@ -27,5 +27,5 @@ mkdir -p "$dest"
 [ -x "$dest/venv/bin/python" ] || "$py" -m venv "$dest/venv"
 "$dest/venv/bin/python" -m pip install --quiet --upgrade pip
 "$dest/venv/bin/python" -m pip install --quiet "$pkg"
-"$exe" --version >/dev/null
+LITELLM_LOCAL_MODEL_COST_MAP=True "$exe" --version >/dev/null
 pinned_done "$stamp" "$pkg" "$dest" "$start"

@@ -198,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this backend's models [default: all]",
     )
     ll.add_argument(
+        "--cooldown",
+        type=float,
+        metavar="SECONDS",
+        help="how long LiteLLM leaves out an instance that failed [default: 10]",
+    )
+    ll.add_argument(
+        "--routing",
+        choices=("simple-shuffle", "least-busy"),
+        default="simple-shuffle",
+        help="LiteLLM's routing strategy for requests no session pins [default: simple-shuffle]",
+    )
+    ll.add_argument(
         "--out", type=Path, metavar="DIR", help="write DIR/config.yaml and the callback"
     )
     ll.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
@@ -250,6 +262,8 @@ def _litellm_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int
             key=args.key,
             models=_litellm.model_names(backends),
             turn_timeout=turn_timeout,
+            cooldown=_litellm.COOLDOWN if args.cooldown is None else args.cooldown,
+            routing=args.routing,
             readyz_callback=args.out is not None,
         )
         text = _litellm.to_yaml(

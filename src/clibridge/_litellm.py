@@ -17,7 +17,7 @@ and why:
 * **Failures**: a request that fails with 429 (a full queue, or the upstream's rate limit)
   or 503 (not ready, draining, login expired), or cannot connect (an instance that died),
   is retried on another deployment at once, and the deployment is cooled down for
-  :data:`COOLDOWN` seconds (``allowed_fails: 0``: the first failure counts). A 400 / 401 /
+  :data:`COOLDOWN` seconds (``--cooldown``) (``allowed_fails: 0``: the first failure counts). A 400 / 401 /
   404 is the client's and is not retried; nor is a timeout (the turn may have run).
 * **Timeouts** fit long agent turns: LiteLLM waits :data:`TIMEOUT_MARGIN` seconds longer
   than the instances' own ``turn_timeout``, so clibridge's 504 (and its cleanup) comes
@@ -32,7 +32,9 @@ and why:
   (a Responses request with ``previous_response_id`` goes where that response was made)
   and ``prompt_caching`` (Anthropic-style requests whose ``cache_control`` prefix is long
   enough go where that prefix was sent before). Requests with none of these are spread by
-  the routing strategy (``least-busy``).
+  the routing strategy: ``simple-shuffle`` (random). ``least-busy`` (``--routing``) breaks
+  ties by order, and a burst of requests all see the same counts: measured, it sent a
+  burst to the first instance until its queue overflowed.
 * **Health checks** against ``/readyz``: LiteLLM's own health checks send a completion
   to every deployment (a paid turn each time), so they stay off. With ``--out DIR`` the
   command also writes ``clibridge_readyz.py`` (:mod:`clibridge._litellm_readyz`), a
@@ -113,6 +115,8 @@ def build_config(
     key: str | None = None,
     models: Sequence[tuple[str, str]] | None = None,
     turn_timeout: float = 600.0,
+    cooldown: float = COOLDOWN,
+    routing: str = "simple-shuffle",
     readyz_callback: bool = False,
 ) -> dict[str, Any]:
     """The LiteLLM proxy config for ``instances`` (root URLs) as plain data.
@@ -153,7 +157,7 @@ def build_config(
                 }
             )
     router: dict[str, Any] = {
-        "routing_strategy": "least-busy",
+        "routing_strategy": routing,
         "optional_pre_call_checks": [
             "session_affinity",
             "responses_api_deployment_check",
@@ -172,7 +176,7 @@ def build_config(
             "ContentPolicyViolationErrorRetries": 0,
         },
         "allowed_fails": 0,
-        "cooldown_time": COOLDOWN,
+        "cooldown_time": cooldown,
         "retry_after": 0,
         "timeout": timeout,
         "stream_timeout": timeout,
