@@ -189,6 +189,13 @@ class Scenario:
     ignore_interrupt: bool = False
     garbage_line: bool = False  # print a non-JSON line before the turn's output
     stderr: str | None = None  # a line to print on stderr during the turn
+    # --- the subscription window (clibridge._usage)
+    #: claude: send a ``rate_limit_event`` with this ``rate_limit_info`` before the result
+    rate_limit_info: dict[str, Any] | None = None
+    #: codex: this ``RateLimitSnapshot`` answers ``account/rateLimits/read`` (default
+    #: scenario; None: an error, as without a ChatGPT login) and, set for a turn, is sent as
+    #: ``account/rateLimits/updated`` before the turn completes
+    rate_limits: dict[str, Any] | None = None
     # --- claude only (fake_claude)
     #: prefix the reply with ``[system: <the system prompt in force>]`` (tests of binding)
     echo_system: bool = False
