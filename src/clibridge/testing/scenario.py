@@ -260,6 +260,8 @@ def _type_problem(value: Any, kind: Any) -> str | None:
         return None if ok and math.isfinite(value) else "must be a finite number"
     if kind is str:
         return None if isinstance(value, str) else "must be a string"
+    if typing.get_origin(kind) is dict:
+        return None if isinstance(value, dict) else "must be a JSON object"
     if typing.get_origin(kind) is tuple and args[0] is FakeToolCall:
         return _tool_calls_problem(value)
     raise AssertionError(f"no check for the Scenario field type {kind!r}")  # a new field
