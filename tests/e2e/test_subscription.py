@@ -20,6 +20,8 @@ import pytest
 import trio
 
 from clibridge.testing.codex_schema import WireChecker, load_schema
+from clibridge.testing.model_stub import ModelStub, directive
+from tests.realcli.test_rate_limit_event import WINDOW_RESET_IN, ratelimit_headers
 
 from .conftest import BOUND, CODEX_MODEL, CODEX_POOL, FAST_POOL, MODEL, E2EServer, open_e2e_server
 
@@ -134,3 +136,41 @@ async def test_codex_window_read_at_boot_then_updated(
             await server.assert_clean()
     warnings = [r.getMessage() for r in caplog.records if r.name == "clibridge.usage"]
     assert len(warnings) == 1 and "codex subscription: primary window 85% used" in warnings[0]
+
+
+@pytest.mark.realcli
+async def test_real_claude_window_through_clibridge(
+    tmp_path: Path, claude_binary: Path, model_stub: ModelStub
+) -> None:
+    """The pinned claude, logged in with a (stub) subscription token, reads the stub's
+    ``anthropic-ratelimit-unified-*`` headers; its rate_limit_event reaches /v1/stats."""
+    reset = int(time.time()) + WINDOW_RESET_IN
+    async with open_e2e_server(
+        tmp_path,
+        claude={"pass_env": ("ANTHROPIC_BASE_URL",), "login_hint": "claude setup-token"},
+        command=(str(claude_binary),),
+        environ={
+            "ANTHROPIC_BASE_URL": model_stub.base_url,
+            "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-stub-token",
+        },
+        fake=False,
+    ) as server:
+        with trio.fail_after(BOUND):
+            for utilization in (0.35, 0.95):
+                headers = ratelimit_headers(utilization, reset)
+                prompt = f"hi\n{directive(text='ok', headers=headers)}"
+                async with server.client() as client:
+                    r = await client.post(
+                        "/v1/chat/completions",
+                        json={"model": MODEL, "messages": [{"role": "user", "content": prompt}]},
+                    )
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["message"]["content"] == "ok"
+            sub = await windows(server, "claude")
+    window = sub["windows"]["five_hour"]
+    assert (window["status"], window["used_percent"], window["resets_at"]) == (
+        "allowed_warning",
+        95.0,
+        reset,
+    )
+    assert sub["warnings"] == 1
