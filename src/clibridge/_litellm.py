@@ -29,9 +29,10 @@ and why:
   ``session_affinity`` (a session id from the ``x-litellm-session-id`` header, another
   ``x-<vendor>-session-id`` / ``x-session-id`` header or ``metadata.session_id`` pins the
   session to the deployment that served it first), ``responses_api_deployment_check``
-  (a Responses request with ``previous_response_id`` goes where that response was made)
-  and ``prompt_caching`` (Anthropic-style requests whose ``cache_control`` prefix is long
-  enough go where that prefix was sent before). Requests with none of these are spread by
+  (a Responses request with ``previous_response_id`` goes where that response was made;
+  inert while clibridge refuses ``previous_response_id``) and ``prompt_caching``
+  (Anthropic-style requests with ``cache_control`` whose messages -- the system prompt
+  not counted -- reach 1,024 tokens go where that prefix was sent before). Requests with none of these are spread by
   the routing strategy: ``simple-shuffle`` (random). ``least-busy`` (``--routing``) breaks
   ties by order, and a burst of requests all see the same counts: measured, it sent a
   burst to the first instance until its queue overflowed.
