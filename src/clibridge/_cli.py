@@ -89,7 +89,10 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         elif s.key == "log_level":
             kwargs["choices"] = list(LOG_LEVELS)
         else:
-            kwargs["metavar"] = _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+            percent = s.key.endswith("usage_warning")
+            kwargs["metavar"] = (
+                "PERCENT" if percent else _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+            )
         groups[_group_of(s)].add_argument(s.flag, **kwargs)
 
 
