@@ -50,9 +50,10 @@ pytestmark = [
 CLAUDE = "claude-sonnet-4-5"
 CODEX = "gpt-5"
 #: small pools (codex without a spare: fewer processes on a small machine); a claude
-#: request is refused (429) only beyond 2 running + 2 queued
+#: request is refused (429) only beyond 2 running + 4 queued (room for the retries of a
+#: dead instance's requests on the others)
 POOL = (
-    *("--claude-workers", "2", "--claude-spares", "1", "--claude-max-queue", "2"),
+    *("--claude-workers", "2", "--claude-spares", "1", "--claude-max-queue", "4"),
     *("--codex-workers", "1", "--codex-spares", "0", "--codex-max-queue", "8"),
 )
 KINDS = ("chat", "chat_stream", "messages", "messages_stream", "codex_chat", "responses")
@@ -152,7 +153,7 @@ async def run_phases(
 ) -> None:
     with trio.fail_after(120):
         # 1. spread: waves of every kind of request at once; every instance serves some.
-        # A wave has 4 claude requests: no instance can be full (2 running + 2 queued), so
+        # A wave has 4 claude requests: no instance can be full (2 running + 4 queued), so
         # none answers 429 (its Retry-After would keep it out of phase 2 in LiteLLM).
         before = {n: await counts(s) for n, s in servers.items()}
         for wave in range(4):
@@ -164,25 +165,26 @@ async def run_phases(
         rejected = {n: after[n]["rejected"] - before[n]["rejected"] for n in servers}
         assert not any(rejected.values()), rejected
 
-        # 2. queue full: C's claude pool is full (2 running, 2 queued: requests sent to it
+        # 2. queue full: C's claude pool is full (2 running, 4 queued: requests sent to it
         # directly); requests LiteLLM sends to C get 429 and go elsewhere. LiteLLM picks at
         # random: 24 requests all miss C with probability (2/3)^24 < 1e-4.
         c = servers["c"]
         async with trio.open_nursery() as nursery:
 
             async def hold_c() -> None:
-                async with c.client(timeout=30) as client:
+                # a long turn; the client goes away at the end of the phase (C cancels it)
+                async with c.client(timeout=60) as client:
                     body = {
                         "model": CLAUDE,
-                        "messages": [{"role": "user", "content": slow(5, "hold")}],
+                        "messages": [{"role": "user", "content": slow(30, "hold")}],
                     }
                     r = await client.post("/v1/chat/completions", json=body)
-                    assert r.status_code == 200, r.text
+                    raise AssertionError(f"a held request ended: {r.status_code} {r.text}")
 
-            for _ in range(4):
+            for _ in range(6):
                 nursery.start_soon(hold_c)
             with trio.fail_after(10):
-                while (await counts(c))["queued"] < 2:  # noqa: ASYNC110 - polls stats
+                while (await counts(c))["queued"] < 4:  # noqa: ASYNC110 - polls stats
                     await trio.sleep(0.05)
             c_before = await counts(c)
             for i in range(24):
@@ -192,6 +194,10 @@ async def run_phases(
             c_after = await counts(c)
             assert c_after["rejected"] > c_before["rejected"], "LiteLLM never tried C"
             assert c_after["served"] == c_before["served"], "C served while it was full?"
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(15):  # C frees its slots (cancelled turns) for phase 3
+            while (await counts(c))["in_flight"] > 0:  # noqa: ASYNC110 - polls stats
+                await trio.sleep(0.05)
 
         # 3. SIGKILL mid-load: B dies while it runs requests; no client sees it
         b = servers["b"]
