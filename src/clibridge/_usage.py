@@ -99,9 +99,9 @@ def claude_window(info: Any) -> UsageWindow | None:
     return UsageWindow(
         name=kind if isinstance(kind, str) else "unified",
         # a rejected window is used up, whatever the CLI left out
-        used_percent=100.0 if status == "rejected" else (
-            None if utilization is None else round(utilization * 100, 2)
-        ),
+        used_percent=100.0
+        if status == "rejected"
+        else (None if utilization is None else round(utilization * 100, 2)),
         resets_at=_number(info.get("resetsAt")),
         status=status if isinstance(status, str) else None,
     )
