@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from clibridge.testing.model_stub import ModelStub, directive
-from clibridge.testing.realcli import ClaudeSetup, open_json_lines_process
+from clibridge.testing.realcli import ClaudeSetup, CodexSetup, open_json_lines_process
 
 from .test_real_cli_smoke import BOOT_AND_TURN, answers, control, is_result, user_line
 
@@ -116,3 +116,23 @@ async def test_real_claude_with_an_api_key_reports_no_window(
     lines = await two_turns(real_claude, int(time.time()) + WINDOW_RESET_IN)
     assert events(lines) == []
     assert sum(1 for d, m in lines if d == "out" and is_result(m)) == 2
+
+
+async def test_real_codex_with_an_api_key_has_no_window(
+    real_codex: CodexSetup, model_stub: ModelStub
+) -> None:
+    """``account/rateLimits/read`` needs a ChatGPT login: with the stub's API key the pinned
+    codex answers an error (the fake codex answers the same without ``rate_limits``)."""
+    argv = real_codex.app_server_argv()
+    async with open_json_lines_process(argv, env=real_codex.env, cwd=real_codex.cwd) as codex:
+        with trio.fail_after(BOOT_AND_TURN):
+            hello = {"clientInfo": {"name": "clibridge-test", "version": "0"}}
+            await codex.send({"id": 1, "method": "initialize", "params": hello})
+            await codex.receive_until(lambda m: m.get("id") == 1)
+            await codex.send({"method": "initialized"})
+            await codex.send({"id": 2, "method": "account/rateLimits/read", "params": {}})
+            answer = (await codex.receive_until(lambda m: m.get("id") == 2))[-1]
+    assert answer["error"] == {
+        "code": -32600,
+        "message": "codex account authentication required to read rate limits",
+    }

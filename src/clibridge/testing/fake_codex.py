@@ -303,8 +303,9 @@ class FakeCodex:
     def on_rate_limits_read(self, req_id: Any) -> None:
         snapshot = self.book.default.rate_limits
         if snapshot is None:
-            # what an app-server logged in with an API key answers (no ChatGPT account)
-            self.error(req_id, "codex account authentication required to read rate limits", -32603)
+            # what the real one logged in with an API key answers (no ChatGPT account; seen
+            # in tests/realcli/test_rate_limit_event.py)
+            self.error(req_id, "codex account authentication required to read rate limits")
             return
         self.reply(req_id, {"rateLimits": snapshot, "rateLimitsByLimitId": {"codex": snapshot}})
 
