@@ -1,5 +1,5 @@
 """The command line: ``clibridge serve | config | doctor | login | keys | openclaw-config |
-version`` (and ``inspect`` / ``usage`` for the request ledger).
+litellm-config | version`` (and ``inspect`` / ``usage`` for the request ledger).
 
 Every setting of :class:`~clibridge._config.Config` is a flag of ``serve`` and ``config``,
 generated from :func:`clibridge._config_load.settings` so none is forgotten; the flags
@@ -92,10 +92,14 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         elif s.key == "log_level":
             kwargs["choices"] = list(LOG_LEVELS)
         else:
-            days = s.key.endswith("_days")
-            kwargs["metavar"] = (
-                "DAYS" if days else _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
+            unit = (
+                "DAYS"
+                if s.key.endswith("_days")
+                else "PERCENT"
+                if s.key.endswith("usage_warning")
+                else None
             )
+            kwargs["metavar"] = unit or _metavar(inner) or s.key.rsplit(".", 1)[-1].upper()
         groups[_group_of(s)].add_argument(s.flag, **kwargs)
 
 
@@ -187,6 +191,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     oc.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
     _ledger_cli.add_commands(sub)
+    ll = sub.add_parser(
+        "litellm-config",
+        help="print a LiteLLM proxy config.yaml that spreads requests over several clibridge "
+        "instances (docs/scale-out.md)",
+        description="Print LiteLLM's config.yaml: every model with one deployment per "
+        "instance, retries and cooldown on 429 / 503, timeouts for long agent turns, session "
+        "affinity. With --out DIR write it there, with a /readyz probe callback.",
+    )
+    ll.add_argument(
+        "--instance",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a clibridge instance (http://host:port); repeat for each",
+    )
+    ll.add_argument(
+        "--key",
+        help="the instances' API key, written into the file [default: LiteLLM reads "
+        "CLIBRIDGE_API_KEY from its environment]",
+    )
+    ll.add_argument(
+        "--backend",
+        action="append",
+        choices=list(BACKENDS),
+        help="only this backend's models [default: all]",
+    )
+    ll.add_argument(
+        "--cooldown",
+        type=float,
+        metavar="SECONDS",
+        help="how long LiteLLM leaves out an instance that failed [default: 10]",
+    )
+    ll.add_argument(
+        "--routing",
+        choices=("simple-shuffle", "least-busy"),
+        default="simple-shuffle",
+        help="LiteLLM's routing strategy for requests no session pins [default: simple-shuffle]",
+    )
+    ll.add_argument(
+        "--out", type=Path, metavar="DIR", help="write DIR/config.yaml and the callback"
+    )
+    ll.add_argument("--config", type=Path, metavar="PATH", help="clibridge's TOML config file")
     return parser
 
 
@@ -318,6 +364,37 @@ def _openclaw_config(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     return 0
 
 
+def _litellm_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import _litellm
+
+    config = load_config({}, environ, args.config)
+    backends = args.backend or list(BACKENDS)
+    # the instances are set up like this one: LiteLLM outwaits their longest turn
+    turn_timeout = max(BACKENDS[b].settings(config).pool.turn_timeout for b in backends)
+    try:
+        data = _litellm.build_config(
+            args.instance,
+            key=args.key,
+            models=_litellm.model_names(backends),
+            turn_timeout=turn_timeout,
+            cooldown=_litellm.COOLDOWN if args.cooldown is None else args.cooldown,
+            routing=args.routing,
+            readyz_callback=args.out is not None,
+        )
+        text = _litellm.to_yaml(
+            data, header=_litellm.header_for(args.instance, readyz_callback=args.out is not None)
+        )
+    except _litellm.LiteLLMConfigError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    written = _litellm.write_config(args.out, text)
+    print(f"clibridge: wrote {', '.join(map(str, written))}", file=sys.stderr)
+    return 0
+
+
 def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the CLI's own login with the spawn home clibridge's workers use."""
     import subprocess
@@ -398,10 +475,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
-    if args.command in ("login", "openclaw-config", "keys"):
-        command = {"login": _login, "openclaw-config": _openclaw_config, "keys": _keys}
+    commands = {
+        "login": _login,
+        "openclaw-config": _openclaw_config,
+        "litellm-config": _litellm_config,
+        "keys": _keys,
+    }
+    if args.command in commands:
         try:
-            return command[args.command](args, env)
+            return commands[args.command](args, env)
         except ConfigError as exc:
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2

@@ -72,6 +72,11 @@ class PoolConfig:
     #: under pressure, a turn parked on a client's tool call keeps its worker this long
     #: before a waiting request may take it (finished conversations give way at once)
     park_grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    #: log a warning when a subscription window (as the CLI reports it) is this many
+    #: percent used (shown in /v1/stats under "subscription")
+    usage_warning: float = attrs.field(
+        default=80.0, validator=[attrs.validators.gt(0), attrs.validators.le(100)]
+    )
 
 
 @attrs.frozen

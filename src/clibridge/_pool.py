@@ -59,6 +59,7 @@ import trio
 
 from ._config import PoolConfig
 from ._errors import BootError, BridgeError, QueueFull, TurnTimeout, UnavailableError
+from ._usage import ReportsUsage, UsageMeter
 from ._worker import Binding, Worker, WorkerRetired, WorkerUnusable
 
 log = logging.getLogger("clibridge.pool")
@@ -230,6 +231,8 @@ class WorkerPool:
         self.name = name
         self.config = config
         self._factory = factory
+        #: the backend's subscription windows, as its workers report them (/v1/stats)
+        self.usage = UsageMeter(name, config.usage_warning)
         #: concurrent leases one worker serves (codex app-server threads); 1 for claude
         self.capacity = threads_per_worker
         self._permits_total = config.workers * threads_per_worker
@@ -692,7 +695,10 @@ class WorkerPool:
         assert self._nursery is not None
         worker_id = self._next_id
         self._next_id += 1
-        slot = _Slot(self._factory(worker_id))
+        worker = self._factory(worker_id)
+        if isinstance(worker, ReportsUsage):
+            worker.usage = self.usage
+        slot = _Slot(worker)
         self._slots[worker_id] = slot
         self._nursery.start_soon(self._life, slot)
 

@@ -450,6 +450,7 @@ class Supervisor:
             }
             watch = self._one_shot.get(name)
             stats["one_shot_releases"] = watch.one_shot_releases if watch is not None else 0
+            stats["subscription"] = pool.usage.statistics()
         return out
 
     def begin_drain(self) -> None:

@@ -1249,6 +1249,17 @@ class Turn:
         mu["cacheReadInputTokens"] += sc.cache_read_input_tokens
         mu["costUSD"] += cost
         ms = int((time.monotonic() - self.started) * 1000)
+        if self.sc.rate_limit_info is not None:
+            # as the real one: after the message, before the result (a recorded sample:
+            # tests/testing/samples/claude_rate_limit_event.ndjson)
+            fake.emit(
+                {
+                    "type": "rate_limit_event",
+                    "rate_limit_info": self.sc.rate_limit_info,
+                    "uuid": _uuid(),
+                    "session_id": fake.session_id,
+                }
+            )
         fake.emit(
             {
                 "type": "result",

@@ -91,7 +91,14 @@ _ERROR_INFOS = frozenset(
         "inferenceHookDenied",
     ]
 )
-_IMPLEMENTED = ("initialize", "thread/start", "thread/inject_items", "turn/start", "turn/interrupt")
+_IMPLEMENTED = (
+    "initialize",
+    "thread/start",
+    "thread/inject_items",
+    "turn/start",
+    "turn/interrupt",
+    "account/rateLimits/read",
+)
 #: env knob: behave like an app-server without ``thread/inject_items``
 NO_INJECT_ENV = "CLIBRIDGE_FAKE_CODEX_NO_INJECT"
 #: ResponseItem variants and the fields each requires (the real one's serde messages name
@@ -280,6 +287,8 @@ class FakeCodex:
             self.on_turn_start(req_id, params)
         elif method == "turn/interrupt":
             self.on_turn_interrupt(req_id, params)
+        elif method == "account/rateLimits/read":
+            self.on_rate_limits_read(req_id)
         else:
             implemented: tuple[str, ...] = _IMPLEMENTED
             if os.environ.get(NO_INJECT_ENV):
@@ -290,6 +299,15 @@ class FakeCodex:
             )
 
     # ------------------------------------------------------------------ handlers
+
+    def on_rate_limits_read(self, req_id: Any) -> None:
+        snapshot = self.book.default.rate_limits
+        if snapshot is None:
+            # what the real one logged in with an API key answers (no ChatGPT account; seen
+            # in tests/realcli/test_rate_limit_event.py)
+            self.error(req_id, "codex account authentication required to read rate limits")
+            return
+        self.reply(req_id, {"rateLimits": snapshot, "rateLimitsByLimitId": {"codex": snapshot}})
 
     def on_initialize(self, req_id: Any, params: Mapping[str, Any]) -> None:
         if self.initialized:
@@ -769,6 +787,8 @@ class _TurnRunner:
     ) -> None:
         self.take_injected()
         self.thread.active = None
+        if self.scenario.rate_limits is not None:
+            self.s.notify("account/rateLimits/updated", {"rateLimits": self.scenario.rate_limits})
         duration = int((time.monotonic() - self.t0) * 1000)
         view = "summary" if items else "notLoaded"
         self.s.notify(

@@ -150,6 +150,9 @@ class Reply:
     hang_after: int | None = None
     #: after this many content deltas, end the stream with an in-stream error event
     stream_error_after: int | None = None
+    # --- extra response headers, on any answer (error, JSON or stream): e.g. Anthropic's
+    # ``anthropic-ratelimit-unified-*`` subscription headers, which claude reads
+    headers: dict[str, str] = attrs.field(factory=dict)
 
 
 #: named directive presets: ``@stub:NAME``
@@ -916,8 +919,9 @@ class ModelStub:
             await _send_json(send, 400, error(400, f"model stub: bad @stub directive: {exc}"))
             return
         self._record(scope, raw, body, reply)
+        extra = [(k.lower().encode(), str(v).encode()) for k, v in reply.headers.items()]
         if reply.error is not None:
-            headers = []
+            headers = list(extra)
             if reply.retry_after is not None:
                 headers.append((b"retry-after", _number(reply.retry_after).encode()))
             if reply.should_retry is not None:
@@ -931,11 +935,13 @@ class ModelStub:
                 return
             await trio.sleep(reply.first_delay)
             render = anthropic_message if anthropic else responses_response
-            await _send_json(send, 200, render(reply, text, body, self._ids))
+            await _send_json(send, 200, render(reply, text, body, self._ids), extra)
             return
         stream = anthropic_stream if anthropic else responses_stream
         frames = stream(reply, text, body, self._ids)
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]}
+        )
         async with trio.open_nursery() as nursery:
             # Why: hypercorn tells a gone client only through receive(); a hanging or slow
             # stream must notice it so in-flight counts drop when the CLI hangs up.

@@ -189,6 +189,13 @@ class Scenario:
     ignore_interrupt: bool = False
     garbage_line: bool = False  # print a non-JSON line before the turn's output
     stderr: str | None = None  # a line to print on stderr during the turn
+    # --- the subscription window (clibridge._usage)
+    #: claude: send a ``rate_limit_event`` with this ``rate_limit_info`` before the result
+    rate_limit_info: dict[str, Any] | None = None
+    #: codex: this ``RateLimitSnapshot`` answers ``account/rateLimits/read`` (default
+    #: scenario; None: an error, as without a ChatGPT login) and, set for a turn, is sent as
+    #: ``account/rateLimits/updated`` before the turn completes
+    rate_limits: dict[str, Any] | None = None
     # --- claude only (fake_claude)
     #: prefix the reply with ``[system: <the system prompt in force>]`` (tests of binding)
     echo_system: bool = False
@@ -253,6 +260,8 @@ def _type_problem(value: Any, kind: Any) -> str | None:
         return None if ok and math.isfinite(value) else "must be a finite number"
     if kind is str:
         return None if isinstance(value, str) else "must be a string"
+    if typing.get_origin(kind) is dict:
+        return None if isinstance(value, dict) else "must be a JSON object"
     if typing.get_origin(kind) is tuple and args[0] is FakeToolCall:
         return _tool_calls_problem(value)
     raise AssertionError(f"no check for the Scenario field type {kind!r}")  # a new field

@@ -96,6 +96,7 @@ from ..._errors import (
 from ..._events import Event, Message, Request, ToolCallStart, ToolResultPart, ToolSpec
 from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec
+from ..._usage import UsageMeter, claude_window
 from ..._worker import Binding, WorkerUnusable
 from .. import claude
 from .._env import with_fake_knobs
@@ -112,7 +113,7 @@ from . import (
     TurnTranslator,
 )
 from .home import SpawnHome, prepare_claude_home
-from .parser import parse_line
+from .parser import OtherMessage, parse_line
 from .tools import CLIENT_MCP_SERVER, CLIENT_TOOL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ class ClaudeWorker:
         self.started_at = 0.0
         self.healthy = True
         self.pid: int | None = None
+        #: the pool's meter of the subscription windows (rate_limit_event lines)
+        self.usage: UsageMeter | None = None
         self._config = config
         self._pool = pool
         self._spawn_model = spawn_model
@@ -290,7 +293,12 @@ class ClaudeWorker:
     # ------------------------------------------------------------------ routing
 
     async def _route(self, record: Record) -> None:
-        if isinstance(record, ControlResponse):
+        if isinstance(record, OtherMessage) and record.type == "rate_limit_event":
+            # the subscription window the CLI read from the response headers (_usage.py)
+            window = claude_window(record.raw.get("rate_limit_info"))
+            if window is not None and self.usage is not None:
+                self.usage.update(window)
+        elif isinstance(record, ControlResponse):
             if not self._session.resolve(record.request_id, record):
                 log.debug("worker %d: unexpected control_response %s", self.id, record.request_id)
         elif isinstance(record, ControlRequest) and record.subtype == "mcp_message":

@@ -77,6 +77,7 @@ from ..._errors import (
 from ..._events import Event, Message, Request, ToolResultPart
 from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec
+from ..._usage import UsageMeter, codex_windows
 from ..._worker import Binding, WorkerRetired, WorkerUnusable
 from .. import codex
 from .._env import with_fake_knobs
@@ -95,6 +96,9 @@ log = logging.getLogger(__name__)
 
 #: distinct system prompt / tool sets a worker keeps one pre-started thread for
 _MAX_SPARE_THREADS: Final = 2
+#: the subscription windows: read once at boot, then notified on every change
+RATE_LIMITS_READ: Final = "account/rateLimits/read"
+RATE_LIMITS_UPDATED: Final = "account/rateLimits/updated"
 
 
 #: one parsed stdout line
@@ -165,6 +169,8 @@ class CodexWorker:
         self._nursery: trio.Nursery | None = None
         self._inject_supported = True
         self.active = 0
+        #: the pool's meter of the subscription windows (account/rateLimits/*)
+        self.usage: UsageMeter | None = None
         #: counters for tests and statistics
         self.declined_approvals = 0
         self.refused_requests = 0
@@ -198,11 +204,32 @@ class CodexWorker:
             if response.error is not None:
                 raise BootError(f"codex refused initialize: {response.error_message}")
             await self._session.send(codex.notification_line("initialized"))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._read_rate_limits)
         except (CliCrashed, TurnTimeout) as exc:
             raise BootError(
                 f"codex worker {self.id} did not get ready: {exc.message}",
                 detail=await self._session.stderr_tail(),
             ) from exc
+
+    async def _read_rate_limits(self) -> None:
+        """The subscription windows once at boot (later changes come as notifications);
+        an app-server without a ChatGPT login answers an error, which is not a fault."""
+        try:
+            response = await self._call(RATE_LIMITS_READ, {}, RATE_LIMITS_READ)
+        except BridgeError as exc:
+            log.debug("codex worker %d: %s failed: %s", self.id, RATE_LIMITS_READ, exc)
+            return
+        if response.error is not None:
+            log.debug("codex worker %d: no rate limits: %s", self.id, response.error_message)
+            return
+        result = response.result if isinstance(response.result, Mapping) else {}
+        self._on_rate_limits(result.get("rateLimits"))
+
+    def _on_rate_limits(self, snapshot: Any) -> None:
+        if self.usage is not None:
+            for window in codex_windows(snapshot):
+                self.usage.update(window)
 
     # ------------------------------------------------------------------ routing
 
@@ -212,6 +239,8 @@ class CodexWorker:
                 log.debug("codex worker %d: unexpected response %r", self.id, msg.id)
         elif isinstance(msg, ServerRequest):
             await self._answer(msg)
+        elif isinstance(msg, Notification) and msg.method == RATE_LIMITS_UPDATED:
+            self._on_rate_limits(msg.params.get("rateLimits"))
         elif isinstance(msg, Notification):
             thread_id = msg.thread_id
             channel = self._threads.get(thread_id) if thread_id else None
