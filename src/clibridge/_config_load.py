@@ -679,6 +679,13 @@ def load_config(
         TypeError,
     ) as exc:  # pragma: no cover - checked above
         raise ConfigError(f"invalid configuration: {exc}") from None
+    for section_name in ("claude", "codex"):
+        section = getattr(config, section_name)
+        if section.accounts and section.use_real_home:
+            raise ConfigError(
+                f"{section_name}.accounts and {section_name}.use_real_home do not go together: "
+                "each account runs in a spawn home of its own"
+            )
     server = config.server
     if not is_loopback(server.host) and server.auth_token is None:
         raise ConfigError(

@@ -33,6 +33,8 @@ class Readiness:
     ready: bool
     reason: str  # human-readable: why not, or what is serving
     fake: bool = False
+    #: per backend with configured accounts: each account's state (name, state, ...)
+    accounts: Mapping[str, Sequence[Mapping[str, Any]]] = attrs.field(factory=dict)
 
 
 class TurnService(Protocol):

@@ -446,7 +446,9 @@ def create_app(service: TurnService, config: ServerConfig) -> BridgeApp:
         reason = (
             "draining: the server is shutting down" if app.draining.is_set() else readiness.reason
         )
-        body = {"ready": ready, "reason": reason, "fake": readiness.fake}
+        body: dict[str, Any] = {"ready": ready, "reason": reason, "fake": readiness.fake}
+        if readiness.accounts:
+            body["accounts"] = readiness.accounts
         return json_response(body, 200 if ready else 503, {} if ready else {"Retry-After": "1"})
 
     @app.get("/v1/stats")

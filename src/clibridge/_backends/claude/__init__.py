@@ -77,7 +77,7 @@ from .tools import (
 from .translator import RetryPolicy, TurnTranslator
 
 if TYPE_CHECKING:
-    from ..._config import ClaudeConfig, Config
+    from ..._config import AccountConfig, ClaudeConfig, Config
     from ..._janitor import Janitor
     from ..._pool import WorkerFactory
 
@@ -166,6 +166,16 @@ def _logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> s
     return logged_in(config, environ, state_dir)
 
 
+def _accounts(config: Config) -> tuple[AccountConfig, ...]:
+    return config.claude.accounts
+
+
+def _account_environ(account: AccountConfig, environ: Mapping[str, str]) -> Mapping[str, str]:
+    from .home import account_environ
+
+    return account_environ(account, environ)
+
+
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
 BACKEND: Final[Backend] = Backend(
     name="claude",
@@ -178,4 +188,6 @@ BACKEND: Final[Backend] = Backend(
     login_fix="claude setup-token, then set CLAUDE_CODE_OAUTH_TOKEN",
     fake_command=(sys.executable, "-m", "clibridge.testing.fake_claude"),
     continuation=True,
+    accounts=_accounts,
+    account_environ=_account_environ,
 )

@@ -108,7 +108,7 @@ from .translator import (
 )
 
 if TYPE_CHECKING:
-    from ..._config import CodexConfig, Config
+    from ..._config import AccountConfig, CodexConfig, Config
     from ..._janitor import Janitor
     from ..._pool import WorkerFactory
 
@@ -200,6 +200,10 @@ def _login(
     return login_command(config, state_dir, environ, cli_args)
 
 
+def _accounts(config: Config) -> tuple[AccountConfig, ...]:
+    return config.codex.accounts
+
+
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
 BACKEND: Final[Backend] = Backend(
     name="codex",
@@ -215,4 +219,6 @@ BACKEND: Final[Backend] = Backend(
     continuation=True,
     threads_per_worker=_threads_per_worker,
     login=_login,
+    # an account's login is the auth.json in its own CODEX_HOME: nothing to add to the env
+    accounts=_accounts,
 )
