@@ -18,8 +18,10 @@ account's spawn home, with that account's login (see ``_supervisor.serve``).
   parked on a cooling account starts fresh (whole history) on another account.
 * **Cooling down.** A turn that fails with :class:`~clibridge._errors.UpstreamRateLimited`
   or :class:`~clibridge._errors.LoginExpired` (:data:`ACCOUNT_TROUBLE`) cools its account
-  down: rate-limited for the delay the CLI announced (``retry_after``) or else
-  ``rate_limit_cooldown``; login expired for ``login_recheck`` (a login can be fixed
+  down: rate-limited for the delay the CLI announced (``retry_after``: codex's usage
+  limit names its reset, "try again in 3 hours"), at least ``rate_limit_cooldown`` (claude
+  announces only its own backoff between retries, seconds, not when the limit resets);
+  login expired for ``login_recheck`` (a login can be fixed
   while clibridge runs: ``clibridge login codex --account NAME``, a rotated token file).
   Each further failure of the account without a good turn in between doubles the delay,
   up to 16 times. When the delay has passed the account takes requests again; the next
@@ -197,9 +199,7 @@ class AccountGroup:
     def parked(self) -> list[object]:
         """What the parked leases hold, of the accounts not cooling down."""
         now = trio.current_time()
-        return [
-            held for a in self.accounts if a.available(now) for held in a.pool.parked()
-        ]
+        return [held for a in self.accounts if a.available(now) for held in a.pool.parked()]
 
     def account_of(self, lease: Lease) -> Account:
         return next(a for a in self.accounts if a.pool is lease.pool)
@@ -247,7 +247,7 @@ class AccountGroup:
         state = next(s for kind, s in _TROUBLE_STATE.items() if isinstance(exc, kind))
         now = trio.current_time()
         if state is AccountState.RATE_LIMITED:
-            base = exc.retry_after if exc.retry_after else self.config.rate_limit_cooldown
+            base = max(exc.retry_after or 0.0, self.config.rate_limit_cooldown)
         else:
             base = self.config.login_recheck
         if not account.available(now):
@@ -336,9 +336,12 @@ class AccountGroup:
         out["name"] = self.name
         out["ready"], out["reason"] = self.readiness()
         out["workers"] = [
-            {**w, "account": a.name} for a, p in zip(self.accounts, pools) for w in p["workers"]
+            {**w, "account": a.name}
+            for a, p in zip(self.accounts, pools, strict=True)
+            for w in p["workers"]
         ]
         out["accounts"] = [
-            {**a.describe(trio.current_time()), "stats": p} for a, p in zip(self.accounts, pools)
+            {**a.describe(trio.current_time()), "stats": p}
+            for a, p in zip(self.accounts, pools, strict=True)
         ]
         return out
