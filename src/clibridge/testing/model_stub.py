@@ -746,7 +746,9 @@ def responses_stream(
 def _api_key(scope: Scope) -> str:
     """The key a request authenticates with: ``x-api-key``, or an ``authorization``
     bearer token (what a CLI logged in with an OAuth token sends)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    headers: dict[str, str] = {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+    }
     if "x-api-key" in headers:
         return headers["x-api-key"]
     scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -924,10 +926,9 @@ class ModelStub:
             return
         keyed = self.by_key.get(_api_key(scope))
         try:
-            if keyed is not None:
-                reply, text = keyed, ""
-            else:
-                reply, text = choose_reply(body, self._queue, self.default)
+            # a keyed reply comes first, like a queued one (no directive overrides it)
+            queue = self._queue if keyed is None else deque([keyed])
+            reply, text = choose_reply(body, queue, self.default)
         except (ValueError, cattrs.BaseValidationError) as exc:
             self._record(scope, raw, body, None)
             await _send_json(send, 400, error(400, f"model stub: bad @stub directive: {exc}"))
