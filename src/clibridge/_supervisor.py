@@ -200,53 +200,55 @@ class Supervisor:
         parked = match.conversation
         step = match.plan
         tried: set[Account] = set()
-        async with group.resume(parked.key) as lease:
-            if lease is not None and step is not None:
-                worker = lease.worker
-                self._resumes[group.name]["hits"] += 1
-                log.info(
-                    "%s worker %d: resumed a parked conversation (%s, %d new messages, "
-                    "%d dropped context)",
-                    group.name,
-                    worker.id,
-                    "tool results" if isinstance(step, ToolResume) else "next turn",
-                    len(match.new),
-                    match.dropped,
-                )
-                if isinstance(step, ToolResume):
-                    source = worker.turn(request, tool_results=step.results)
-                else:
-                    source = worker.turn(request, messages=step.messages)
-                account = group.account_of(lease)
-                events = output.relay(
-                    self._retrying(group, lease, binding, request, tracker, source)
-                )
-                try:
-                    async with aclosing(events):
-                        async for event in events:
-                            yield event
-                    return
-                except ACCOUNT_TROUBLE as exc:
-                    if output.produced or not group.reroutes:
-                        raise
-                    tried.add(account)
-                    log.warning(
-                        "%s account %s: %s; the continued turn had produced no output: "
-                        "the whole history goes to another account",
+        account: Account | None = None
+        try:
+            async with group.resume(parked.key) as lease:
+                if lease is not None and step is not None:
+                    worker = lease.worker
+                    self._resumes[group.name]["hits"] += 1
+                    log.info(
+                        "%s worker %d: resumed a parked conversation (%s, %d new messages, "
+                        "%d dropped context)",
                         group.name,
-                        account.name,
-                        exc,
+                        worker.id,
+                        "tool results" if isinstance(step, ToolResume) else "next turn",
+                        len(match.new),
+                        match.dropped,
                     )
-                finally:
-                    tracker.settle(lease, watch)
-                miss = "account_trouble"
-            else:
+                    if isinstance(step, ToolResume):
+                        source = worker.turn(request, tool_results=step.results)
+                    else:
+                        source = worker.turn(request, messages=step.messages)
+                    account = group.account_of(lease)
+                    events = output.relay(
+                        self._retrying(group, lease, binding, request, tracker, source)
+                    )
+                    try:
+                        async with aclosing(events):
+                            async for event in events:
+                                yield event
+                    finally:
+                        tracker.settle(lease, watch)
+                    return
                 miss = "gone" if lease is None else "cannot_continue"
                 if lease is not None and not lease.worker.drop_paused_calls(
                     cli for _, cli in parked.pending
                 ):
                     # the paused turn ends only with its process
                     lease.retire_on_release = parked.mid_turn
+        except ACCOUNT_TROUBLE as exc:
+            # the group cooled the account down as the lease ended
+            if account is None or output.produced or not group.reroutes:
+                raise
+            tried.add(account)
+            miss = "account_trouble"
+            log.warning(
+                "%s account %s: %s; the continued turn had produced no output: "
+                "the whole history goes to another account",
+                group.name,
+                account.name,
+                exc,
+            )
         self._count_miss(group.name, request, miss)
         fresh = self._fresh(group, binding, request, tracker, watch, output, avoid=tried)
         async with aclosing(fresh):

@@ -28,7 +28,13 @@ CONFIG = PoolConfig(workers=2, spares=1, rate_limit_cooldown=60.0, login_recheck
 
 
 class Harness:
-    def __init__(self, names: tuple[str, ...] = ("a", "b", "c"), implicit: bool = False) -> None:
+    def __init__(
+        self,
+        names: tuple[str, ...] = ("a", "b", "c"),
+        implicit: bool = False,
+        worker: type[ScriptedWorker] = ScriptedWorker,
+    ) -> None:
+        self.worker = worker
         self.plans = {name: Plan(boot_delay=1.0, turn_delay=0.5) for name in names}
         self.log: list[tuple[float, str, str]] = []
         accounts = [
@@ -44,7 +50,7 @@ class Harness:
 
     def _factory(self, name: str) -> Callable[[int], ScriptedWorker]:
         def make(worker_id: int) -> ScriptedWorker:
-            return ScriptedWorker(worker_id, self.plans[name], _Tagged(name, self.log))
+            return self.worker(worker_id, self.plans[name], _Tagged(name, self.log))
 
         return make
 
@@ -59,9 +65,11 @@ class Harness:
         stats = self.supervisor.statistics()["claude"]
         return next(a for a in stats["accounts"] if a["name"] == name)
 
-    async def ask(self, seen: list[Event] | None = None) -> list[Event]:
+    async def ask(
+        self, seen: list[Event] | None = None, history: tuple[Message, ...] = ()
+    ) -> list[Event]:
         seen = [] if seen is None else seen
-        request = Request(model=MODEL, messages=(Message("user", (TextPart("hi"),)),))
+        request = Request(model=MODEL, messages=(*history, Message("user", (TextPart("hi"),))))
         async with self.supervisor.turn(request) as events:
             async for event in events:
                 seen.append(event)
@@ -222,3 +230,65 @@ async def test_without_accounts_nothing_cools_down(
     stats = h.supervisor.statistics()["claude"]
     assert "accounts" not in stats and stats["name"] == "claude/default"
     assert h.supervisor.readiness().accounts == {}
+
+
+class ParkingWorker(ScriptedWorker):
+    """Keeps its conversation after a finished turn, as a claude worker does."""
+
+    continues_finished_turns = True
+
+
+#: the conversation after one turn of :meth:`Harness.ask`, as the client replays it
+HISTORY = (Message("user", (TextPart("hi"),)), Message("assistant", (TextPart("hi"),)))
+
+
+@pytest.fixture
+async def parking(nursery: trio.Nursery) -> Harness:
+    harness = Harness(("a", "b"), worker=ParkingWorker)
+    await nursery.start(harness.group.run)
+    await trio.sleep(1.1)
+    return harness
+
+
+async def test_a_conversation_continues_on_its_account(
+    parking: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = parking
+    await h.ask()
+    assert h.turns() == ["a"] and len(h.group.parked()) == 1
+    # b is idle, a holds the parked conversation: the follow-up still goes to a
+    await h.ask(history=HISTORY)
+    assert h.turns() == ["a", "a"]
+    assert h.supervisor.statistics()["claude"]["resume_hits"] == 1
+
+
+async def test_a_resumed_turn_its_account_refuses_runs_fresh_on_another_account(
+    parking: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = parking
+    await h.ask()
+    h.plans["a"].fails_with = UpstreamRateLimited("429", retry_after=100)
+    events = await h.ask(history=HISTORY)
+    assert [type(e) for e in events] == [TurnStarted, TextDelta, Finished]
+    assert h.turns() == ["a", "a", "b"] and h.refused() == ["a"]
+    stats = h.supervisor.statistics()["claude"]
+    assert stats["resume_hits"] == 1
+    assert stats["resume_miss_reasons"] == {"account_trouble": 1}
+    assert h.account("a")["state"] == "rate_limited"
+    # the conversation now lives on b: the next follow-up resumes there
+    await h.ask(history=(*HISTORY, Message("user", (TextPart("hi"),)), HISTORY[1]))
+    assert h.turns()[-1] == "b"
+    assert h.supervisor.statistics()["claude"]["resume_hits"] == 2
+
+
+async def test_a_conversation_parked_on_a_cooling_account_starts_fresh_elsewhere(
+    parking: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = parking
+    await h.ask()
+    a = h.group.accounts[0]
+    h.group.cool_down(a, LoginExpired("the login has expired"))
+    assert h.group.parked() == []  # a's conversation is not offered while a rests
+    await h.ask(history=HISTORY)
+    assert h.turns() == ["a", "b"]
+    assert h.supervisor.statistics()["claude"]["resume_miss_reasons"] == {"not_parked": 1}
