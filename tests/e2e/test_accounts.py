@@ -41,9 +41,7 @@ SCENARIO = {
         },
     },
 }
-POOL = attrs.evolve(
-    FAST_POOL, workers=1, spares=1, rate_limit_cooldown=40.0, login_recheck=25.0
-)
+POOL = attrs.evolve(FAST_POOL, workers=1, spares=1, rate_limit_cooldown=40.0, login_recheck=25.0)
 
 
 def accounts(*names: str) -> tuple[AccountConfig, ...]:
@@ -58,13 +56,16 @@ async def test_refusing_accounts_cool_down_and_the_request_runs_on_the_healthy_o
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with open_e2e_server(
-        tmp_path,
-        scenario=SCENARIO,
-        pool=POOL,
-        claude={"accounts": accounts("limited", "expired", "ok")},
-    ) as server:
-        oai = openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0)
+    async with (
+        open_e2e_server(
+            tmp_path,
+            scenario=SCENARIO,
+            pool=POOL,
+            claude={"accounts": accounts("limited", "expired", "ok")},
+        ) as server,
+        openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0) as oai,
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0) as ant,
+    ):
         # all idle: the first account in order takes it, refuses, and so does the second
         first = await oai.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hello"}]
@@ -98,7 +99,6 @@ async def test_refusing_accounts_cool_down_and_the_request_runs_on_the_healthy_o
         assert follow.choices[0].message.content == "served"
         assert (await server.stats())["resume_hits"] == 1
         # the next requests go straight to ok: no account is asked again while it cools
-        ant = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0)
         second = await ant.messages.create(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "again"}]
         )
@@ -128,13 +128,16 @@ async def test_refusing_accounts_cool_down_and_the_request_runs_on_the_healthy_o
 async def test_when_every_account_refuses_the_client_gets_429_with_the_soonest_retry_after(
     tmp_path: Path,
 ) -> None:
-    async with open_e2e_server(
-        tmp_path,
-        scenario=SCENARIO,
-        pool=POOL,
-        claude={"accounts": accounts("limited", "expired")},
-    ) as server:
-        oai = openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0)
+    async with (
+        open_e2e_server(
+            tmp_path,
+            scenario=SCENARIO,
+            pool=POOL,
+            claude={"accounts": accounts("limited", "expired")},
+        ) as server,
+        openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0) as oai,
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0) as ant,
+    ):
         with pytest.raises(openai.RateLimitError) as caught:
             await oai.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hello"}]
@@ -147,7 +150,6 @@ async def test_when_every_account_refuses_the_client_gets_429_with_the_soonest_r
         assert ready.status_code == 503
         assert "rate limited" in ready.json()["reason"]
         # the Anthropic dialect: the same 429, at once
-        ant = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="x", max_retries=0)
         with pytest.raises(anthropic.RateLimitError):
             await ant.messages.create(
                 model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
