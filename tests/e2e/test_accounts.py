@@ -155,3 +155,45 @@ async def test_when_every_account_refuses_the_client_gets_429_with_the_soonest_r
                 model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
             )
         await server.assert_clean()
+
+
+CODEX_SCENARIO = {
+    "default": {"reply": "served"},
+    "logins": {
+        "acct-limited": {
+            "error_notification": "usageLimitExceeded: You've hit your usage limit. "
+            "Try again in 90 minutes."
+        },
+        "acct-expired": {"api_error": 401},
+    },
+}
+
+
+async def test_codex_accounts_each_with_its_own_login(tmp_path: Path) -> None:
+    """Each codex account's app-server runs with the CODEX_HOME its `clibridge login codex
+    --account NAME` wrote; the one whose usage limit is hit rests for the 90 minutes codex
+    named, the logged-out one for login_recheck, and the third serves."""
+    for name in ("limited", "expired", "ok"):
+        home = tmp_path / "state" / "accounts" / name / "codex" / "home"
+        home.mkdir(parents=True, mode=0o700)
+        (home / "auth.json").write_text(json.dumps({"tokens": {"account_id": f"acct-{name}"}}))
+    async with (
+        open_e2e_server(
+            tmp_path,
+            backend="codex",
+            scenario=CODEX_SCENARIO,
+            pool=attrs.evolve(POOL, spares=0),
+            codex_settings={
+                "accounts": tuple(AccountConfig(n) for n in ("limited", "expired", "ok"))
+            },
+        ) as server,
+        openai.AsyncOpenAI(base_url=server.v1, api_key="x", max_retries=0) as oai,
+    ):
+        first = await oai.responses.create(model="gpt-5", input="hello")
+        assert first.output_text == "served"
+        states = by_name((await server.stats())["accounts"])
+        assert states["limited"]["state"] == "rate_limited"
+        assert states["limited"]["cooling_down_for"] > 89 * 60  # what codex announced
+        assert states["expired"]["state"] == "login_expired"
+        assert states["ok"]["state"] == "healthy"
+        await server.assert_clean()
