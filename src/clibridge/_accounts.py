@@ -21,8 +21,9 @@ account's spawn home, with that account's login (see ``_supervisor.serve``).
   down: rate-limited for the delay the CLI announced (``retry_after``: codex's usage
   limit names its reset, "try again in 3 hours"), at least ``rate_limit_cooldown`` (claude
   announces only its own backoff between retries, seconds, not when the limit resets);
-  login expired for ``login_recheck`` (a login can be fixed
-  while clibridge runs: ``clibridge login codex --account NAME``, a rotated token file).
+  login expired for ``login_recheck`` (a codex login can be
+  fixed while clibridge runs: ``clibridge login codex --account NAME``; a claude token is
+  read at start, so a new one needs a restart).
   Each further failure of the account without a good turn in between doubles the delay,
   up to 16 times. When the delay has passed the account takes requests again; the next
   good turn makes it healthy (and resets the doubling), a failure cools it down again.
