@@ -82,6 +82,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(get_args(inner))
         elif s.key == "models":
             kwargs.update(action="append", metavar="ALIAS=TARGET")
+        elif s.key.endswith(".accounts"):
+            metavar = "NAME=TOKEN_ENV" if s.key.startswith("claude.") else "NAME"
+            kwargs.update(action="append", metavar=metavar)
         elif origin is tuple and not s.key.endswith(".command"):
             kwargs.update(action="append", metavar="VALUE")
         elif origin is tuple:

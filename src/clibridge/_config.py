@@ -72,7 +72,7 @@ class PoolConfig:
     #: under pressure, a turn parked on a client's tool call keeps its worker this long
     #: before a waiting request may take it (finished conversations give way at once)
     park_grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
-    #: an account whose turn was rate-limited without a retry delay rests this many seconds
+    #: a rate-limited account rests the delay the CLI announced, at least this many seconds
     #: (with several accounts; see ``accounts``)
     rate_limit_cooldown: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     #: an account whose login expired is tried again after this many seconds, doubling on
