@@ -111,6 +111,8 @@ class Supervisor:
             name: p if isinstance(p, AccountGroup) else AccountGroup.of(p)
             for name, p in pools.items()
         }
+        #: each group's backend name (a group's own name may differ: a bare pool's)
+        self._backend_of = {group: name for name, group in self.pools.items()}
         #: its state shows in readiness() while it is being restarted
         self.janitor = janitor
         self.table = table
@@ -164,7 +166,7 @@ class Supervisor:
             if match is not None:
                 events = self._resumed(group, match, binding, request, tracker, watch, output)
             else:
-                self._count_miss(group.name, request, "not_parked")
+                self._count_miss(route.backend, request, "not_parked")
                 events = self._fresh(group, binding, request, tracker, watch, output)
         try:
             yield events
@@ -205,7 +207,7 @@ class Supervisor:
             async with group.resume(parked.key) as lease:
                 if lease is not None and step is not None:
                     worker = lease.worker
-                    self._resumes[group.name]["hits"] += 1
+                    self._resumes[self._backend_of[group]]["hits"] += 1
                     log.info(
                         "%s worker %d: resumed a parked conversation (%s, %d new messages, "
                         "%d dropped context)",
@@ -249,7 +251,7 @@ class Supervisor:
                 account.name,
                 exc,
             )
-        self._count_miss(group.name, request, miss)
+        self._count_miss(self._backend_of[group], request, miss)
         fresh = self._fresh(group, binding, request, tracker, watch, output, avoid=tried)
         async with aclosing(fresh):
             async for event in fresh:

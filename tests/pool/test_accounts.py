@@ -226,8 +226,9 @@ async def test_without_accounts_nothing_cools_down(
             await h.ask()
     assert h.refused() == ["default", "default"]
     h.plans["default"].fails_with = None
-    await h.ask()
+    await h.ask(history=HISTORY)  # a miss, counted under the backend's name
     stats = h.supervisor.statistics()["claude"]
+    assert stats["resume_miss_reasons"] == {"not_parked": 1}
     assert "accounts" not in stats and stats["name"] == "claude/default"
     assert h.supervisor.readiness().accounts == {}
 
