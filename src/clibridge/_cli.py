@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from . import __version__, _ledger_cli
-from ._backends import BACKENDS
+from ._backends import BACKENDS, account_state_dir
 from ._config import Config
 from ._config_load import LOG_LEVELS, ConfigError, Setting, dump_toml, load_config, settings
 
@@ -85,6 +85,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(get_args(inner))
         elif s.key == "models":
             kwargs.update(action="append", metavar="ALIAS=TARGET")
+        elif s.key.endswith(".accounts"):
+            metavar = "NAME=TOKEN_ENV" if s.key.startswith("claude.") else "NAME"
+            kwargs.update(action="append", metavar=metavar)
         elif origin is tuple and not s.key.endswith(".command"):
             kwargs.update(action="append", metavar="VALUE")
         elif origin is tuple:
@@ -158,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="clibridge's state dir: use the same as `serve` (env CLIBRIDGE_STATE_DIR)",
+    )
+    login.add_argument(
+        "--account",
+        metavar="NAME",
+        help="log in this configured account ([[<backend>.accounts]] name = NAME) in its own "
+        "spawn home",
     )
     login.add_argument(
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
@@ -404,7 +413,7 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     # our own options may also come after the backend name; the rest is the CLI's
     cli_args = list(args.cli_args)
-    for name in ("--state-dir", "--config"):
+    for name in ("--state-dir", "--config", "--account"):
         for i, arg in enumerate(cli_args):
             value = None
             if arg == name and i + 1 < len(cli_args):
@@ -414,14 +423,28 @@ def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 value = arg.split("=", 1)[1]
                 del cli_args[i]
             if value is not None:
-                setattr(args, name[2:].replace("-", "_"), Path(value))
+                key = name[2:].replace("-", "_")
+                setattr(args, key, value if key == "account" else Path(value))
                 break
     args.cli_args = cli_args
     flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
     config = load_config(flags, environ, args.config)
-    login = BACKENDS[args.backend].login
+    served_by = BACKENDS[args.backend]
+    login = served_by.login
     assert login is not None  # the parser offers only backends with a login
-    command = login(config, state_dir(config), environ, args.cli_args)
+    home = state_dir(config)
+    if args.account is not None:
+        names = [a.name for a in served_by.accounts(config)]
+        if args.account not in names:
+            print(
+                f"clibridge: error: no {args.backend} account {args.account!r} in the "
+                f"configuration (configured: {', '.join(names) or 'none'}); add it first:\n"
+                f'  [[{args.backend}.accounts]]\n  name = "{args.account}"',
+                file=sys.stderr,
+            )
+            return 2
+        home = account_state_dir(home, args.account)
+    command = login(config, home, environ, args.cli_args)
     argv = command.argv
     print(f"clibridge: {command.note}", file=sys.stderr)
     try:

@@ -77,6 +77,46 @@ class PoolConfig:
     usage_warning: float = attrs.field(
         default=80.0, validator=[attrs.validators.gt(0), attrs.validators.le(100)]
     )
+    #: a rate-limited account rests the delay the CLI announced, at least this many seconds
+    #: (with several accounts; see ``accounts``)
+    rate_limit_cooldown: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    #: an account whose login expired is tried again after this many seconds, doubling on
+    #: each further failure up to 16 times as long (with several accounts)
+    login_recheck: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+
+
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+def _account_name(_instance: Any, _attribute: Any, value: str) -> None:
+    if not _ACCOUNT_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an account name: 1 to 40 letters, digits, - or _ "
+            "(it names a directory of the state dir)"
+        )
+
+
+@attrs.frozen
+class AccountConfig:
+    """One login of a backend (``[[claude.accounts]]``, ``[[codex.accounts]]``).
+
+    claude: the account's ``CLAUDE_CODE_OAUTH_TOKEN`` (from ``claude setup-token``), given
+    as ``token``, or better by reference: ``token_env`` names an environment variable of the
+    server, ``token_file`` a file whose first line is the token. codex: the account's own
+    login, made with ``clibridge login codex --account NAME`` (no token here).
+    """
+
+    name: str = attrs.field(validator=_account_name)
+    token: str | None = attrs.field(default=None, repr=False)
+    token_env: str | None = None
+    token_file: Path | None = None
+
+
+def _unique_accounts(_instance: Any, _attribute: Any, value: tuple[AccountConfig, ...]) -> None:
+    names = [a.name for a in value]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"the account name {name!r} is used twice")
 
 
 @attrs.frozen
@@ -95,6 +135,9 @@ class ClaudeConfig:
     pass_env: tuple[str, ...] = ()
     #: the command an operator runs to log in again (shown in LoginExpired errors)
     login_hint: str = "claude setup-token  (then set CLAUDE_CODE_OAUTH_TOKEN)"
+    #: several logins, each with its own spawn home and pool (none: the one login of the
+    #: environment); flag form NAME=TOKEN_ENV
+    accounts: tuple[AccountConfig, ...] = attrs.field(default=(), validator=_unique_accounts)
     pool: PoolConfig = PoolConfig()
 
 
@@ -112,6 +155,9 @@ class CodexConfig:
     #: extra ``-c key=value`` overrides for ``codex app-server``
     overrides: tuple[str, ...] = ()
     login_hint: str = "clibridge login codex"
+    #: several logins, each with its own CODEX_HOME (``clibridge login codex --account NAME``)
+    #: and pool (none: the one login of ``clibridge login codex``)
+    accounts: tuple[AccountConfig, ...] = attrs.field(default=(), validator=_unique_accounts)
     pool: PoolConfig = PoolConfig(workers=2, spares=1)
 
 

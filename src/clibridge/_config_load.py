@@ -55,7 +55,7 @@ import attrs
 import cattrs
 
 from . import _config
-from ._config import Config
+from ._config import AccountConfig, Config
 
 log = logging.getLogger("clibridge.config")
 
@@ -104,6 +104,10 @@ SECRET_KEYS = frozenset({"server.auth_token"})
 
 class ConfigError(Exception):
     """A setting has a bad value; the message names the setting and where it came from."""
+
+
+class _BadValue(ValueError):
+    """A value :func:`_coerce` refuses with a message of its own (not just its type)."""
 
 
 @attrs.frozen
@@ -163,6 +167,8 @@ def _flag_for(key: str) -> str:
         "codex-overrides": "--codex-override",
         "cors-origins": "--cors-origin",
         "allowed-hosts": "--allowed-host",
+        "claude-accounts": "--claude-account",
+        "codex-accounts": "--codex-account",
     }
     return singular.get(name, f"--{name}")
 
@@ -285,6 +291,11 @@ def _describe(tp: Any) -> str:
         return "a number"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if tp == tuple[AccountConfig, ...]:
+        return (
+            "a list of accounts: [[...accounts]] tables with a name (and for claude a token, "
+            "token_env or token_file), or NAME[=TOKEN_ENV] strings"
+        )
     if get_origin(tp) is tuple:
         return "a list of strings"
     if get_origin(tp) is dict:
@@ -335,6 +346,8 @@ def _coerce(raw: Any, tp: Any, *, from_text: bool) -> Any:
         if isinstance(raw, str) and raw in get_args(tp):
             return raw
         raise ValueError
+    if tp == tuple[AccountConfig, ...]:
+        return _coerce_accounts(raw, from_text=from_text)
     if get_origin(tp) is tuple:
         if isinstance(raw, str) and from_text:
             return tuple(shlex.split(raw))
@@ -358,6 +371,72 @@ def _coerce(raw: Any, tp: Any, *, from_text: bool) -> Any:
             return dict(raw)
         raise ValueError
     raise TypeError(f"no coercion for {tp!r}")  # a new field type: teach _coerce
+
+
+_ACCOUNT_FIELDS = {"name": str, "token": str, "token_env": str, "token_file": Path}
+
+
+def _coerce_accounts(raw: Any, *, from_text: bool) -> tuple[AccountConfig, ...]:
+    """TOML tables (``{name, token | token_env | token_file}``), or ``NAME[=TOKEN_ENV]``
+    strings (flags, env; shell-split from env). Messages never quote a token."""
+    if isinstance(raw, str) and from_text:
+        raw = shlex.split(raw)
+    if not isinstance(raw, list | tuple):
+        raise ValueError
+    out: list[AccountConfig] = []
+    for n, item in enumerate(raw):
+        if isinstance(item, str):
+            name, sep, token_env = item.partition("=")
+            fields: dict[str, Any] = {"name": name.strip()}
+            if sep:
+                fields["token_env"] = token_env.strip()
+        elif isinstance(item, Mapping):
+            fields = dict(item)
+            for key, value in fields.items():
+                kind = _ACCOUNT_FIELDS.get(key)
+                if kind is None:
+                    raise _BadValue(
+                        f"account [{n}]: unknown field {key!r} (the fields are "
+                        + ", ".join(_ACCOUNT_FIELDS)
+                        + ")"
+                    )
+                if not isinstance(value, str) or not value.strip():
+                    raise _BadValue(f"account [{n}]: {key} must be a non-empty string")
+                if kind is Path:
+                    fields[key] = Path(value).expanduser()
+            if "name" not in fields:
+                raise _BadValue(f"account [{n}] has no name")
+        else:
+            raise ValueError
+        try:
+            out.append(AccountConfig(**fields))
+        except ValueError as exc:
+            raise _BadValue(f"account [{n}]: {exc}") from None
+    return tuple(out)
+
+
+def _check_accounts(key: str, accounts: tuple[AccountConfig, ...], source: str) -> None:
+    backend = key.split(".", 1)[0]
+    for account in accounts:
+        where = f"{key}: account {account.name!r} (from {source})"
+        given = [
+            f for f in ("token", "token_env", "token_file") if getattr(account, f) is not None
+        ]
+        if backend == "claude" and len(given) != 1:
+            raise ConfigError(
+                f"{where}: give its login as exactly one of token, token_env (the name of an "
+                "environment variable holding its CLAUDE_CODE_OAUTH_TOKEN) or token_file"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        if backend != "claude" and given:
+            raise ConfigError(
+                f"{where}: a {backend} account has no token: its login is made with "
+                f"`clibridge login {backend} --account {account.name}`"
+            )
+        if account.token_env is not None and not _ENV_NAME.fullmatch(account.token_env):
+            raise ConfigError(
+                f"{where}: token_env {account.token_env!r} is not an environment variable name"
+            )
 
 
 # --------------------------------------------------------------------------- sources
@@ -494,7 +573,11 @@ def is_loopback(host: str) -> bool:
 
 
 def _check(setting: Setting, value: Any, raw: _Raw) -> None:
-    where = f"{setting.key} = {raw.value!r} (from {raw.source})"
+    if setting.key.endswith(".accounts"):
+        _check_accounts(setting.key, value, raw.source)
+        where = f"{setting.key} (from {raw.source})"  # never quote a token
+    else:
+        where = f"{setting.key} = {raw.value!r} (from {raw.source})"
     if setting.validator is not None:
         # the validators of _config read only ``attr.name``
         field = types.SimpleNamespace(name=setting.key.rsplit(".", 1)[-1])
@@ -533,6 +616,8 @@ def _check(setting: Setting, value: Any, raw: _Raw) -> None:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _converter = cattrs.Converter(forbid_extra_keys=True)
 _converter.register_structure_hook(Path, lambda v, _: Path(v))
+# accounts arrive as AccountConfig already (built and checked by _coerce_accounts)
+_converter.register_structure_hook(AccountConfig, lambda v, _: v)
 
 
 def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -583,9 +668,12 @@ def load_config(
             value = _coerce(
                 raw.value, setting.type, from_text=raw.from_text and key not in SECRET_KEYS
             )
+        except _BadValue as exc:
+            raise ConfigError(f"{key} (from {raw.source}): {exc}") from None
         except ValueError:
+            shown = "" if key.endswith(".accounts") else f" = {raw.value!r}"  # tokens
             raise ConfigError(
-                f"{key} = {raw.value!r} (from {raw.source}): expected {_describe(setting.type)}"
+                f"{key}{shown} (from {raw.source}): expected {_describe(setting.type)}"
             ) from None
         _check(setting, value, raw)
         values[key] = value
@@ -597,6 +685,13 @@ def load_config(
         TypeError,
     ) as exc:  # pragma: no cover - checked above
         raise ConfigError(f"invalid configuration: {exc}") from None
+    for section_name in ("claude", "codex"):
+        section = getattr(config, section_name)
+        if section.accounts and section.use_real_home:
+            raise ConfigError(
+                f"{section_name}.accounts and {section_name}.use_real_home do not go together: "
+                "each account runs in a spawn home of its own"
+            )
     server = config.server
     if check_auth and not is_loopback(server.host) and server.auth_token is None:
         from ._keys import has_keys
@@ -640,6 +735,7 @@ def _toml_key(name: str) -> str:
 def dump_toml(config: Config, *, redact: bool = True) -> str:
     """``config`` as a TOML document ``load_config`` reads back; secrets redacted."""
     tables: dict[str, list[str]] = {"": []}
+    array_tables: list[str] = []
     for s in settings():
         if s.is_alias:
             continue
@@ -652,6 +748,11 @@ def dump_toml(config: Config, *, redact: bool = True) -> str:
             tables.setdefault("models", [])
             tables["models"].extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
             continue
+        if s.key.endswith(".accounts"):
+            for account in value:
+                array_tables.extend(("", f"[[{s.key}]]"))
+                array_tables.extend(_account_lines(account, redact=redact))
+            continue
         if value is None:
             lines.append(f"# {name} = (unset)")
         elif redact and s.key in SECRET_KEYS:
@@ -663,4 +764,16 @@ def dump_toml(config: Config, *, redact: bool = True) -> str:
         out.append("")
         out.append(f"[{table}]")
         out.extend(lines)
+    out.extend(array_tables)
     return "\n".join(out) + "\n"
+
+
+def _account_lines(account: AccountConfig, *, redact: bool) -> list[str]:
+    lines = [f"name = {_toml_value(account.name)}"]
+    for name in ("token", "token_env", "token_file"):
+        value = getattr(account, name)
+        if value is None:
+            continue
+        shown = '"<redacted>"' if redact and name == "token" else _toml_value(value)
+        lines.append(f"{name} = {shown}")
+    return lines

@@ -165,6 +165,11 @@ class Lease:
     def worker(self) -> Worker:
         return self._slot.worker
 
+    @property
+    def pool(self) -> WorkerPool:
+        """The pool the lease (and its permit) belongs to."""
+        return self._pool
+
     async def move_to_another_worker(self, binding: Binding) -> None:
         """Give this lease's worker back and check out another bound to ``binding``.
 
@@ -378,6 +383,16 @@ class WorkerPool:
         """What each parked lease holds (:meth:`Lease.park`), the oldest first; a lease
         whose worker died while parked is not listed."""
         return [p.holding for p in self._parked.values() if p.slot.state is not SlotState.RETIRING]
+
+    def holds_parked(self, key: Hashable) -> bool:
+        """Whether a lease is parked under ``key`` here (:meth:`resume` would find it)."""
+        return key in self._parked
+
+    def busy_share(self) -> float:
+        """Turns running or waiting per permit: how busy the pool is, for choosing among
+        pools (a parked lease gives way under pressure, so it does not count)."""
+        in_flight = self._permits_total - self._free_permits
+        return (in_flight - len(self._parked) + len(self._queue)) / self._permits_total
 
     def _reclaim(self, parked: _Parked) -> None:
         """End a parked lease (ttl, pressure, drain): free its permit; retire if mid-turn."""
@@ -838,4 +853,5 @@ class WorkerPool:
         )
 
     def statistics_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self.statistics())
+        """:meth:`statistics`, plus ``subscription``: the windows its CLI reported."""
+        return {**attrs.asdict(self.statistics()), "subscription": self.usage.statistics()}

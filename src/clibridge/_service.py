@@ -45,6 +45,8 @@ class Readiness:
     reason: str  # human-readable: why not, or what is serving
     fake: bool = False
     backends: Mapping[str, BackendReadiness] = attrs.field(factory=dict)
+    #: per backend with configured accounts: each account's state (name, state, ...)
+    accounts: Mapping[str, Sequence[Mapping[str, Any]]] = attrs.field(factory=dict)
 
 
 class TurnService(Protocol):

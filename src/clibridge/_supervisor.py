@@ -21,6 +21,13 @@ history, on the same pool permit (:meth:`~clibridge._pool.Lease.move_to_another_
 "Output" is any event but ``TurnStarted``; the retry's own ``TurnStarted`` is not repeated
 to the client. A turn that had produced output, or that fails again, gets the error, whose
 message says why it was not retried.
+
+Accounts: each backend is an :class:`~clibridge._accounts.AccountGroup` (one pool per
+configured login, or one implicit account). A turn turned away by its account (rate-limited,
+login expired) before it produced any output runs again, with the whole history, on another
+account of the backend; the group has cooled the first one down. A continued conversation
+stays on its account; when that account is cooling down, the follow-up starts fresh on
+another one.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -42,10 +49,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._backends import BACKENDS, FAKE_FALLBACK, backend
+from ._accounts import ACCOUNT_TROUBLE, Account, AccountGroup
+from ._backends import BACKENDS, FAKE_FALLBACK, Backend, account_state_dir, backend
 from ._config import Config
 from ._conversations import (
     Conversation,
+    Match,
     OneShotWatch,
     ToolResume,
     assistant_message,
@@ -108,14 +117,20 @@ class Supervisor:
 
     def __init__(
         self,
-        pools: Mapping[str, WorkerPool],
+        pools: Mapping[str, WorkerPool | AccountGroup],
         table: ModelTable,
         *,
         fake: bool = False,
         fake_on_purpose: bool = False,
         janitor: Janitor | None = None,
     ) -> None:
-        self.pools = dict(pools)
+        #: one account group per backend (a bare pool is the group of its implicit account)
+        self.pools: dict[str, AccountGroup] = {
+            name: p if isinstance(p, AccountGroup) else AccountGroup.of(p)
+            for name, p in pools.items()
+        }
+        #: each group's backend name (a group's own name may differ: a bare pool's)
+        self._backend_of = {group: name for name, group in self.pools.items()}
         #: its state shows in readiness() while it is being restarted
         self.janitor = janitor
         self.table = table
@@ -243,7 +258,7 @@ class Supervisor:
         history.
         """
         route = self.table.resolve(request.model)
-        pool = self.pools[route.backend]
+        group = self.pools[route.backend]
         request = attrs.evolve(
             request,
             model=route.cli_model,
@@ -259,30 +274,64 @@ class Supervisor:
         )
         watch = self._one_shot.get(route.backend)
         tracker = _Tracker(binding, request)
+        output = _Output()
+        events: AsyncGenerator[Event, None]
         if watch is None:
-            events = self._fresh(pool, binding, request, tracker, None)
-            try:
-                yield events
-            finally:
-                await events.aclose()
-            return
-        watch.note_request(tracker.setup, request.messages)
-        parked_now = [c for c in pool.parked() if isinstance(c, Conversation)]
-        match = best_match(parked_now, tracker.setup, request.messages, tracker.items)
-        counts = self._resumes[route.backend]
-        miss = "not_parked"
-        if match is not None:
-            parked = match.conversation
-            step = match.plan
-            asked = trio.current_time()
-            async with pool.resume(parked.key) as lease:
+            events = self._fresh(group, binding, request, tracker, None, output)
+        else:
+            watch.note_request(tracker.setup, request.messages)
+            parked_now = [c for c in group.parked() if isinstance(c, Conversation)]
+            match = best_match(parked_now, tracker.setup, request.messages, tracker.items)
+            if match is not None:
+                events = self._resumed(group, match, binding, request, tracker, watch, output)
+            else:
+                self._count_miss(route.backend, request, "not_parked")
+                events = self._fresh(group, binding, request, tracker, watch, output)
+        try:
+            yield events
+        finally:
+            await events.aclose()
+
+    def _count_miss(self, backend: str, request: Request, miss: str) -> None:
+        if not any(m.role == "assistant" for m in request.messages):
+            return  # a new conversation: nothing to continue
+        counts = self._resumes[backend]
+        counts["misses"] += 1
+        counts["miss:" + miss] += 1
+        log.info(
+            "%s: continuation miss (%s): %s; a fresh worker gets the whole history",
+            backend,
+            miss,
+            _MISS_REASONS[miss],
+        )
+
+    async def _resumed(
+        self,
+        group: AccountGroup,
+        match: Match,
+        binding: Binding,
+        request: Request,
+        tracker: _Tracker,
+        watch: OneShotWatch,
+        output: _Output,
+    ) -> AsyncGenerator[Event, None]:
+        """The turn on the worker that holds the conversation ``match`` continues; else (it
+        is gone, cannot take the new messages, or its account turned the turn away before
+        any output) the whole history on a fresh worker."""
+        parked = match.conversation
+        step = match.plan
+        tried: set[Account] = set()
+        account: Account | None = None
+        asked = trio.current_time()
+        try:
+            async with group.resume(parked.key) as lease:
                 if lease is not None and step is not None:
                     worker = lease.worker
-                    counts["hits"] += 1
+                    self._resumes[self._backend_of[group]]["hits"] += 1
                     log.info(
                         "%s worker %d: resumed a parked conversation (%s, %d new messages, "
                         "%d dropped context)",
-                        route.backend,
+                        group.name,
                         worker.id,
                         "tool results" if isinstance(step, ToolResume) else "next turn",
                         len(match.new),
@@ -292,20 +341,24 @@ class Supervisor:
                         source = worker.turn(request, tool_results=step.results)
                     else:
                         source = worker.turn(request, messages=step.messages)
-                    events = self._retrying(
-                        pool,
-                        lease,
-                        binding,
-                        request,
-                        tracker,
-                        source,
-                        queue_wait=trio.current_time() - asked,
-                        continued=True,
+                    account = group.account_of(lease)
+                    events = output.relay(
+                        self._retrying(
+                            group,
+                            lease,
+                            binding,
+                            request,
+                            tracker,
+                            source,
+                            queue_wait=trio.current_time() - asked,
+                            continued=True,
+                        )
                     )
                     try:
-                        yield events
+                        async with aclosing(events):
+                            async for event in events:
+                                yield event
                     finally:
-                        await events.aclose()
                         tracker.settle(lease, watch)
                     return
                 miss = "gone" if lease is None else "cannot_continue"
@@ -314,54 +367,81 @@ class Supervisor:
                 ):
                     # the paused turn ends only with its process
                     lease.retire_on_release = parked.mid_turn
-        if any(m.role == "assistant" for m in request.messages):
-            counts["misses"] += 1
-            counts["miss:" + miss] += 1
-            log.info(
-                "%s: continuation miss (%s): %s; a fresh worker gets the whole history",
-                route.backend,
-                miss,
-                _MISS_REASONS[miss],
+        except ACCOUNT_TROUBLE as exc:
+            # the group cooled the account down as the lease ended
+            if account is None or output.produced or not group.reroutes:
+                raise
+            tried.add(account)
+            miss = "account_trouble"
+            log.warning(
+                "%s account %s: %s; the continued turn had produced no output: "
+                "the whole history goes to another account",
+                group.name,
+                account.name,
+                exc,
             )
-        events = self._fresh(pool, binding, request, tracker, watch)
-        try:
-            yield events
-        finally:
-            await events.aclose()
+        self._count_miss(self._backend_of[group], request, miss)
+        fresh = self._fresh(group, binding, request, tracker, watch, output, avoid=tried)
+        async with aclosing(fresh):
+            async for event in fresh:
+                yield event
 
     async def _fresh(
         self,
-        pool: WorkerPool,
+        group: AccountGroup,
         binding: Binding,
         request: Request,
         tracker: _Tracker,
         watch: OneShotWatch | None,
+        output: _Output,
+        *,
+        avoid: Collection[Account] = (),
     ) -> AsyncGenerator[Event, None]:
-        """The turn on a freshly leased worker (the whole history), retried once
-        (:meth:`_retrying`)."""
+        """The turn on a freshly leased worker (the whole history), retried once on another
+        worker (:meth:`_retrying`), and on another account when its account turned it away
+        before any output."""
         reuse = watch is not None and watch.reuses_finished(tracker.setup)
-        asked = trio.current_time()
-        async with pool.lease(binding, reuse_finished=reuse) as lease:
-            events = self._retrying(
-                pool,
-                lease,
-                binding,
-                request,
-                tracker,
-                lease.worker.turn(request),
-                queue_wait=trio.current_time() - asked,
-                continued=False,
-            )
+        tried = set(avoid)
+        while True:
+            account: Account | None = None
+            asked = trio.current_time()
             try:
-                async with aclosing(events):
-                    async for event in events:
-                        yield event
-            finally:
-                tracker.settle(lease, watch)
+                async with group.lease(binding, reuse_finished=reuse, avoid=tried) as lease:
+                    account = group.account_of(lease)
+                    events = output.relay(
+                        self._retrying(
+                            group,
+                            lease,
+                            binding,
+                            request,
+                            tracker,
+                            lease.worker.turn(request),
+                            queue_wait=trio.current_time() - asked,
+                            continued=False,
+                        )
+                    )
+                    try:
+                        async with aclosing(events):
+                            async for event in events:
+                                yield event
+                    finally:
+                        tracker.settle(lease, watch)
+                return
+            except ACCOUNT_TROUBLE as exc:
+                if account is None or output.produced or not group.reroutes:
+                    raise  # no account could take it (group.lease), or it is too late
+                tried.add(account)
+                log.warning(
+                    "%s account %s: %s; the turn had produced no output: running it again "
+                    "on another account",
+                    group.name,
+                    account.name,
+                    exc,
+                )
 
     async def _retrying(
         self,
-        pool: WorkerPool,
+        pool: AccountGroup,
         lease: Lease,
         binding: Binding,
         request: Request,
@@ -418,9 +498,15 @@ class Supervisor:
 
     def readiness(self) -> Readiness:
         """Ready when every served backend is: a client routed to a backend that is not
-        (crash loop, not booted) gets 503s, so a load balancer must know
-        (regression, issue 14: ``ready: true`` while claude crash-looped and codex served)."""
+        (crash loop, not booted, every account cooling down) gets 503s, so a load balancer
+        must know (regression, issue 14: ``ready: true`` while claude crash-looped and codex
+        served)."""
         states = {name: BackendReadiness(*pool.readiness()) for name, pool in self.pools.items()}
+        accounts = {
+            name: group.account_states()
+            for name, group in self.pools.items()
+            if not group.implicit
+        }
         ready = bool(states) and all(state.ready for state in states.values())
         reason = "; ".join(state.reason for state in states.values()) or "no backend configured"
         if self.fake:
@@ -434,7 +520,9 @@ class Supervisor:
         note = self.janitor.readiness_note() if self.janitor is not None else None
         if note is not None:
             reason = f"{reason}; {note}"
-        return Readiness(ready=ready, reason=reason, fake=self.fake, backends=states)
+        return Readiness(
+            ready=ready, reason=reason, fake=self.fake, backends=states, accounts=accounts
+        )
 
     def statistics(self) -> Mapping[str, Any]:
         out: dict[str, Any] = {}
@@ -450,7 +538,6 @@ class Supervisor:
             }
             watch = self._one_shot.get(name)
             stats["one_shot_releases"] = watch.one_shot_releases if watch is not None else 0
-            stats["subscription"] = pool.usage.statistics()
         return out
 
     def begin_drain(self) -> None:
@@ -510,7 +597,30 @@ _MISS_REASONS = {
     "cannot_continue": "the new messages cannot be given to the parked worker faithfully "
     "(an assistant message from the client, or tool results that do not answer its calls); "
     "the parked worker was let go",
+    "account_trouble": "the account holding it turned the turn away (rate-limited or "
+    "logged out) before any output",
 }
+
+
+@attrs.define
+class _Output:
+    """What the client of one response has been sent, across the attempts that serve it
+    (another worker, another account): ``TurnStarted`` goes out once."""
+
+    announced: bool = False
+    #: any event but TurnStarted was sent: too late to run the turn anywhere else
+    produced: bool = False
+
+    async def relay(self, source: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        async with aclosing(source):
+            async for event in source:
+                if isinstance(event, TurnStarted):
+                    if self.announced:
+                        continue
+                    self.announced = True
+                else:
+                    self.produced = True
+                yield event
 
 
 def _continuable(name: str) -> bool:
@@ -639,6 +749,24 @@ class BackendChoice:
         self.__attrs_init__(chosen, fake, tuple(notes))
 
 
+def _account_logins(
+    b: Backend, config: Config, environ: Mapping[str, str], home: Path
+) -> list[tuple[str, str | None]] | None:
+    """Why each configured account of ``b`` looks logged in (None: not); None without
+    accounts. A claude account whose token cannot be read stops the start."""
+    accounts = b.accounts(config)
+    if not accounts:
+        return None
+    out: list[tuple[str, str | None]] = []
+    for account in accounts:
+        try:
+            env = b.account_environ(account, environ)
+        except ValueError as exc:
+            raise SystemExit(f"clibridge: error: {exc}") from None
+        out.append((account.name, b.logged_in(config, env, account_state_dir(home, account.name))))
+    return out
+
+
 def _find(command: tuple[str, ...], environ: Mapping[str, str]) -> tuple[str, ...] | None:
     binary = shutil.which(command[0], path=environ.get("PATH"))
     return (binary, *command[1:]) if binary else None
@@ -653,8 +781,11 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
     bundled fake claude and fake codex.
     """
     mode = config.backend
+    home = state_dir(config)
     if mode == "fake":
         fakes = {name: BACKENDS[name].fake_command for name in _default_backends()}
+        for name in fakes:
+            _account_logins(BACKENDS[name], config, environ, home)  # refuse a missing token
         return BackendChoice(
             fakes,
             fake=True,
@@ -665,14 +796,23 @@ def choose_backends(config: Config, environ: Mapping[str, str]) -> BackendChoice
         )
     notes: list[str] = []
     chosen: dict[str, tuple[str, ...]] = {}
-    home = state_dir(config)
     for name, b in BACKENDS.items():
         wanted = mode == name or (mode == "both" and b.default)
         if not (wanted or (mode == "auto" and b.default)):
             continue
         command = b.settings(config).command
         found = _find(command, environ)
-        why = b.logged_in(config, environ, home)
+        logins = _account_logins(b, config, environ, home)
+        if logins is None:
+            why = b.logged_in(config, environ, home)
+        else:
+            logged = [f"{account} ({why})" for account, why in logins if why]
+            missing = [account for account, why in logins if not why]
+            why = None
+            if logged:
+                why = "accounts " + ", ".join(logged)
+                if missing:
+                    why += f"; no login detected for {', '.join(missing)}: run `{b.login_fix}`"
         if wanted:
             if not found:
                 raise SystemExit(
@@ -768,18 +908,9 @@ async def serve(
     home = state_dir(config)
     secure_state_dir(home)
     with Janitor.start(environ=environ) as janitor:
-        pools: dict[str, WorkerPool] = {}
+        pools: dict[str, AccountGroup] = {}
         for name, command in choice.commands.items():
-            served_by = backend(name)
-            factory = served_by.pool_factory(
-                config, command, home, janitor, environ, fake=choice.fake
-            )
-            pools[name] = WorkerPool(
-                name,
-                served_by.settings(config).pool,
-                factory,
-                threads_per_worker=served_by.threads_per_worker(config),
-            )
+            pools[name] = _account_group(name, config, command, home, janitor, environ, choice)
         table = ModelTable(
             pools,
             overrides=config.models,
@@ -847,6 +978,42 @@ async def serve(
             root.cancel_scope.cancel()
     log.info("stopped")
     return 0
+
+
+def _account_group(
+    name: str,
+    config: Config,
+    command: tuple[str, ...],
+    home: Path,
+    janitor: Janitor,
+    environ: Mapping[str, str],
+    choice: BackendChoice,
+) -> AccountGroup:
+    """Backend ``name``'s pools: one per configured account, each in its own spawn home
+    with its own login, or the one pool of the implicit account (blocking setup)."""
+    served_by = backend(name)
+    settings = served_by.settings(config)
+    threads = served_by.threads_per_worker(config)
+    accounts = served_by.accounts(config)
+    if not accounts:
+        factory = served_by.pool_factory(config, command, home, janitor, environ, fake=choice.fake)
+        return AccountGroup.of(WorkerPool(name, settings.pool, factory, threads_per_worker=threads))
+    members = []
+    for account in accounts:
+        factory = served_by.pool_factory(
+            config,
+            command,
+            account_state_dir(home, account.name),
+            janitor,
+            served_by.account_environ(account, environ),
+            fake=choice.fake,
+        )
+        pool = WorkerPool(
+            f"{name}/{account.name}", settings.pool, factory, threads_per_worker=threads
+        )
+        members.append(Account(account.name, pool))
+    log.info("%s: %d accounts: %s", name, len(members), ", ".join(a.name for a in members))
+    return AccountGroup(name, members)
 
 
 async def _on_signal(shutdown: trio.Event) -> None:

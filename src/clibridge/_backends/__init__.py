@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from .._config import Config, PoolConfig
+    from .._config import AccountConfig, Config, PoolConfig
     from .._events import Request
     from .._janitor import Janitor
     from .._pool import WorkerFactory
@@ -50,6 +50,7 @@ __all__ = [
     "BackendSettings",
     "LoginCommand",
     "StatusCommand",
+    "account_state_dir",
     "backend",
 ]
 
@@ -123,6 +124,14 @@ def _one_thread(_config: Config) -> int:
     return 1
 
 
+def _no_accounts(_config: Config) -> tuple[AccountConfig, ...]:
+    return ()
+
+
+def _same_environ(_account: AccountConfig, environ: Mapping[str, str]) -> Mapping[str, str]:
+    return environ
+
+
 @attrs.frozen
 class Backend:
     """One backend: everything the supervisor, the models table and the CLI need of it."""
@@ -161,6 +170,14 @@ class Backend:
     #: the CLI's login status command, run with the spawn home's environment (no file
     #: IO, no model call; ``clibridge doctor``); None: the CLI has none
     login_status: StatusFactory | None = None
+    #: its configured accounts (``[[claude.accounts]]``); none: the one login of the
+    #: environment. Each account's pool gets the state dir ``account_state_dir(...)``
+    accounts: Callable[[Config], tuple[AccountConfig, ...]] = _no_accounts
+    #: the environment an account's pool factory gets: ``environ`` with the account's login
+    #: in it (claude: its CLAUDE_CODE_OAUTH_TOKEN); ValueError saying what is missing
+    account_environ: Callable[[AccountConfig, Mapping[str, str]], Mapping[str, str]] = (
+        _same_environ
+    )
 
 
 # imported after Backend: the packages build their BACKEND with it
@@ -171,6 +188,12 @@ BACKENDS: Mapping[str, Backend] = {b.name: b for b in (claude.BACKEND, codex.BAC
 
 #: the backend whose fake CLI serves when ``auto`` finds no logged-in CLI
 FAKE_FALLBACK = claude.BACKEND.name
+
+
+def account_state_dir(state_dir: Path, account: str) -> Path:
+    """The state dir an account's pool factory and login get: its spawn homes live under
+    it as the implicit account's live under ``state_dir`` (``<state>/accounts/<name>/claude``)."""
+    return state_dir / "accounts" / account
 
 
 def backend(name: str) -> Backend:

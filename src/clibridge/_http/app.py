@@ -446,7 +446,11 @@ def _readiness_body(readiness: Readiness, backend: str | None, *, draining: bool
         states = {backend: states[backend]}
     if draining:
         ready, reason = False, "draining: the server is shutting down"
-    return {"ready": ready, "reason": reason, "fake": readiness.fake, "backends": states}
+    body = {"ready": ready, "reason": reason, "fake": readiness.fake, "backends": states}
+    accounts = {name: a for name, a in readiness.accounts.items() if name in states}
+    if accounts:  # per backend with configured accounts: each account's state
+        body["accounts"] = accounts
+    return body
 
 
 def _model_json(info: ModelInfo, created: int) -> dict[str, Any]:

@@ -716,7 +716,8 @@ class FakeClaude:
         if self._book is None:
             from .scenario import load_book
 
-            self._book = load_book()
+            # the upstream answers each login its own way (a scenario's "logins")
+            self._book = load_book(login=os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"))
         return self._book
 
     def run(self) -> int:

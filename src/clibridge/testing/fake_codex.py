@@ -1192,6 +1192,17 @@ def _login_status() -> int:
         return 0
     print("Not logged in", file=sys.stderr)
     return 1
+def _login() -> str | None:
+    """Who this process is logged in as: the ``tokens.account_id`` of the ``auth.json``
+    in its CODEX_HOME (where ``codex login`` keeps it), or None."""
+    home = Path(os.environ.get("CODEX_HOME") or Path.home() / ".codex")
+    try:
+        auth = json.loads((home / "auth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    tokens = auth.get("tokens") if isinstance(auth, dict) else None
+    account = tokens.get("account_id") if isinstance(tokens, dict) else None
+    return account if isinstance(account, str) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1207,7 +1218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fake codex: only `codex app-server [-c key=value ...]` is faked", file=sys.stderr)
         return 2
     try:
-        book = load_book()
+        # the upstream answers each login its own way (a scenario's "logins")
+        book = load_book(login=_login())
     except (OSError, ValueError) as exc:  # DirectiveError is a ValueError
         print(f"fake codex: bad scenario file: {exc}", file=sys.stderr)
         return 2

@@ -746,6 +746,18 @@ def responses_stream(
 # --------------------------------------------------------------------- the server
 
 
+def _api_key(scope: Scope) -> str:
+    """The key a request authenticates with: ``x-api-key``, or an ``authorization``
+    bearer token (what a CLI logged in with an OAuth token sends)."""
+    headers: dict[str, str] = {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+    }
+    if "x-api-key" in headers:
+        return headers["x-api-key"]
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -775,6 +787,9 @@ class ModelStub:
         #: every request received, oldest first
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Reply] = deque()
+        #: API key or bearer token -> the reply every model request carrying it gets,
+        #: before queued replies and directives (an upstream that rate-limits one login)
+        self.by_key: dict[str, Reply] = {}
         self._ids = _Ids()
         self._in_flight = 0
         self._max_in_flight = 0
@@ -912,8 +927,11 @@ class ModelStub:
             inp = _estimate_tokens(_system_text(body), *(json.dumps(m) for m in _messages(body)))
             await _send_json(send, 200, {"input_tokens": inp})
             return
+        keyed = self.by_key.get(_api_key(scope))
         try:
-            reply, text = choose_reply(body, self._queue, self.default)
+            # a keyed reply comes first, like a queued one (no directive overrides it)
+            queue = self._queue if keyed is None else deque([keyed])
+            reply, text = choose_reply(body, queue, self.default)
         except (ValueError, cattrs.BaseValidationError) as exc:
             self._record(scope, raw, body, None)
             await _send_json(send, 400, error(400, f"model stub: bad @stub directive: {exc}"))

@@ -4,7 +4,10 @@ A fake CLI (``clibridge-fake-claude``, ``clibridge-fake-codex``) behaves by a
 :class:`Scenario`, chosen like this:
 
 1. Process-wide defaults come from the JSON file named by ``CLIBRIDGE_FAKE_SCENARIO``
-   (its ``"default"`` object; its ``"named"`` object maps names to further scenarios).
+   (its ``"default"`` object; its ``"named"`` object maps names to further scenarios; its
+   ``"logins"`` object maps a login -- the fake claude's ``CLAUDE_CODE_OAUTH_TOKEN``, the
+   fake codex's ``tokens.account_id`` in ``$CODEX_HOME/auth.json`` -- to fields over the
+   default, see :func:`load_book`).
    Process-level fields (``boot_delay``, ``initialize_delay``, ``mcp_timeout``,
    ``lose_tools_once``, ``crash_at_boot``, ``hang_at_boot``, ``ignore_sigterm``,
    ``spawn_grandchild``) are read from there only, since no prompt exists at boot.
@@ -385,16 +388,26 @@ class ScenarioBook:
         return scenario_from_dict(data, scenario)
 
 
-def load_book(environ: Mapping[str, str] | None = None) -> ScenarioBook:
+def load_book(
+    environ: Mapping[str, str] | None = None, *, login: str | None = None
+) -> ScenarioBook:
+    """The scenario book of ``CLIBRIDGE_FAKE_SCENARIO`` (an empty one without).
+
+    ``login`` is who the fake is logged in as (fake claude: its ``CLAUDE_CODE_OAUTH_TOKEN``;
+    fake codex: the ``tokens.account_id`` of its ``auth.json``):
+    the file's ``"logins"`` object maps a login to fields applied over ``"default"``, so
+    one scenario file makes one account's processes rate-limited and another's healthy,
+    as an upstream would answer each login."""
     env = os.environ if environ is None else environ
     path = env.get(SCENARIO_ENV)
     if not path:
         return ScenarioBook()
     data = json.loads(Path(path).read_text())
-    return ScenarioBook(
-        default=scenario_from_dict(data.get("default", {})),
-        named=data.get("named", {}),
-    )
+    default = scenario_from_dict(data.get("default", {}))
+    logins = data.get("logins", {})
+    if login is not None and login in logins:
+        default = scenario_from_dict(logins[login], default)
+    return ScenarioBook(default=default, named=data.get("named", {}))
 
 
 def directive(**fields: Any) -> str:

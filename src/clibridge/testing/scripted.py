@@ -188,6 +188,11 @@ class Plan:
     interrupt_ack: float | None = 0.01
     #: like codex app-server: per-request threads, so a worker never becomes bound
     multiplexed: bool = False
+    #: every turn raises this after ``turn_delay``, before any text (an upstream that turns
+    #: the login away: ``UpstreamRateLimited``, ``LoginExpired``); None: turns go through
+    fails_with: BridgeError | None = None
+    #: ``fails_with`` comes after the turn's text instead of before it
+    fails_after_text: bool = False
 
 
 class ScriptedWorker:
@@ -234,6 +239,10 @@ class ScriptedWorker:
         self.healthy = False
         raise CliCrashed("scripted crash", detail=f"worker {self.id}")
 
+    def _refuse(self, refusal: BridgeError) -> NoReturn:
+        self._note("refused")
+        raise type(refusal)(refusal.message, retry_after=refusal.retry_after)
+
     async def bind(self, binding: Binding) -> None:
         await trio.lowlevel.checkpoint()
         self.binds.append(binding)
@@ -260,11 +269,15 @@ class ScriptedWorker:
         yield TurnStarted(model=request.model)
         try:
             await trio.sleep(self._plan.turn_delay)
+            if self._plan.fails_with is not None and not self._plan.fails_after_text:
+                self._refuse(self._plan.fails_with)
             crash = self._plan.crash_in_turn or self._plan.crashes > 0
             self._plan.crashes = max(0, self._plan.crashes - 1)
             if crash and not self._plan.crash_after_text:
                 self._crash()
             yield TextDelta("hi")
+            if self._plan.fails_with is not None:
+                self._refuse(self._plan.fails_with)
             if crash:
                 self._crash()
         except trio.Cancelled:

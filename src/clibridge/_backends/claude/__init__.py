@@ -77,7 +77,7 @@ from .tools import (
 from .translator import RetryPolicy, TurnTranslator
 
 if TYPE_CHECKING:
-    from ..._config import ClaudeConfig, Config
+    from ..._config import AccountConfig, ClaudeConfig, Config
     from ..._janitor import Janitor
     from ..._pool import WorkerFactory
 
@@ -172,6 +172,14 @@ def _login_status(
     from .home import login_status
 
     return login_status(config, command, state_dir, environ)
+def _accounts(config: Config) -> tuple[AccountConfig, ...]:
+    return config.claude.accounts
+
+
+def _account_environ(account: AccountConfig, environ: Mapping[str, str]) -> Mapping[str, str]:
+    from .home import account_environ
+
+    return account_environ(account, environ)
 
 
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
@@ -188,4 +196,6 @@ BACKEND: Final[Backend] = Backend(
     continuation=True,
     tested_version="2.1.197",
     login_status=_login_status,
+    accounts=_accounts,
+    account_environ=_account_environ,
 )

@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import attrs
 
-from ..._config import ClaudeConfig, Config
+from ..._config import AccountConfig, ClaudeConfig, Config
 from ..._process import ChildSpec
 from ..._state_dir import PRIVATE_FILE_MODE, default_state_dir, private_dir
 from .. import StatusCommand
@@ -63,6 +63,7 @@ __all__ = [
     "FORCED_ENV",
     "SETTINGS",
     "SpawnHome",
+    "account_environ",
     "allow_listed_env",
     "child_env",
     "default_state_dir",
@@ -179,6 +180,33 @@ def prepare_claude_home(
             home,
         )
     return SpawnHome(home, workdir, env)
+
+
+def account_environ(account: AccountConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with ``account``'s token as its ``CLAUDE_CODE_OAUTH_TOKEN`` (read now:
+    from the config, the named variable, or the first line of the token file). Raises
+    ValueError saying what is missing; never quotes the token."""
+    where = f"claude account {account.name!r}"
+    token: str | None
+    if account.token is not None:
+        token = account.token
+    elif account.token_env is not None:
+        token = environ.get(account.token_env)
+        if not token or not token.strip():
+            raise ValueError(f"{where}: the environment variable {account.token_env} is not set")
+    elif account.token_file is not None:
+        try:
+            text = account.token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{where}: cannot read its token file {account.token_file}: {exc}"
+            ) from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else None
+        if not token:
+            raise ValueError(f"{where}: its token file {account.token_file} is empty")
+    else:
+        raise ValueError(f"{where} has no token (give token, token_env or token_file)")
+    return {**environ, "CLAUDE_CODE_OAUTH_TOKEN": token.strip()}
 
 
 def logged_in(config: Config, environ: Mapping[str, str], state_dir: Path) -> str | None:

@@ -108,7 +108,7 @@ from .translator import (
 )
 
 if TYPE_CHECKING:
-    from ..._config import CodexConfig, Config
+    from ..._config import AccountConfig, CodexConfig, Config
     from ..._janitor import Janitor
     from ..._pool import WorkerFactory
 
@@ -206,6 +206,8 @@ def _login_status(
     from .home import login_status
 
     return login_status(config, command, state_dir, environ)
+def _accounts(config: Config) -> tuple[AccountConfig, ...]:
+    return config.codex.accounts
 
 
 #: the registry entry (:data:`clibridge._backends.BACKENDS`)
@@ -225,4 +227,6 @@ BACKEND: Final[Backend] = Backend(
     login=_login,
     tested_version="0.169.0",
     login_status=_login_status,
+    # an account's login is the auth.json in its own CODEX_HOME: nothing to add to the env
+    accounts=_accounts,
 )
