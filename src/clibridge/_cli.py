@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--tui",
                 action="store_true",
-                help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
+                help="run claude workers as interactive sessions in tmux panes (docs/tui.md; "
+                "same as --claude-tui)",
             )
         _add_setting_flags(p)
     sub.add_parser("version", help="print the version")
@@ -287,12 +288,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"clibridge: error: {exc}", file=sys.stderr)
             return 2
     if getattr(args, "tui", False):
-        print(
-            "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "
-            "yet; run `clibridge serve` without it to use the stream-json driver.",
-            file=sys.stderr,
-        )
-        return 2
+        setattr(args, "claude.tui", True)
     try:
         config = _load(args, env)
     except ConfigError as exc:

@@ -90,6 +90,10 @@ class ClaudeConfig:
     pass_env: tuple[str, ...] = ()
     #: the command an operator runs to log in again (shown in LoginExpired errors)
     login_hint: str = "claude setup-token  (then set CLAUDE_CODE_OAUTH_TOKEN)"
+    #: run the workers as interactive claude sessions in tmux panes (serve --tui, docs/tui.md)
+    tui: bool = False
+    #: allow tui on a non-loopback bind (whoever reaches the port drives your interactive CLI)
+    tui_trusted_network: bool = False
     pool: PoolConfig = PoolConfig()
 
 

@@ -1,0 +1,131 @@
+"""One TUI turn, pure: transcript entries and debug-log attempts in, neutral events out.
+
+Theory of operation
+-------------------
+A :class:`TranscriptTranslator` follows one turn from the ``user`` line of our prompt to
+``system/turn_duration``::
+
+    our user line                -> TurnStarted(model)
+    assistant text block         -> TextDelta (the whole block: the transcript is written
+                                    per content block, not per token)
+    assistant thinking block     -> ThinkingDelta
+    assistant error line         -> the error of its apiErrorStatus (as the stream-json
+                                    driver maps an error ``result``)
+    turn_duration                -> Finished(stop reason of the last message, usage summed
+                                    over the turn's messages: each block line repeats its
+                                    message's usage, so the last one per message id counts)
+
+and the debug log's ``API error (attempt N/M): STATUS`` lines fail the turn fast, by the
+same :class:`~clibridge._backends.claude.translator.RetryPolicy` as the stream-json driver:
+401 at once, 429 / 503 / 529 once ``retry_attempts`` attempts were seen (the delay the
+screen shows is the ``retry_after``). Lines before our prompt's ``user`` line (a
+``/clear`` echo, snapshots) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..._errors import ProtocolError, UpstreamError
+from ..._events import Event, Finished, TextDelta, ThinkingDelta, TurnStarted, Usage
+from ..claude.translator import RetryPolicy, error_for_status, finish_reason, login_expired
+from .parser import ApiAttempt, AssistantBlock, Entry, TurnEnd, UserEntry
+
+__all__ = ["TranscriptTranslator"]
+
+log = logging.getLogger("clibridge._backends.claude")
+
+
+class TranscriptTranslator:
+    """Feed transcript entries (:meth:`feed`) and debug attempts (:meth:`attempt`)."""
+
+    def __init__(self, policy: RetryPolicy, model: str) -> None:
+        self._policy = policy
+        self._model = model
+        self.started = False
+        self.done = False
+        #: the CLI acknowledged an interrupt
+        self.interrupted = False
+        self._usage: dict[str, Usage] = {}
+        self._stop_reason: str | None = None
+        self._attempts: dict[int | None, set[int]] = {}
+
+    def feed(self, entry: Entry) -> list[Event]:
+        if self.done:
+            return []
+        if isinstance(entry, UserEntry):
+            if entry.interrupted:
+                self.interrupted = True
+                self.done = True
+                return []
+            if not entry.meta and not self.started:
+                self.started = True
+                return [TurnStarted(self._model)]
+            return []
+        if not self.started:
+            return []  # before our prompt (a /clear echo): not this turn's
+        if isinstance(entry, AssistantBlock):
+            return self._assistant(entry)
+        if isinstance(entry, TurnEnd):
+            self.done = True
+            usage = Usage()
+            for u in self._usage.values():
+                usage = Usage(
+                    input_tokens=usage.input_tokens + u.input_tokens,
+                    output_tokens=usage.output_tokens + u.output_tokens,
+                    cache_read_input_tokens=usage.cache_read_input_tokens
+                    + u.cache_read_input_tokens,
+                    cache_creation_input_tokens=usage.cache_creation_input_tokens
+                    + u.cache_creation_input_tokens,
+                )
+            return [Finished(finish_reason(self._stop_reason), usage)]
+        return []
+
+    def _assistant(self, entry: AssistantBlock) -> list[Event]:
+        text = str(entry.block.get("text", "")) if entry.block.get("type") == "text" else ""
+        if entry.is_error:
+            self.done = True
+            if entry.error_status is not None:
+                raise error_for_status(entry.error_status, text, self._policy)
+            raise UpstreamError(f"the claude CLI ended the turn with an error: {text}"[:2000])
+        if entry.synthetic:
+            return []
+        if entry.message_id:
+            self._usage[entry.message_id] = entry.usage
+        if entry.stop_reason:
+            self._stop_reason = entry.stop_reason
+        kind = entry.block.get("type")
+        if kind == "text":
+            return [TextDelta(text)] if text else []
+        if kind == "thinking":
+            thinking = str(entry.block.get("thinking", ""))
+            return [ThinkingDelta(thinking)] if thinking else []
+        if kind == "tool_use":
+            raise ProtocolError(
+                "the interactive claude called a tool, but TUI workers run with no tools "
+                f"({entry.block.get('name')!r})"
+            )
+        return []
+
+    def attempt(self, attempt: ApiAttempt, retry_in: float | None = None) -> None:
+        """An upstream error the CLI is retrying; raises when the policy says fail now."""
+        if self.done:
+            return
+        status = attempt.status
+        seen = self._attempts.setdefault(status, set())
+        seen.add(attempt.attempt)
+        if status == 401 and self._policy.fail_fast_on_401:
+            raise login_expired(self._policy, status)
+        if status in (429, 503, 529) and len(seen) >= max(1, self._policy.retry_attempts):
+            raise error_for_status(
+                status,
+                f"{attempt.message[:300]} (the CLI reported {len(seen)} retries)",
+                self._policy,
+                retry_in,
+            )
+        log.info(
+            "claude TUI retrying upstream error %s, attempt %d/%d",
+            status,
+            attempt.attempt,
+            attempt.max_attempts,
+        )

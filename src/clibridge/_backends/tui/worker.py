@@ -1,0 +1,680 @@
+"""TuiWorker: one interactive ``claude`` in a tmux pane serving the pool (see ``_worker.py``).
+
+Theory of operation
+-------------------
+:meth:`TuiWorker.run` starts the worker's own tmux server in the foreground (``tmux -D``,
+through :func:`clibridge._process.open_child`: own process group, registered with the
+janitor, torn down on every path) on a socket under the state dir, then one session with
+one pane running the interactive claude (:func:`~.argv.build_pane_argv`) in the claude
+spawn home. The pane's process is its own session and process group (tmux forks it with
+``setsid``): its pgid is registered with the janitor too, and killed with SIGKILL when the
+worker ends, so neither the server nor the CLI outlives clibridge, SIGKILL of clibridge
+included. ``remain-on-exit`` keeps a dead pane's last screen for the error message.
+
+**Ready** = the prompt ``❯`` is drawn and the CLI has registered its session
+(``~/.claude/sessions/<pid>.json``, which names the session id in force). The transcript
+itself only appears with the first prompt.
+
+**A turn** (:meth:`TuiWorker.turn`): the request is rendered into one prompt as the
+stream-json driver renders it for a fresh worker (or only the new messages, when the pane
+holds the conversation), loaded into a tmux buffer from stdin (any size, any characters)
+and pasted with bracketed paste (``paste-buffer -p``); Enter follows after a short settle
+(an Enter sent at once is swallowed) and is sent again if the prompt still sits in the
+input box a second later. The transcript is tailed from where it ended before the paste
+(:class:`~.translator.TranscriptTranslator` turns its lines into neutral events) and so
+is the pane's debug log, where the CLI's upstream retries show (fail fast, as the
+stream-json driver). Timeouts as there: ``turn_timeout`` and ``stream_idle_timeout``.
+
+**Cancel** (client gone, timeout, a fail-fast error): Escape; the CLI stops the turn
+(the footer's ``esc to interrupt`` goes away) and puts the prompt back into the input
+box, which is then cleared (Escape, Escape). A CLI that does not come back within
+``interrupt_grace`` makes the worker unhealthy: the pool retires it and the pane dies
+with its server.
+
+**Reuse**: the system prompt and model are fixed at pane start, so :meth:`bind` restarts
+the CLI in the pane (``respawn-pane -k``, ~1 s) when a binding needs another one, and
+new spares start with the setup the pool bound last (:class:`SpawnSetup`). Between
+unrelated conversations the pane gets ``/clear`` (in the background, when the pool
+releases it idle): the CLI starts a new session, visible as a new ``sessionId``.
+
+Client tools are not offered (the pane's claude runs with ``--tools ""`` and no MCP
+server); a request with tools is refused with 400 naming ``tools``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from ..._config import ClaudeConfig, Config, PoolConfig
+from ..._errors import (
+    BootError,
+    BridgeError,
+    CliCrashed,
+    RequestError,
+    TurnTimeout,
+    UnsupportedFeature,
+)
+from ..._events import Event, Message, Request, ToolResultPart
+from ..._janitor import Janitor
+from ..._process import ChildProcess, ChildSpec, open_child
+from ..._process_groups import group_alive, signal_group
+from ..._worker import Binding, WorkerUnusable
+from .._env import with_fake_knobs
+from ..claude import ALIASES, RetryPolicy, render_user_content
+from ..claude.home import prepare_claude_home
+from .argv import build_pane_argv
+from .home import TuiLaunch, tui_dir, write_private
+from .parser import Screen, parse_debug_line, parse_transcript_line, screen_state
+from .tmux import TmuxError, find_tmux, reap_stale, server_argv, tmux
+from .translator import TranscriptTranslator
+
+__all__ = ["FAKE_TUI_COMMAND", "SpawnSetup", "TuiWorker", "make_tui_factory"]
+
+log = logging.getLogger(__name__)
+
+#: the bundled fake interactive claude
+FAKE_TUI_COMMAND: tuple[str, ...] = (sys.executable, "-m", "clibridge.testing.fake_claude_tui")
+#: the pane's size: wide enough that the CLI does not wrap its own lines much
+PANE_SIZE = ("160", "50")
+#: between the paste and Enter (an Enter sent at once is swallowed by the paste)
+PASTE_SETTLE = 0.03
+#: how often the transcript, the debug log and the pane are looked at
+POLL = 0.01
+#: Enter again when the prompt still sits in the input box this long after the last one
+ENTER_RETRY = 1.0
+#: the session name inside each worker's tmux server
+SESSION = "w"
+
+
+@attrs.define
+class SpawnSetup:
+    """The system prompt and model new panes of a pool start with: the last ones bound."""
+
+    system: str = ""
+    model: str = ALIASES["sonnet"]
+
+
+class TuiWorker:
+    """An interactive claude in a tmux pane implementing :class:`clibridge._worker.Worker`."""
+
+    #: one conversation per pane, continued across turns
+    continues_finished_turns = True
+
+    def __init__(
+        self,
+        id: int,
+        config: ClaudeConfig,
+        pool: PoolConfig,
+        launch: TuiLaunch,
+        janitor: Janitor | None = None,
+        *,
+        setup: SpawnSetup | None = None,
+    ) -> None:
+        self.id = id
+        self.binding: Binding | None = None
+        self.turns = 0
+        self.started_at = 0.0
+        self.healthy = True
+        self.pid: int | None = None
+        self._config = config
+        self._pool = pool
+        self._launch = launch
+        self._janitor = janitor
+        self._setup = setup or SpawnSetup()
+        self._policy = RetryPolicy.from_config(config)
+        self.socket = launch.socket(id)
+        self._dir: Path | None = None
+        #: the system prompt and model the pane's CLI was started with
+        self._system = self._setup.system
+        self.model = self._setup.model
+        self._server: ChildProcess | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ended = trio.Event()
+        self._respawning = False
+        self._busy = False
+        self._dirty = False
+        self._reset: trio.Event | None = None
+        #: wall-clock start of the conversation the pane holds (None: empty)
+        self.conversation_started: float | None = None
+        self.state = "booting"
+
+    def __repr__(self) -> str:
+        return f"<TuiWorker {self.id} pane={self.pid} healthy={self.healthy}>"
+
+    # ------------------------------------------------------------------ contract bits
+
+    @property
+    def paused(self) -> bool:
+        return False
+
+    def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        return False
+
+    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the tmux server and the pane, serve until cancelled or the pane/server ends."""
+        self.started_at = trio.current_time()
+        self._dir = self._launch.worker_dir(self.id)
+        self.socket.unlink(missing_ok=True)
+        spec = ChildSpec(
+            argv=server_argv(self._launch.tmux, self.socket),
+            env=dict(self._launch.env),
+            cwd=self._launch.workdir,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    async with open_child(
+                        spec,
+                        nursery=nursery,
+                        kill_grace=self._pool.kill_grace,
+                        janitor=self._janitor,
+                    ) as server:
+                        try:
+                            await self._boot(server)
+                            nursery.start_soon(self._watch, server)
+                            self._set_state("idle")
+                            task_status.started()
+                            await self._ended.wait()
+                        finally:
+                            self._kill_pane()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except OSError as exc:
+            raise BootError(f"TUI worker {self.id}: tmux could not be started: {exc}") from exc
+        finally:
+            self._set_state("gone")
+            self.socket.unlink(missing_ok=True)
+
+    async def _boot(self, server: ChildProcess) -> None:
+        with trio.move_on_after(self._pool.ready_timeout) as scope:
+            while not self.socket.exists():
+                if server.returncode is not None:
+                    raise BootError(
+                        f"tmux exited ({server.returncode}) before listening on {self.socket}",
+                        detail=server.stderr_tail(),
+                    )
+                await trio.sleep(POLL)
+        if scope.cancelled_caught:
+            raise BootError(f"tmux did not listen on {self.socket} within the ready_timeout")
+        try:
+            await self._tmux("set-option", "-g", "remain-on-exit", "on")
+            await self._tmux("set-option", "-g", "status", "off")
+            await self._start_pane(self._system, self.model, respawn=False)
+        except TmuxError as exc:
+            raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
+
+    async def _watch(self, server: ChildProcess) -> None:
+        """End the worker when its tmux server or its pane's CLI ends by itself."""
+        while True:
+            if server.returncode is not None:
+                log.warning("TUI worker %d: tmux server exited (%s)", self.id, server.returncode)
+                break
+            if not self._respawning and self.pid is not None and not group_alive(self.pid):
+                log.warning("TUI worker %d: the claude in its pane exited", self.id)
+                break
+            await trio.sleep(0.1)
+        self.healthy = False
+        self._ended.set()
+
+    def _kill_pane(self) -> None:
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            signal_group(pid, signal.SIGKILL)
+            if self._janitor is not None:
+                self._janitor.unregister(pid)
+
+    async def _start_pane(self, system: str, model: str, *, respawn: bool) -> None:
+        assert self._dir is not None
+        system_file = self._dir / "system.txt"
+        debug_file = self._dir / "debug.log"
+        write_private(system_file, system)
+        write_private(debug_file, "")
+        argv = build_pane_argv(
+            self._launch.command,
+            session_id=str(uuid.uuid4()),
+            system_prompt_file=system_file,
+            debug_file=debug_file,
+            model=model,
+            enable_cli_tools=self._launch.enable_cli_tools,
+        )
+        workdir = str(self._launch.workdir)
+        if respawn:
+            self._respawning = True
+            self._kill_pane()
+            await self._tmux("respawn-pane", "-k", "-t", SESSION, "-c", workdir, "--", *argv)
+        else:
+            x, y = PANE_SIZE
+            await self._tmux(
+                "new-session", "-d", "-s", SESSION, "-x", x, "-y", y, "-c", workdir, "--", *argv
+            )
+        try:
+            pid = int(
+                (await self._tmux("display-message", "-p", "-t", SESSION, "#{pane_pid}")).strip()
+            )
+            if self._janitor is not None:
+                self._janitor.register(pid)
+            self.pid = pid
+        finally:
+            self._respawning = False
+        self._system, self.model = system, model
+        self._dirty = False
+        self.conversation_started = None
+        await self._wait_ready(pid)
+
+    async def _wait_ready(self, pid: int) -> None:
+        screen = ""
+        with trio.move_on_after(self._pool.ready_timeout):
+            while True:
+                if not group_alive(pid):
+                    raise BootError(
+                        f"the claude in TUI worker {self.id}'s pane exited while starting",
+                        detail=await self._capture_text(),
+                    )
+                screen = await self._capture_text()
+                if screen_state(screen).prompt and self._session_file(pid).exists():
+                    return
+                await trio.sleep(0.05)
+        raise BootError(
+            f"the claude in TUI worker {self.id}'s pane did not draw its prompt within "
+            f"{self._pool.ready_timeout:g} s (ready_timeout)",
+            detail=screen[-2000:],
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _tmux(self, *args: str, stdin: bytes | None = None, check: bool = True) -> str:
+        return await tmux(
+            self._launch.tmux, self.socket, *args, stdin=stdin, env=self._launch.env, check=check
+        )
+
+    async def _capture_text(self) -> str:
+        try:
+            return await self._tmux("capture-pane", "-p", "-t", SESSION)
+        except TmuxError:
+            return ""
+
+    async def _screen(self) -> Screen:
+        return screen_state(await self._capture_text())
+
+    async def _keys(self, *keys: str) -> None:
+        await self._tmux("send-keys", "-t", SESSION, *keys)
+
+    def _session_file(self, pid: int) -> Path:
+        return self._launch.home / ".claude" / "sessions" / f"{pid}.json"
+
+    def _session_id(self) -> str | None:
+        if self.pid is None:
+            return None
+        try:
+            data = json.loads(self._session_file(self.pid).read_text())
+        except (OSError, ValueError):
+            return None
+        sid = data.get("sessionId") if isinstance(data, dict) else None
+        return sid if isinstance(sid, str) else None
+
+    def _transcript(self, session_id: str) -> Path | None:
+        found = sorted((self._launch.home / ".claude" / "projects").glob(f"*/{session_id}.jsonl"))
+        return found[0] if found else None
+
+    def _alive(self) -> bool:
+        return self.pid is not None and group_alive(self.pid) and not self._ended.is_set()
+
+    async def _crashed(self, what: str) -> CliCrashed:
+        self.healthy = False
+        return CliCrashed(
+            f"the claude in TUI worker {self.id}'s pane exited during {what}",
+            detail=(await self._capture_text())[-2000:],
+        )
+
+    def _enter(self) -> None:
+        if self._busy:
+            raise RuntimeError(f"TUI worker {self.id} is already serving a call")
+        if not self.healthy or not self._alive():
+            raise WorkerUnusable(f"TUI worker {self.id} is not usable")
+        self._busy = True
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self._dir is None:
+            return
+        status = {
+            "worker": self.id,
+            "state": state,
+            "turns": self.turns,
+            "conversation_started": self.conversation_started,
+            "pane_pid": self.pid,
+            "socket": str(self.socket),
+            "model": self.model,
+            "updated": time.time(),
+        }
+        try:
+            if state == "gone":
+                (self._dir / "status.json").unlink(missing_ok=True)
+            else:
+                write_private(self._dir / "status.json", json.dumps(status))
+        except OSError as exc:
+            log.debug("TUI worker %d: status file: %s", self.id, exc)
+
+    async def _paste(self, text: str) -> None:
+        """Bracketed paste of ``text`` into the input box, then Enter (module doc)."""
+        buffer = f"clibridge{self.id}"
+        await self._tmux("load-buffer", "-b", buffer, "-", stdin=text.encode("utf-8"))
+        await self._tmux("paste-buffer", "-p", "-d", "-b", buffer, "-t", SESSION)
+        await trio.sleep(PASTE_SETTLE + len(text) / 2_000_000)
+        await self._keys("Enter")
+
+    async def _clear_input(self) -> bool:
+        """Empty the input box (Escape, Escape) if it holds text; True when it is empty."""
+        screen = await self._screen()
+        if not screen.input:
+            return True
+        await self._keys("Escape")
+        with trio.move_on_after(1.0):
+            while not (await self._screen()).clear_hint:  # noqa: ASYNC110 - a screen has no event
+                await trio.sleep(0.02)
+        await self._keys("Escape")
+        with trio.move_on_after(1.0):
+            while (await self._screen()).input:  # noqa: ASYNC110 - a screen has no event
+                await trio.sleep(0.02)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ bind / reset
+
+    def reset_soon(self) -> None:
+        """Released idle with a conversation in it: ``/clear`` now, in the background."""
+        if not self._dirty or self._busy or self._nursery is None or not self.healthy:
+            return
+        self._reset = trio.Event()
+        self._busy = True
+        self._nursery.start_soon(self._reset_in_background, self._reset)
+
+    async def _reset_in_background(self, done: trio.Event) -> None:
+        try:
+            await self._clear()
+        except BridgeError as exc:
+            log.info("TUI worker %d: /clear on release failed: %s", self.id, exc.message)
+            self.healthy = False
+        finally:
+            self._busy = False
+            done.set()
+
+    async def _clear(self) -> None:
+        """``/clear``: wait for the CLI to start its new session (a new sessionId)."""
+        self._set_state("clearing")
+        before = self._session_id()
+        if not await self._clear_input():
+            self.healthy = False
+            raise TurnTimeout(f"TUI worker {self.id}: the input box could not be emptied")
+        await self._paste("/clear")
+        with trio.move_on_after(self._pool.ready_timeout):
+            while True:
+                if not self._alive():
+                    raise await self._crashed("/clear")
+                if self._session_id() != before and not (await self._screen()).busy:
+                    self._dirty = False
+                    self.conversation_started = None
+                    self._set_state("idle")
+                    return
+                await trio.sleep(0.02)
+        self.healthy = False
+        raise TurnTimeout(
+            f"the claude CLI did not finish /clear within {self._pool.ready_timeout:g} s"
+        )
+
+    async def bind(self, binding: Binding) -> None:
+        """Restart the pane's CLI for another system prompt or model, /clear for the same."""
+        if self._reset is not None:
+            await self._reset.wait()
+            self._reset = None
+        self._enter()
+        try:
+            if (binding.system, binding.model) != (self._system, self.model):
+                log.info("TUI worker %d: restarting its claude for another setup", self.id)
+                self._set_state("restarting")
+                try:
+                    await self._start_pane(binding.system, binding.model, respawn=True)
+                except TmuxError as exc:
+                    self.healthy = False
+                    raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
+            elif self._dirty:
+                await self._clear()
+            self._setup.system, self._setup.model = binding.system, binding.model
+            self.binding = binding
+            self._set_state("idle")
+        finally:
+            self._busy = False
+
+    # ------------------------------------------------------------------ turn
+
+    async def turn(
+        self,
+        request: Request,
+        *,
+        messages: Sequence[Message] | None = None,
+        tool_results: Mapping[str, ToolResultPart] | None = None,
+    ) -> AsyncIterator[Event]:
+        """One turn's neutral events; raises a BridgeError on failure (module doc)."""
+        if tool_results is not None:
+            raise WorkerUnusable(f"TUI worker {self.id} is not waiting for tool results")
+        if request.tools:
+            raise UnsupportedFeature(
+                "client tools are not supported in TUI mode (serve --tui): the interactive "
+                "claude runs without tools; send the request without `tools` or use the "
+                "stream-json driver (serve without --tui)",
+                param="tools",
+            )
+        text = _prompt_text(request.messages if messages is None else messages)
+        self._enter()
+        translator = TranscriptTranslator(self._policy, self.model or request.model)
+        pool = self._pool
+        deadline = trio.current_time() + pool.turn_timeout
+        try:
+            if not await self._clear_input():
+                self.healthy = False
+                raise TurnTimeout(f"TUI worker {self.id}: the input box could not be emptied")
+            self._dirty = True
+            self.turns += 1
+            if self.conversation_started is None:
+                self.conversation_started = time.time()
+            self._set_state("busy")
+            session = self._session_id()
+            if session is None:
+                raise await self._crashed("a turn (no session registered)")
+            path = self._transcript(session)
+            offset = path.stat().st_size if path is not None else 0
+            assert self._dir is not None
+            debug = self._dir / "debug.log"
+            debug_offset = debug.stat().st_size if debug.exists() else 0
+            await self._paste(text)
+            entered = trio.current_time()
+            last_output = entered
+            while not translator.done:
+                now = trio.current_time()
+                if now >= deadline:
+                    self.healthy = False
+                    raise TurnTimeout(
+                        f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)"
+                    )
+                if now - last_output >= pool.stream_idle_timeout:
+                    self.healthy = False
+                    raise TurnTimeout(
+                        f"the claude CLI said nothing for {pool.stream_idle_timeout:g} s "
+                        "(stream_idle_timeout)"
+                    )
+                if not self._alive():
+                    raise await self._crashed("a turn")
+                if path is None:
+                    path = self._transcript(session)
+                lines: list[bytes] = []
+                if path is not None:
+                    lines, offset = _read_lines(path, offset)
+                for raw in lines:
+                    entry = parse_transcript_line(raw)
+                    if entry is None:
+                        continue
+                    events = translator.feed(entry)
+                    last_output = trio.current_time()
+                    for event in events:
+                        yield event
+                    if translator.done:
+                        break
+                if translator.done:
+                    break
+                attempts, debug_offset = _read_lines(debug, debug_offset)
+                for raw in attempts:
+                    attempt = parse_debug_line(raw.decode("utf-8", "replace"))
+                    if attempt is not None:
+                        screen = await self._screen()
+                        translator.attempt(attempt, screen.retry_in)
+                if not translator.started and trio.current_time() - entered >= ENTER_RETRY:
+                    if (await self._screen()).input:
+                        log.info(
+                            "TUI worker %d: Enter again (the prompt is still in the box)", self.id
+                        )
+                        await self._keys("Enter")
+                    entered = trio.current_time()
+                await trio.sleep(POLL)
+            if translator.interrupted:
+                raise CliCrashed(f"the turn on TUI worker {self.id} was interrupted in its pane")
+        finally:
+            try:
+                if not translator.done and self.healthy and self._alive():
+                    await self._interrupt()
+            finally:
+                self._busy = False
+                if self.state == "busy":
+                    self._set_state("idle")
+
+    async def _interrupt(self) -> None:
+        """Escape, wait for the CLI to be idle, empty the input box; unhealthy if it won't."""
+        with trio.CancelScope(shield=True):
+            ok = False
+            with trio.move_on_after(self._pool.interrupt_grace):
+                try:
+                    await self._keys("Escape")
+                    await trio.sleep(0.05)
+                    while (await self._screen()).busy:
+                        if not self._alive():
+                            break
+                        await trio.sleep(0.02)
+                    else:
+                        await trio.sleep(0.05)  # the interrupted prompt goes back to the box
+                        ok = await self._clear_input()
+                except BridgeError as exc:
+                    log.info("TUI worker %d: interrupt failed: %s", self.id, exc.message)
+            if not ok:
+                log.warning(
+                    "TUI worker %d did not come back from an interrupt within interrupt_grace; "
+                    "retiring it",
+                    self.id,
+                )
+                self.healthy = False
+
+
+def _prompt_text(messages: Sequence[Message]) -> str:
+    """The request as one pasted prompt: text only (images cannot be pasted)."""
+    content = render_user_content(messages)
+    if isinstance(content, str):
+        text = content
+    else:
+        parts = []
+        for block in content:
+            if block.get("type") != "text":
+                raise UnsupportedFeature(
+                    "images are not supported in TUI mode (serve --tui): a prompt is pasted "
+                    "into the interactive claude as text",
+                    param="messages",
+                )
+            parts.append(str(block.get("text", "")))
+        text = "\n\n".join(parts)
+    if not text.strip():
+        raise RequestError(
+            "the prompt is empty: nothing to send to the interactive claude", param="messages"
+        )
+    if text.lstrip()[:1] in ("/", "!", "#", "&"):
+        # Why: the interactive CLI runs a prompt that starts with "/" as a slash command,
+        # "!" as a shell command, "#" as a memory note; a leading zero-width space keeps it text
+        text = "\u200b" + text
+    return text
+
+
+def _read_lines(path: Path, offset: int) -> tuple[list[bytes], int]:
+    """Complete lines appended to ``path`` since ``offset``, and the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    return [line for line in data[:end].split(b"\n") if line.strip()], offset + end + 1
+
+
+def _tmux_env(env: Mapping[str, str]) -> dict[str, str]:
+    out = dict(env)
+    if not any(out.get(k) for k in ("LC_ALL", "LC_CTYPE", "LANG")):
+        out["LANG"] = "C.UTF-8"
+    return out
+
+
+def make_tui_factory(
+    config: Config,
+    command: tuple[str, ...],
+    state_dir: Path,
+    janitor: Janitor | None,
+    environ: Mapping[str, str],
+    *,
+    fake: bool,
+) -> Callable[[int], TuiWorker]:
+    """A pool factory for TUI workers (blocking setup: spawn home, stale tmux servers)."""
+    tmux_bin = find_tmux(environ)
+    if tmux_bin is None:
+        raise SystemExit("clibridge: error: --tui needs tmux on PATH (apt-get install tmux)")
+    if fake:
+        command = FAKE_TUI_COMMAND
+    settings = attrs.evolve(config.claude, command=command)
+    spawn_home = prepare_claude_home(settings, state_dir, environ)
+    env = dict(spawn_home.env)
+    if fake:
+        env = with_fake_knobs(env, environ)
+    directory = tui_dir(state_dir)
+    launch = TuiLaunch(
+        command=command,
+        env=_tmux_env(env),
+        home=spawn_home.home,
+        workdir=spawn_home.workdir,
+        directory=directory,
+        tmux=tmux_bin,
+        enable_cli_tools=settings.enable_cli_tools,
+    )
+    reap_stale(tmux_bin, launch.socket(0).parent)
+    log.info(
+        "claude TUI workers: tmux sockets in %s, spawn home %s",
+        launch.socket(0).parent,
+        spawn_home.home,
+    )
+    setup = SpawnSetup()
+
+    def factory(worker_id: int) -> TuiWorker:
+        return TuiWorker(worker_id, settings, settings.pool, launch, janitor, setup=setup)
+
+    return factory
