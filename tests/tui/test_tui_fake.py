@@ -1,0 +1,259 @@
+"""``serve --tui`` end to end on the fake interactive claude, under a real tmux.
+
+The whole server runs in the test's loop (:func:`tests.e2e.conftest.open_e2e_server`) with
+``claude.tui`` on: every worker is a foreground tmux server on a socket under the state
+dir, with one pane running ``clibridge.testing.fake_claude_tui``. The official SDKs talk
+to it over a real port. Leaving the server context proves that no process survived: the
+fake panes (they record their pids) and every child of this process (the tmux servers)
+must be gone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import attrs
+import httpx
+import openai
+import pytest
+import trio
+
+from clibridge._config_load import ConfigError, load_config
+from tests._procs import alive, children_of, cmdline, read_record, wait_gone
+from tests.e2e.conftest import FAST_POOL, MODEL, E2EServer, open_e2e_server
+from tests.e2e.test_sdks import Flavor, run_async_clients, run_sync_clients
+from tests.e2e.test_shutdown import serve_process
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Async generator:ResourceWarning"),
+]
+
+TUI = {"tui": True}
+ONE_PANE = attrs.evolve(FAST_POOL, workers=1, spares=0)
+
+
+def tmux_servers(server: E2EServer) -> set[int]:
+    """The tmux servers among this process's children."""
+    return {p for p in children_of(os.getpid()) if "tmux" in cmdline(p)}
+
+
+def panes(server: E2EServer) -> set[int]:
+    """Every fake pane ever started (they record their pid)."""
+    return {int(f["pid"]) for f in server.facts() if "argv" in f and "pid" in f}
+
+
+def prompts(server: E2EServer) -> list[str]:
+    return [str(f["prompt"]) for f in server.facts() if "prompt" in f]
+
+
+async def chat(server: E2EServer, content: str, **extra: Any) -> httpx.Response:
+    async with server.client(timeout=30) as client:
+        return await client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": content}], **extra},
+        )
+
+
+async def test_every_dialect_through_the_sdks(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI) as server:
+        flavor = Flavor.fake()
+        with trio.fail_after(90):
+            count = await trio.to_thread.run_sync(run_sync_clients, server.base_url, flavor)
+            count += await run_async_clients(server.base_url, flavor)
+        # every request reached a pane as one pasted prompt, directive and all
+        assert sum(1 for p in prompts(server) if p.endswith("say hi")) == count
+        assert all(cmdline(p).find("fake_claude_tui") >= 0 for p in panes(server) if alive(p))
+        assert tmux_servers(server)
+        stats = await server.stats()
+        assert {w["pid"] for w in stats["workers"]} <= panes(server)
+
+
+async def test_a_prompt_arrives_intact_and_the_system_prompt_keys_the_pane(
+    tmp_path: Path,
+) -> None:
+    text = "line one \"quoted\" 'single' `tick` ünïcødé ✓ 🎉\n\n\tindented\n" + "x" * 30_000
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        response = await chat(
+            server,
+            text + '\n@fake {"echo": true, "echo_system": true}',
+            **{
+                "messages": [
+                    {"role": "system", "content": "You are SYS-ONE."},
+                    {
+                        "role": "user",
+                        "content": text + '\n@fake {"echo": true, "echo_system": true}',
+                    },
+                ]
+            },
+        )
+        assert response.status_code == 200, response.text
+        reply = response.json()["choices"][0]["message"]["content"]
+        assert reply == f"[system: You are SYS-ONE.] echo: {text}"
+        # another system prompt: the same pane restarts its CLI with it
+        response = await chat(
+            server,
+            "",
+            messages=[
+                {"role": "system", "content": "You are SYS-TWO."},
+                {"role": "user", "content": '@fake {"echo_system": true, "reply": "ok"}'},
+            ],
+        )
+        assert (
+            response.json()["choices"][0]["message"]["content"] == "[system: You are SYS-TWO.] ok"
+        )
+        # the restarted CLIs recorded themselves: one per setup at least
+        assert len(panes(server)) >= 2
+
+
+async def test_unrelated_conversations_are_cleared_and_a_continuation_is_not(
+    tmp_path: Path,
+) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        first = [{"role": "user", "content": "first question"}]
+        response = await chat(server, "", messages=first)
+        answer = response.json()["choices"][0]["message"]["content"]
+        # the client continues: only the new message is pasted, no /clear before it
+        follow = [
+            *first,
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "more"},
+        ]
+        assert (await chat(server, "", messages=follow)).status_code == 200
+        # an unrelated conversation: /clear first
+        assert (await chat(server, "other topic")).status_code == 200
+        assert prompts(server) == ["first question", "more", "/clear", "other topic"]
+
+
+@pytest.mark.parametrize(
+    ("directive", "status", "needle"),
+    [
+        ('{"api_error": 429, "api_retries": 5, "retry_delay_ms": 200}', 429, "rate limiting"),
+        ('{"api_error": 401, "api_retries": 5, "retry_delay_ms": 200}', 503, "login"),
+        # 529 is 503 for OpenAI clients (docs/ops.md, error mapping)
+        ('{"api_error": 529, "api_retries": 5, "retry_delay_ms": 200}', 503, "overloaded"),
+        ('{"no_such_field": 1}', 400, "no_such_field"),
+    ],
+)
+async def test_upstream_errors_fail_fast_and_the_pane_serves_on(
+    tmp_path: Path, directive: str, status: int, needle: str
+) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        with trio.fail_after(20):
+            response = await chat(server, f"@fake {directive}")
+        assert response.status_code == status, response.text
+        assert needle in response.text
+        before = panes(server)
+        await server.assert_serves()
+        assert panes(server) == before  # the same pane: interrupted and cleared, not killed
+
+
+async def test_tools_are_refused_with_a_400_naming_them(tmp_path: Path) -> None:
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        response = await chat(server, "use it", tools=[tool])
+        assert response.status_code == 400, response.text
+        assert "TUI mode" in response.text and "tools" in response.text
+        await server.assert_serves()
+
+
+async def test_a_client_that_goes_away_interrupts_the_turn(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        async with openai.AsyncOpenAI(
+            api_key="x", base_url=f"{server.base_url}/v1", max_retries=0
+        ) as oai:
+            stream = await oai.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    {"role": "user", "content": '@fake {"hang_mid_turn": true, "thinking": "t"}'}
+                ],
+                stream=True,
+            )
+            with trio.move_on_after(1.0):
+                async for _chunk in stream:
+                    pass
+            await stream.close()
+        before = panes(server)
+        stats = await server.wait_stats(
+            lambda s: s["in_flight"] == 0 and s["workers"][0]["state"] == "idle"
+        )
+        await server.assert_serves("after the interrupt")
+        assert panes(server) == before
+        # the interrupted prompt went back into the input box; it was cleared, not merged
+        assert prompts(server)[-1] == "after the interrupt"
+        assert stats["workers"]
+
+
+async def test_a_turn_timeout_retires_the_pane(tmp_path: Path) -> None:
+    pool = attrs.evolve(ONE_PANE, turn_timeout=1.5)
+    async with open_e2e_server(tmp_path, claude=TUI, pool=pool) as server:
+        with trio.fail_after(20):
+            response = await chat(server, '@fake {"hang_mid_turn": true}')
+        assert response.status_code == 504, response.text
+        await server.assert_serves()
+
+
+async def test_a_pane_that_crashes_mid_turn_is_replaced(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        with trio.fail_after(20):
+            response = await chat(server, '@fake {"crash_mid_turn": true}')
+        assert response.status_code == 502, response.text
+        crashed = panes(server)
+        await wait_gone(crashed)
+        await server.assert_serves()
+        assert len(panes(server)) >= 2
+
+
+async def test_sigkill_of_the_server_leaves_no_tmux_and_no_pane(tmp_path: Path) -> None:
+    async with serve_process(tmp_path, "--tui") as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert response.status_code == 200, response.text
+        tmuxes = {p for p in children_of(server.process.pid) if "tmux" in cmdline(p)}
+        fakes = {int(f["pid"]) for f in read_record(server.record) if "argv" in f}
+        assert tmuxes and fakes and all(alive(p) for p in fakes)
+        janitor = server.janitor()
+        os.kill(server.process.pid, signal.SIGKILL)
+        await server.process.wait()
+        await wait_gone(tmuxes | fakes | {janitor}, within=15)
+    sockets = list((tmp_path / "state" / "tui").glob("*.sock"))
+    # a socket file may be left by the killed server; the next start reaps it
+    async with serve_process(tmp_path, "--tui") as again:
+        assert "tmux" in " ".join(cmdline(p) for p in children_of(again.process.pid))
+    assert all(not s.exists() or s.is_socket() for s in sockets)
+
+
+def test_tui_is_refused_on_a_non_loopback_bind(tmp_path: Path) -> None:
+    base = {"CLIBRIDGE_API_KEY": "k" * 32, "CLIBRIDGE_HOST": "0.0.0.0", "CLIBRIDGE_CLAUDE_TUI": "1"}
+    with pytest.raises(ConfigError, match="refusing --tui"):
+        load_config({}, base, None)
+    config = load_config({}, {**base, "CLIBRIDGE_CLAUDE_TUI_TRUSTED_NETWORK": "1"}, None)
+    assert config.claude.tui and config.claude.tui_trusted_network
+
+
+async def test_anthropic_stream_shows_thinking_and_text(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        async with anthropic.AsyncAnthropic(
+            api_key="x", base_url=server.base_url, max_retries=0
+        ) as ant, ant.messages.stream(
+            model=MODEL,
+            max_tokens=100,
+            messages=[
+                {"role": "user", "content": '@fake {"thinking": "mull", "reply": "done"}'}
+            ],
+        ) as stream:
+            final = await stream.get_final_message()
+        kinds = [
+            (b.type, getattr(b, "thinking", None) or getattr(b, "text", None))
+            for b in final.content
+        ]
+        assert kinds == [("thinking", "mull"), ("text", "done")]
