@@ -242,15 +242,16 @@ def test_tui_is_refused_on_a_non_loopback_bind(tmp_path: Path) -> None:
 
 async def test_anthropic_stream_shows_thinking_and_text(tmp_path: Path) -> None:
     async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
-        async with anthropic.AsyncAnthropic(
-            api_key="x", base_url=server.base_url, max_retries=0
-        ) as ant, ant.messages.stream(
-            model=MODEL,
-            max_tokens=100,
-            messages=[
-                {"role": "user", "content": '@fake {"thinking": "mull", "reply": "done"}'}
-            ],
-        ) as stream:
+        async with (
+            anthropic.AsyncAnthropic(api_key="x", base_url=server.base_url, max_retries=0) as ant,
+            ant.messages.stream(
+                model=MODEL,
+                max_tokens=100,
+                messages=[
+                    {"role": "user", "content": '@fake {"thinking": "mull", "reply": "done"}'}
+                ],
+            ) as stream,
+        ):
             final = await stream.get_final_message()
         kinds = [
             (b.type, getattr(b, "thinking", None) or getattr(b, "text", None))

@@ -52,6 +52,8 @@ PROMPT_MARK: Final = "❯"
 BUSY_MARK: Final = "esc to interrupt"
 #: the footer after one Escape on a non-empty idle input
 CLEAR_HINT: Final = "Esc again to clear"
+#: how the user lines of a slash command's echo begin
+_COMMAND_ECHOES: Final = ("<command-name>", "<local-command-", "<command-message>")
 #: the text of the user line the CLI writes when a turn is interrupted
 INTERRUPTED_TEXT: Final = "[Request interrupted by user"
 
@@ -122,7 +124,10 @@ def parse_transcript_line(line: bytes | str) -> Entry | None:
         text = _text_of(message.get("content") if isinstance(message, Mapping) else None)
         return UserEntry(
             text=text,
-            meta=bool(obj.get("isMeta")) or "toolUseResult" in obj,
+            # a slash command's echo (``/clear``) is written as user lines too
+            meta=bool(obj.get("isMeta"))
+            or "toolUseResult" in obj
+            or text.startswith(_COMMAND_ECHOES),
             interrupted=text.startswith(INTERRUPTED_TEXT),
         )
     if kind == "assistant":

@@ -91,7 +91,7 @@ PASTE_SETTLE = 0.03
 #: how often the transcript, the debug log and the pane are looked at
 POLL = 0.01
 #: Enter again when the prompt still sits in the input box this long after the last one
-ENTER_RETRY = 1.0
+ENTER_RETRY = 0.25
 #: the session name inside each worker's tmux server
 SESSION = "w"
 
