@@ -87,8 +87,10 @@ def test_the_clear_echo_is_not_a_turn_and_an_interrupt_is_seen() -> None:
     assert run(t, items[:cut]) == []  # the /clear echo: no turn of ours
     t = TranscriptTranslator(RetryPolicy(), "m")
     events = run(t, items[cut:])
-    # the partial text the CLI wrote when interrupted is seen; no turn_duration follows
-    assert events == [TurnStarted("m"), TextDelta("Hell")]
+    # the partial text the CLI keeps when interrupted is a <synthetic> message: not output
+    partial = next(e for e in items[cut:] if isinstance(e, AssistantBlock))
+    assert partial.synthetic and partial.block.get("text") == "Hell"
+    assert events == [TurnStarted("m")]
     assert t.done and t.interrupted
     assert not any(isinstance(e, TurnEnd) for e in items[cut:])
 
