@@ -50,16 +50,14 @@ def run(translator: TranscriptTranslator, items: list[Entry]) -> list[object]:
 
 
 def test_a_recorded_text_turn() -> None:
-    # Why not in file order: at /clear the CLI rewrote the old session's file with the first
-    # turn's reply and turn_duration moved before its prompt (while the session was live the
-    # lines were appended in order: prompt, reply, turn_duration; a tailer sees that order)
+    # As recorded: the CLI wrote the session's first prompt after its reply and
+    # turn_duration, so the translator must not wait for our user line
     items = entries("claude_tui_two_turns.jsonl")
     prompt = next(e for e in items if isinstance(e, UserEntry) and e.text.startswith("say hi"))
-    reply = next(e for e in items if isinstance(e, AssistantBlock))
     end = next(e for e in items if isinstance(e, TurnEnd))
-    assert items.index(reply) < items.index(prompt)  # the rewrite, as recorded
+    assert items.index(end) < items.index(prompt)
     t = TranscriptTranslator(RetryPolicy(), "claude-sonnet-4-5")
-    events = run(t, [prompt, reply, end])
+    events = run(t, items[: items.index(end) + 1])
     assert t.done
     assert events == [
         TurnStarted("claude-sonnet-4-5"),

@@ -33,7 +33,7 @@ import attrs
 
 from ..._state_dir import PRIVATE_FILE_MODE, private_dir
 
-__all__ = ["TuiLaunch", "read_status", "socket_dir", "tui_dir", "write_private"]
+__all__ = ["TuiLaunch", "approve_api_key", "read_status", "socket_dir", "tui_dir", "write_private"]
 
 
 @attrs.frozen
@@ -90,6 +90,27 @@ def write_private(path: Path, text: str) -> None:
         os.fchmod(fd, PRIVATE_FILE_MODE)
         f.write(text)
     tmp.replace(path)
+
+
+def approve_api_key(home: Path, key: str) -> None:
+    """Seed ``.claude.json`` so the interactive CLI does not ask whether to use ``key``.
+
+    Only when the operator passed ``ANTHROPIC_API_KEY`` on purpose (``pass_env``): ``claude
+    -p`` uses it without asking, the interactive CLI shows a dialog once and remembers the
+    answer by the key's last 20 characters.
+    """
+    state_file = home / ".claude.json"
+    try:
+        state = json.loads(state_file.read_text())
+        if not isinstance(state, dict):
+            state = {}
+    except (OSError, ValueError):
+        state = {}
+    responses = state.setdefault("customApiKeyResponses", {"approved": [], "rejected": []})
+    approved = responses.setdefault("approved", [])
+    if key[-20:] not in approved:
+        approved.append(key[-20:])
+    write_private(state_file, json.dumps(state, indent=2) + "\n")
 
 
 def read_status(directory: Path) -> list[Mapping[str, Any]]:

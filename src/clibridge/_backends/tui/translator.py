@@ -18,8 +18,9 @@ A :class:`TranscriptTranslator` follows one turn from the ``user`` line of our p
 and the debug log's ``API error (attempt N/M): STATUS`` lines fail the turn fast, by the
 same :class:`~clibridge._backends.claude.translator.RetryPolicy` as the stream-json driver:
 401 at once, 429 / 503 / 529 once ``retry_attempts`` attempts were seen (the delay the
-screen shows is the ``retry_after``). Lines before our prompt's ``user`` line (a
-``/clear`` echo, snapshots) are skipped.
+screen shows is the ``retry_after``). The worker feeds only what was appended after the
+paste; our prompt's ``user`` line is not waited for (the CLI may write a session's first
+prompt after its reply), and slash-command echoes are not prompts.
 """
 
 from __future__ import annotations
@@ -58,15 +59,14 @@ class TranscriptTranslator:
                 self.interrupted = True
                 self.done = True
                 return []
-            if not entry.meta and not self.started:
-                self.started = True
-                return [TurnStarted(self._model)]
-            return []
-        if not self.started:
-            return []  # before our prompt (a /clear echo): not this turn's
+            return [] if entry.meta else self._start()
+        # Why no wait for our user line: the CLI may write a session's first prompt only
+        # after the reply and turn_duration (seen with 2.1.197); everything after the
+        # offset the worker read from is this turn's
         if isinstance(entry, AssistantBlock):
-            return self._assistant(entry)
+            return self._start() + self._assistant(entry)
         if isinstance(entry, TurnEnd):
+            started = self._start()
             self.done = True
             usage = Usage()
             for u in self._usage.values():
@@ -78,8 +78,18 @@ class TranscriptTranslator:
                     cache_creation_input_tokens=usage.cache_creation_input_tokens
                     + u.cache_creation_input_tokens,
                 )
-            return [Finished(finish_reason(self._stop_reason), usage)]
+            return [*started, Finished(finish_reason(self._stop_reason), usage)]
         return []
+
+    def take_started(self) -> list[Event]:
+        """The CLI took the prompt (the worker saw it busy): TurnStarted, once."""
+        return self._start()
+
+    def _start(self) -> list[Event]:
+        if self.started:
+            return []
+        self.started = True
+        return [TurnStarted(self._model)]
 
     def _assistant(self, entry: AssistantBlock) -> list[Event]:
         text = str(entry.block.get("text", "")) if entry.block.get("type") == "text" else ""

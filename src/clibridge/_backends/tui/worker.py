@@ -73,7 +73,7 @@ from .._env import with_fake_knobs
 from ..claude import ALIASES, RetryPolicy, render_user_content
 from ..claude.home import prepare_claude_home
 from .argv import build_pane_argv
-from .home import TuiLaunch, tui_dir, write_private
+from .home import TuiLaunch, approve_api_key, tui_dir, write_private
 from .parser import Screen, parse_debug_line, parse_transcript_line, screen_state
 from .tmux import TmuxError, find_tmux, reap_stale, server_argv, tmux
 from .translator import TranscriptTranslator
@@ -92,6 +92,8 @@ PASTE_SETTLE = 0.03
 POLL = 0.01
 #: Enter again when the prompt still sits in the input box this long after the last one
 ENTER_RETRY = 0.25
+#: how often the screen is looked at until the CLI has taken the prompt
+SCREEN_POLL = 0.05
 #: the session name inside each worker's tmux server
 SESSION = "w"
 
@@ -215,6 +217,8 @@ class TuiWorker:
         try:
             await self._tmux("set-option", "-g", "remain-on-exit", "on")
             await self._tmux("set-option", "-g", "status", "off")
+            # else the CLI shows a hint about it under its prompt
+            await self._tmux("set-option", "-g", "focus-events", "on")
             await self._start_pane(self._system, self.model, respawn=False)
         except TmuxError as exc:
             raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
@@ -287,7 +291,8 @@ class TuiWorker:
                         detail=await self._capture_text(),
                     )
                 screen = await self._capture_text()
-                if screen_state(screen).prompt and self._session_file(pid).exists():
+                # the input box, not just a ❯ (a dialog's selection cursor is one too)
+                if screen_state(screen).input is not None and self._session_file(pid).exists():
                     return
                 await trio.sleep(0.05)
         raise BootError(
@@ -504,19 +509,22 @@ class TuiWorker:
             debug_offset = debug.stat().st_size if debug.exists() else 0
             await self._paste(text)
             entered = trio.current_time()
+            next_look = entered + SCREEN_POLL
             last_output = entered
             while not translator.done:
                 now = trio.current_time()
                 if now >= deadline:
                     self.healthy = False
                     raise TurnTimeout(
-                        f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)"
+                        f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)",
+                        detail=(await self._capture_text())[-2000:],
                     )
                 if now - last_output >= pool.stream_idle_timeout:
                     self.healthy = False
                     raise TurnTimeout(
                         f"the claude CLI said nothing for {pool.stream_idle_timeout:g} s "
-                        "(stream_idle_timeout)"
+                        "(stream_idle_timeout)",
+                        detail=(await self._capture_text())[-2000:],
                     )
                 if not self._alive():
                     raise await self._crashed("a turn")
@@ -543,13 +551,20 @@ class TuiWorker:
                     if attempt is not None:
                         screen = await self._screen()
                         translator.attempt(attempt, screen.retry_in)
-                if not translator.started and trio.current_time() - entered >= ENTER_RETRY:
-                    if (await self._screen()).input:
+                if not translator.started and trio.current_time() >= next_look:
+                    # the transcript may show the prompt only at the end of the turn: the
+                    # screen says when the CLI took it (busy), or that Enter was swallowed
+                    next_look = trio.current_time() + SCREEN_POLL
+                    screen = await self._screen()
+                    if screen.busy:
+                        for event in translator.take_started():
+                            yield event
+                    elif screen.input and trio.current_time() - entered >= ENTER_RETRY:
                         log.info(
                             "TUI worker %d: Enter again (the prompt is still in the box)", self.id
                         )
                         await self._keys("Enter")
-                    entered = trio.current_time()
+                        entered = trio.current_time()
                 await trio.sleep(POLL)
             if translator.interrupted:
                 raise CliCrashed(f"the turn on TUI worker {self.id} was interrupted in its pane")
@@ -654,6 +669,8 @@ def make_tui_factory(
     settings = attrs.evolve(config.claude, command=command)
     spawn_home = prepare_claude_home(settings, state_dir, environ)
     env = dict(spawn_home.env)
+    if env.get("ANTHROPIC_API_KEY") and not settings.use_real_home:
+        approve_api_key(spawn_home.home, env["ANTHROPIC_API_KEY"])
     if fake:
         env = with_fake_knobs(env, environ)
     directory = tui_dir(state_dir)
