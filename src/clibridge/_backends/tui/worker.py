@@ -217,8 +217,6 @@ class TuiWorker:
         try:
             await self._tmux("set-option", "-g", "remain-on-exit", "on")
             await self._tmux("set-option", "-g", "status", "off")
-            # else the CLI shows a hint about it under its prompt
-            await self._tmux("set-option", "-g", "focus-events", "on")
             await self._start_pane(self._system, self.model, respawn=False)
         except TmuxError as exc:
             raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
