@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
     )
+    tui = sub.add_parser("tui", help="watch the panes of `serve --tui` (ls, attach N read-only)")
+    tui.add_argument("action", choices=("ls", "attach"))
+    tui.add_argument("worker", nargs="?", type=int, help="attach: the worker number `ls` shows")
+    tui.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
+    tui.add_argument("--state-dir", type=Path, metavar="PATH", help="the state dir of `serve`")
     oc = sub.add_parser(
         "openclaw-config",
         help="print the OpenClaw provider block for a running clibridge, or merge it into "
@@ -206,6 +211,25 @@ def _openclaw_config(args: argparse.Namespace, environ: Mapping[str, str]) -> in
         file=sys.stderr,
     )
     return 0
+
+
+def _tui(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``clibridge tui ls`` / ``clibridge tui attach N`` (see _backends/tui/cli.py)."""
+    from ._backends.tui.cli import tui_command
+    from ._supervisor import state_dir
+
+    if args.action == "attach" and args.worker is None:
+        print("clibridge: error: tui attach needs the worker number `tui ls` shows", file=sys.stderr)
+        return 2
+    flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
+    try:
+        config = load_config(flags, environ, args.config)
+    except ConfigError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
+    return tui_command(
+        args.action, args.worker, state_dir(config), environ, sys.stdout, sys.stderr
+    )
 
 
 def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -281,6 +305,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
+    if args.command == "tui":
+        return _tui(args, env)
     if args.command in ("login", "openclaw-config"):
         try:
             return (_login if args.command == "login" else _openclaw_config)(args, env)

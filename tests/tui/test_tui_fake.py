@@ -10,6 +10,7 @@ must be gone.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import openai
 import pytest
 import trio
 
+from clibridge._backends.tui.cli import attach_argv, tui_command
 from clibridge._config_load import ConfigError, load_config
 from tests._procs import alive, children_of, cmdline, read_record, wait_gone
 from tests.e2e.conftest import FAST_POOL, MODEL, E2EServer, open_e2e_server
@@ -218,6 +220,7 @@ async def test_sigkill_of_the_server_leaves_no_tmux_and_no_pane(tmp_path: Path) 
                 json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
             )
             assert response.status_code == 200, response.text
+        assert b"clibridge tui attach N" in server.stderr  # the banner says how to watch
         tmuxes = {p for p in children_of(server.process.pid) if "tmux" in cmdline(p)}
         fakes = {int(f["pid"]) for f in read_record(server.record) if "argv" in f}
         assert tmuxes and fakes and all(alive(p) for p in fakes)
@@ -258,3 +261,22 @@ async def test_anthropic_stream_shows_thinking_and_text(tmp_path: Path) -> None:
             for b in final.content
         ]
         assert kinds == [("thinking", "mull"), ("text", "done")]
+
+
+async def test_tui_ls_lists_the_panes_and_attach_names_a_running_one(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        assert (await chat(server, "hello")).status_code == 200
+        await server.wait_stats(lambda s: s["in_flight"] == s["parked"])
+        out, err = io.StringIO(), io.StringIO()
+        assert tui_command("ls", None, tmp_path / "state", os.environ, out, err) == 0
+        header, *rows, hint = out.getvalue().splitlines()
+        assert header.split()[:4] == ["WORKER", "STATE", "CONVERSATION", "TURNS"]
+        (row,) = rows
+        worker, _state, _age, turns, *_ = row.split()
+        assert turns == "1"
+        assert "attach" in hint
+        assert tui_command("attach", 99, tmp_path / "state", os.environ, out, err) == 2
+        assert f"running: {worker}" in err.getvalue()
+        argv = attach_argv("tmux", tmp_path / "state" / "tui", int(worker))
+        assert argv[-4:] == ["attach-session", "-r", "-t", "w"]
+        assert await trio.Path(argv[3]).is_socket()

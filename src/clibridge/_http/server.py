@@ -108,6 +108,11 @@ def banner(config: Config, host: str, port: int, service: TurnService) -> str:
         f"  pool:                {pool}",
         f"  auth:                {'token required' if config.server.auth_token else 'none (loopback only)'}",
     ]
+    if config.claude.tui:
+        lines.append(
+            "  tui:                 claude workers are interactive sessions in tmux panes; "
+            "watch: clibridge tui ls, clibridge tui attach N"
+        )
     if readiness.fake:
         bar = "!" * 72
         if on_purpose:
