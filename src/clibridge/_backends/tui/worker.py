@@ -19,8 +19,8 @@ itself only appears with the first prompt.
 stream-json driver renders it for a fresh worker (or only the new messages, when the pane
 holds the conversation), loaded into a tmux buffer from stdin (any size, any characters)
 and pasted with bracketed paste (``paste-buffer -p``); Enter follows after a short settle
-(an Enter sent at once is swallowed) and is sent again if the prompt still sits in the
-input box a second later. The transcript is tailed from where it ended before the paste
+once the pasted text shows in the input box (an Enter sent before is sometimes
+swallowed), and is sent again if the prompt still sits in the box 0.25 s later. The transcript is tailed from where it ended before the paste
 (:class:`~.translator.TranscriptTranslator` turns its lines into neutral events) and so
 is the pane's debug log, where the CLI's upstream retries show (fail fast, as the
 stream-json driver). Timeouts as there: ``turn_timeout`` and ``stream_idle_timeout``.
@@ -92,6 +92,8 @@ PASTE_SETTLE = 0.03
 POLL = 0.01
 #: Enter again when the prompt still sits in the input box this long after the last one
 ENTER_RETRY = 0.25
+#: how long to wait for a paste to show in the input box before Enter anyway
+PASTE_SHOWN_TIMEOUT = 2.0
 #: how often the screen is looked at until the CLI has taken the prompt
 SCREEN_POLL = 0.05
 #: the session name inside each worker's tmux server
@@ -379,7 +381,12 @@ class TuiWorker:
         buffer = f"clibridge{self.id}"
         await self._tmux("load-buffer", "-b", buffer, "-", stdin=text.encode("utf-8"))
         await self._tmux("paste-buffer", "-p", "-d", "-b", buffer, "-t", SESSION)
-        await trio.sleep(PASTE_SETTLE + len(text) / 2_000_000)
+        # Why wait for the box: the CLI takes a paste in 0.1-0.3 s, and an Enter that comes
+        # before it shows the text is sometimes swallowed (observed with 2.1.197)
+        await trio.sleep(PASTE_SETTLE)
+        with trio.move_on_after(PASTE_SHOWN_TIMEOUT):
+            while not (await self._screen()).input:  # noqa: ASYNC110 - a screen has no event
+                await trio.sleep(0.005)
         await self._keys("Enter")
 
     async def _clear_input(self) -> bool:
@@ -430,7 +437,9 @@ class TuiWorker:
             while True:
                 if not self._alive():
                     raise await self._crashed("/clear")
-                if self._session_id() != before and not (await self._screen()).busy:
+                screen = await self._screen()
+                # the box still shows "/clear" for a moment after the new session began
+                if self._session_id() != before and not screen.busy and not screen.input:
                     self._dirty = False
                     self.conversation_started = None
                     self._set_state("idle")
