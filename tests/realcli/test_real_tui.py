@@ -26,6 +26,7 @@ from clibridge._events import Event, Finished, Message, Request, TextDelta, Text
 from clibridge._worker import Binding
 from clibridge.testing.model_stub import ModelStub, RecordedRequest, directive
 from clibridge.testing.realcli import ClaudeSetup
+from tests._aio import agen
 from tests._procs import wait_gone
 from tests.e2e.conftest import (
     FAST_POOL,
@@ -79,7 +80,7 @@ def request(text: str, model: str = MODEL) -> Request:
 async def run_turn(worker: TuiWorker, text: str) -> list[Event]:
     with trio.fail_after(BOUND):
         try:
-            async with aclosing(worker.turn(request(text))) as events:
+            async with aclosing(agen(worker.turn(request(text)))) as events:
                 return [e async for e in events]
         except TurnTimeout as exc:
             raise AssertionError(f"{exc}; the pane shows:\n{exc.detail}") from exc
@@ -151,8 +152,8 @@ async def test_an_interrupt_stops_the_turn_and_the_pane_serves_on(
 ) -> None:
     async with tui_worker(real_claude, tmp_path) as worker:
         with trio.fail_after(BOUND):
-            async with aclosing(worker.turn(request("hang please\n@stub:hang"))) as events:
-                async for _event in events:
+            async with aclosing(agen(worker.turn(request("hang please\n@stub:hang")))) as hang:
+                async for _event in hang:
                     break  # TurnStarted: the CLI took the prompt; leave mid-turn
         # (the stub is not waited for: the CLI's session-title request got the same hanging
         # reply, and the CLI does not cancel that one)
@@ -163,7 +164,11 @@ async def test_an_interrupt_stops_the_turn_and_the_pane_serves_on(
     # the interrupted prompt went back into the input box and was cleared, not merged into
     # the next one (it stays in the conversation as the earlier, interrupted message)
     final = last.body["messages"][-1]["content"]
-    texts = [b["text"] for b in final if b.get("type") == "text"] if isinstance(final, list) else [final]
+    texts = (
+        [b["text"] for b in final if b.get("type") == "text"]
+        if isinstance(final, list)
+        else [final]
+    )
     assert texts[-1] == "next\n" + directive(text="fine")
 
 
@@ -194,16 +199,19 @@ async def test_upstream_errors_fail_fast(
 async def test_serve_tui_with_the_sdk(
     claude_binary: Path, model_stub: ModelStub, tmp_path: Path
 ) -> None:
-    async with open_e2e_server(
-        tmp_path,
-        pool=attrs.evolve(FAST_POOL, workers=1, spares=0),
-        claude={"pass_env": REAL_PASS_ENV, "tui": True},
-        command=(str(claude_binary),),
-        environ=real_claude_env(model_stub),
-        fake=False,
-    ) as server, openai.AsyncOpenAI(
-        api_key="x", base_url=f"{server.base_url}/v1", max_retries=0, timeout=60
-    ) as oai:
+    async with (
+        open_e2e_server(
+            tmp_path,
+            pool=attrs.evolve(FAST_POOL, workers=1, spares=0),
+            claude={"pass_env": REAL_PASS_ENV, "tui": True},
+            command=(str(claude_binary),),
+            environ=real_claude_env(model_stub),
+            fake=False,
+        ) as server,
+        openai.AsyncOpenAI(
+            api_key="x", base_url=f"{server.base_url}/v1", max_retries=0, timeout=60
+        ) as oai,
+    ):
         completion = await oai.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "hi\n" + directive(text="served")}],
