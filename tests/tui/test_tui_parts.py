@@ -126,6 +126,10 @@ def test_retries_in_the_debug_log_fail_fast() -> None:
     with pytest.raises(UpstreamRateLimited) as caught:
         t.attempt(second, retry_in=2.0)
     assert caught.value.retry_after == 2.0
+    # a retry loop that began before the turn (no attempt 1 seen) does not count
+    late = TranscriptTranslator(RetryPolicy(), "m")
+    late.attempt(second)
+    late.attempt(attempt.__class__(5, 11, 401, "old"))
     over = parse_debug_line(line.replace("401 401", "529 529"))
     assert over is not None
     t = TranscriptTranslator(RetryPolicy(retry_attempts=1), "m")

@@ -18,7 +18,9 @@ A :class:`TranscriptTranslator` follows one turn from the ``user`` line of our p
 and the debug log's ``API error (attempt N/M): STATUS`` lines fail the turn fast, by the
 same :class:`~clibridge._backends.claude.translator.RetryPolicy` as the stream-json driver:
 401 at once, 429 / 503 / 529 once ``retry_attempts`` attempts were seen (the delay the
-screen shows is the ``retry_after``). The worker feeds only what was appended after the
+screen shows is the ``retry_after``); only retry loops that began in this turn count (an
+attempt 1 was seen), since the CLI's session-title request of an earlier, interrupted turn
+may still be retrying into the same log. The worker feeds only what was appended after the
 paste; our prompt's ``user`` line is not waited for (the CLI may write a session's first
 prompt after its reply), and slash-command echoes are not prompts.
 """
@@ -50,6 +52,8 @@ class TranscriptTranslator:
         self._usage: dict[str, Usage] = {}
         self._stop_reason: str | None = None
         self._attempts: dict[int | None, set[int]] = {}
+        #: statuses whose retries began in this turn (their attempt 1 was seen)
+        self._fresh: set[int | None] = set()
 
     def feed(self, entry: Entry) -> list[Event]:
         if self.done:
@@ -122,6 +126,13 @@ class TranscriptTranslator:
         if self.done:
             return
         status = attempt.status
+        if attempt.attempt == 1:
+            self._fresh.add(status)
+        if status not in self._fresh:
+            # Why: a retry loop that began before this turn (the session-title request of an
+            # earlier, interrupted turn, which Escape does not stop) logs to the same file
+            log.info("claude TUI: ignoring a retry that began before this turn (%s)", status)
+            return
         seen = self._attempts.setdefault(status, set())
         seen.add(attempt.attempt)
         if status == 401 and self._policy.fail_fast_on_401:
