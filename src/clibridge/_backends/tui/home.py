@@ -52,6 +52,9 @@ class TuiLaunch:
     directory: Path
     tmux: str = "tmux"
     enable_cli_tools: bool = False
+    #: put before the pane's argv: ``setpriv --pdeathsig KILL`` where available, so the
+    #: pane's CLI dies with its tmux server (claude outlives a SIGHUP; observed)
+    pane_prefix: tuple[str, ...] = ()
 
     def socket(self, worker_id: int) -> Path:
         return socket_dir(self.directory) / f"w{worker_id}.sock"

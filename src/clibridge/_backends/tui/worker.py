@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -250,7 +251,7 @@ class TuiWorker:
         write_private(system_file, system)
         write_private(debug_file, "")
         argv = build_pane_argv(
-            self._launch.command,
+            (*self._launch.pane_prefix, *self._launch.command),
             session_id=str(uuid.uuid4()),
             system_prompt_file=system_file,
             debug_file=debug_file,
@@ -658,6 +659,15 @@ def _tmux_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _death_signal(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL`` (util-linux) when there is one: the pane's CLI then dies
+    with its tmux server even in the instant before clibridge registered its group with the
+    janitor (the CLI ignores the SIGHUP a dying tmux sends). The parent is the tmux server,
+    single-threaded, so the thread caveat of PR_SET_PDEATHSIG does not apply."""
+    setpriv = shutil.which("setpriv", path=environ.get("PATH"))
+    return (setpriv, "--pdeathsig", "KILL") if setpriv else ()
+
+
 def make_tui_factory(
     config: Config,
     command: tuple[str, ...],
@@ -689,6 +699,7 @@ def make_tui_factory(
         directory=directory,
         tmux=tmux_bin,
         enable_cli_tools=settings.enable_cli_tools,
+        pane_prefix=_death_signal(environ),
     )
     reap_stale(tmux_bin, launch.socket(0).parent)
     log.info(
