@@ -97,6 +97,8 @@ ENTER_RETRY = 0.25
 PASTE_SHOWN_TIMEOUT = 2.0
 #: how often the screen is looked at until the CLI has taken the prompt
 SCREEN_POLL = 0.05
+#: after an interrupt, how long the CLI may take to put the prompt back into the box
+RESTORE_WAIT = 0.5
 #: the session name inside each worker's tmux server
 SESSION = "w"
 
@@ -598,7 +600,11 @@ class TuiWorker:
                             break
                         await trio.sleep(0.02)
                     else:
-                        await trio.sleep(0.05)  # the interrupted prompt goes back to the box
+                        # the CLI puts the interrupted prompt back into the box a moment
+                        # after it stops: wait for it, or it lands in front of the next one
+                        with trio.move_on_after(RESTORE_WAIT):
+                            while not (await self._screen()).input:  # noqa: ASYNC110 - a screen has no event
+                                await trio.sleep(0.02)
                         ok = await self._clear_input()
                 except BridgeError as exc:
                     log.info("TUI worker %d: interrupt failed: %s", self.id, exc.message)
