@@ -54,6 +54,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import psutil
 import trio
 
 from ..._config import ClaudeConfig, Config, PoolConfig
@@ -68,7 +69,7 @@ from ..._errors import (
 from ..._events import Event, Message, Request, ToolResultPart
 from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec, open_child
-from ..._process_groups import group_alive, signal_group
+from ..._process_groups import signal_group
 from ..._worker import Binding, WorkerUnusable
 from .._env import with_fake_knobs
 from ..claude import ALIASES, RetryPolicy, render_user_content
@@ -232,7 +233,7 @@ class TuiWorker:
             if server.returncode is not None:
                 log.warning("TUI worker %d: tmux server exited (%s)", self.id, server.returncode)
                 break
-            if not self._respawning and self.pid is not None and not group_alive(self.pid):
+            if not self._respawning and self.pid is not None and not _pane_alive(self.pid):
                 log.warning("TUI worker %d: the claude in its pane exited", self.id)
                 break
             await trio.sleep(0.1)
@@ -288,7 +289,7 @@ class TuiWorker:
         screen = ""
         with trio.move_on_after(self._pool.ready_timeout):
             while True:
-                if not group_alive(pid):
+                if not _pane_alive(pid):
                     raise BootError(
                         f"the claude in TUI worker {self.id}'s pane exited while starting",
                         detail=await self._capture_text(),
@@ -341,7 +342,7 @@ class TuiWorker:
         return found[0] if found else None
 
     def _alive(self) -> bool:
-        return self.pid is not None and group_alive(self.pid) and not self._ended.is_set()
+        return self.pid is not None and _pane_alive(self.pid) and not self._ended.is_set()
 
     async def _crashed(self, what: str) -> CliCrashed:
         self.healthy = False
@@ -615,6 +616,16 @@ class TuiWorker:
                     self.id,
                 )
                 self.healthy = False
+
+
+def _pane_alive(pid: int) -> bool:
+    """The pane's CLI lives (not a zombie). Why the process and not its group: right after
+    tmux forks the pane the child has not called setsid yet (its group is tmux's), and a
+    group check scans the whole process table, too much for every poll of a turn."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
 
 
 def _prompt_text(messages: Sequence[Message]) -> str:
