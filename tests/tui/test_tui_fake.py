@@ -290,3 +290,26 @@ async def test_tui_ls_lists_the_panes_and_attach_names_a_running_one(tmp_path: P
         argv = attach_argv("tmux", tmp_path / "state" / "tui", int(worker))
         assert argv[-4:] == ["attach-session", "-r", "-t", "w"]
         assert await trio.Path(argv[3]).is_socket()
+
+
+async def test_a_pane_that_ignores_escape_is_retired(tmp_path: Path) -> None:
+    async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
+        stuck = '@fake {"hang_mid_turn": true, "ignore_interrupt": true, "thinking": "t"}'
+        async with server.client(timeout=30) as client:
+            with trio.move_on_after(1.0):
+                async with client.stream(
+                    "POST",
+                    "/v1/chat/completions",
+                    json={
+                        "model": MODEL,
+                        "stream": True,
+                        "messages": [{"role": "user", "content": stuck}],
+                    },
+                ) as response:
+                    async for _chunk in response.aiter_bytes():
+                        pass
+        first = panes(server)
+        # interrupt_grace (1 s) passes without the CLI coming back: the pane is killed
+        await wait_gone(first, within=15)
+        await server.assert_serves()
+        assert panes(server) - first
