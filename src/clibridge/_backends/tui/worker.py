@@ -11,23 +11,26 @@ spawn home. The pane's process is its own session and process group (tmux forks 
 worker ends, so neither the server nor the CLI outlives clibridge, SIGKILL of clibridge
 included. ``remain-on-exit`` keeps a dead pane's last screen for the error message.
 
-**Ready** = the prompt ``❯`` is drawn and the CLI has registered its session
-(``~/.claude/sessions/<pid>.json``, which names the session id in force). The transcript
-itself only appears with the first prompt.
+**Ready** = the input box is drawn (a rule, then a line starting with ``❯``) and the
+CLI has registered its session (``~/.claude/sessions/<pid>.json``, which names the
+session id in force). The transcript itself only appears with the first prompt. The pane
+runs under ``setpriv --pdeathsig KILL`` where available (the real claude ignores the
+SIGHUP of a dying tmux). Liveness is the pane CLI's pid (:func:`_pane_alive`).
 
 **A turn** (:meth:`TuiWorker.turn`): the request is rendered into one prompt as the
 stream-json driver renders it for a fresh worker (or only the new messages, when the pane
-holds the conversation), loaded into a tmux buffer from stdin (any size, any characters)
-and pasted with bracketed paste (``paste-buffer -p``); Enter follows after a short settle
-once the pasted text shows in the input box (an Enter sent before is sometimes
-swallowed), and is sent again if the prompt still sits in the box 0.25 s later. The transcript is tailed from where it ended before the paste
+holds the conversation), loaded into a tmux buffer from stdin (any size) and pasted with
+bracketed paste (``paste-buffer -p``). Enter follows once the pasted text shows in the
+input box (an Enter sent before is sometimes swallowed), and again if the prompt still
+sits in the box 0.25 s later. ``TurnStarted`` comes when the screen shows the CLI busy.
+The transcript is tailed from where it ended before the paste
 (:class:`~.translator.TranscriptTranslator` turns its lines into neutral events) and so
 is the pane's debug log, where the CLI's upstream retries show (fail fast, as the
 stream-json driver). Timeouts as there: ``turn_timeout`` and ``stream_idle_timeout``.
 
 **Cancel** (client gone, timeout, a fail-fast error): Escape; the CLI stops the turn
 (the footer's ``esc to interrupt`` goes away) and puts the prompt back into the input
-box, which is then cleared (Escape, Escape). A CLI that does not come back within
+box a moment later, which is then cleared (Escape, Escape). A CLI that does not come back within
 ``interrupt_grace`` makes the worker unhealthy: the pool retires it and the pane dies
 with its server.
 
@@ -38,7 +41,8 @@ unrelated conversations the pane gets ``/clear`` (in the background, when the po
 releases it idle): the CLI starts a new session, visible as a new ``sessionId``.
 
 Client tools are not offered (the pane's claude runs with ``--tools ""`` and no MCP
-server); a request with tools is refused with 400 naming ``tools``.
+server); a request with tools is refused with 400 naming ``tools`` (docs/tui.md: a
+loopback MCP server would work with the pinned CLI, but is not built), images too.
 """
 
 from __future__ import annotations
