@@ -16,6 +16,7 @@ def build_pane_argv(
     debug_file: Path,
     model: str | None = None,
     enable_cli_tools: bool = False,
+    mcp_config: str | None = None,
 ) -> list[str]:
     """The interactive claude of one pane (no ``-p``: that is what makes it the TUI).
 
@@ -37,4 +38,8 @@ def build_pane_argv(
         argv += ["--model", model]
     if not enable_cli_tools:
         argv += ["--tools", ""]
+    if mcp_config is not None:
+        # the client's tools, served by clibridge's loopback MCP server (mcp.py); allowed
+        # up front, else the CLI asks permission on screen for every call
+        argv += ["--mcp-config", mcp_config, "--strict-mcp-config", "--allowedTools", "mcp__client"]
     return argv

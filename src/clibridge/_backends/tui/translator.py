@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 
-from ..._errors import ProtocolError, UpstreamError
+from ..._errors import UpstreamError
 from ..._events import Event, Finished, TextDelta, ThinkingDelta, TurnStarted, Usage
 from ..claude.translator import RetryPolicy, error_for_status, finish_reason, login_expired
 from .parser import ApiAttempt, AssistantBlock, Entry, TurnEnd, UserEntry
@@ -114,11 +114,8 @@ class TranscriptTranslator:
         if kind == "thinking":
             thinking = str(entry.block.get("thinking", ""))
             return [ThinkingDelta(thinking)] if thinking else []
-        if kind == "tool_use":
-            raise ProtocolError(
-                "the interactive claude called a tool, but TUI workers run with no tools "
-                f"({entry.block.get('name')!r})"
-            )
+        # tool_use: reported from the MCP server's tools/call (worker.py), which carries
+        # the same id, name and arguments and comes while the CLI waits for the result
         return []
 
     def attempt(self, attempt: ApiAttempt, retry_in: float | None = None) -> None:

@@ -70,16 +70,29 @@ from ..._errors import (
     TurnTimeout,
     UnsupportedFeature,
 )
-from ..._events import Event, Message, Request, ToolResultPart
+from ..._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Message,
+    Request,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolResultPart,
+    TurnStarted,
+    Usage,
+)
 from ..._janitor import Janitor
 from ..._process import ChildProcess, ChildSpec, open_child
 from ..._process_groups import signal_group
 from ..._worker import Binding, WorkerUnusable
 from .._env import with_fake_knobs
-from ..claude import ALIASES, RetryPolicy, render_user_content
+from ..claude import ALIASES, RetryPolicy, render_user_content, tools_from_key
 from ..claude.home import prepare_claude_home
 from .argv import build_pane_argv
 from .home import TuiLaunch, approve_api_key, tui_dir, write_private
+from .mcp import McpHost, PendingCall, mcp_config
 from .parser import Screen, parse_debug_line, parse_transcript_line, screen_state
 from .tmux import TmuxError, find_tmux, reap_stale, server_argv, tmux
 from .translator import TranscriptTranslator
@@ -114,6 +127,27 @@ class SpawnSetup:
 
     system: str = ""
     model: str = ALIASES["sonnet"]
+    tools_key: object = ()
+
+
+@attrs.define(eq=False)
+class _TurnState:
+    """Where a turn is: kept while it is parked on tool calls."""
+
+    translator: TranscriptTranslator
+    session: str
+    path: Path | None
+    offset: int
+    debug: Path
+    debug_offset: int
+    deadline: float
+    entered: float = 0.0
+    next_look: float = 0.0
+    last_output: float = 0.0
+    #: the tools/call requests the CLI waits on
+    pending: list[PendingCall] = attrs.Factory(list)
+    #: tool calls reported in the current response
+    calls: int = 0
 
 
 class TuiWorker:
@@ -159,6 +193,9 @@ class TuiWorker:
         #: wall-clock start of the conversation the pane holds (None: empty)
         self.conversation_started: float | None = None
         self.state = "booting"
+        self._mcp = McpHost()
+        self._tools_key: object = self._setup.tools_key
+        self._paused: _TurnState | None = None
 
     def __repr__(self) -> str:
         return f"<TuiWorker {self.id} pane={self.pid} healthy={self.healthy}>"
@@ -167,10 +204,16 @@ class TuiWorker:
 
     @property
     def paused(self) -> bool:
-        return False
+        """Mid-turn, the CLI waiting on the client's tool results."""
+        return self._paused is not None
 
     def holds_paused_calls(self, call_ids: Iterable[str]) -> bool:
-        return False
+        wanted = set(call_ids)
+        return (
+            self._paused is not None
+            and bool(wanted)
+            and wanted == {c.id for c in self._paused.pending}
+        )
 
     def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
         return False
@@ -190,6 +233,7 @@ class TuiWorker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self._mcp.run)
                 try:
                     async with open_child(
                         spec,
@@ -227,7 +271,7 @@ class TuiWorker:
         try:
             await self._tmux("set-option", "-g", "remain-on-exit", "on")
             await self._tmux("set-option", "-g", "status", "off")
-            await self._start_pane(self._system, self.model, respawn=False)
+            await self._start_pane(self._system, self.model, self._tools_key, respawn=False)
         except TmuxError as exc:
             raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
 
@@ -251,7 +295,9 @@ class TuiWorker:
             if self._janitor is not None:
                 self._janitor.unregister(pid)
 
-    async def _start_pane(self, system: str, model: str, *, respawn: bool) -> None:
+    async def _start_pane(
+        self, system: str, model: str, tools_key: object, *, respawn: bool
+    ) -> None:
         assert self._dir is not None
         system_file = self._dir / "system.txt"
         debug_file = self._dir / "debug.log"
@@ -264,7 +310,9 @@ class TuiWorker:
             debug_file=debug_file,
             model=model,
             enable_cli_tools=self._launch.enable_cli_tools,
+            mcp_config=mcp_config(self._mcp.port, self._mcp.new_secret()),
         )
+        self._mcp.tools = tools_from_key(tools_key)
         workdir = str(self._launch.workdir)
         if respawn:
             self._respawning = True
@@ -284,7 +332,7 @@ class TuiWorker:
             self.pid = pid
         finally:
             self._respawning = False
-        self._system, self.model = system, model
+        self._system, self.model, self._tools_key = system, model, tools_key
         self._dirty = False
         self.conversation_started = None
         await self._wait_ready(pid)
@@ -417,7 +465,13 @@ class TuiWorker:
 
     def reset_soon(self) -> None:
         """Released idle with a conversation in it: ``/clear`` now, in the background."""
-        if not self._dirty or self._busy or self._nursery is None or not self.healthy:
+        if (
+            not self._dirty
+            or self._busy
+            or self._paused is not None
+            or self._nursery is None
+            or not self.healthy
+        ):
             return
         self._reset = trio.Event()
         self._busy = True
@@ -465,17 +519,21 @@ class TuiWorker:
             self._reset = None
         self._enter()
         try:
-            if (binding.system, binding.model) != (self._system, self.model):
+            if self._paused is not None:
+                raise WorkerUnusable(f"TUI worker {self.id} is mid-turn, waiting for tool results")
+            wanted = (binding.system, binding.model, binding.tools_key)
+            if wanted != (self._system, self.model, self._tools_key):
                 log.info("TUI worker %d: restarting its claude for another setup", self.id)
                 self._set_state("restarting")
                 try:
-                    await self._start_pane(binding.system, binding.model, respawn=True)
+                    await self._start_pane(*wanted, respawn=True)
                 except TmuxError as exc:
                     self.healthy = False
                     raise BootError(f"TUI worker {self.id}: {exc.message}") from exc
             elif self._dirty:
                 await self._clear()
             self._setup.system, self._setup.model = binding.system, binding.model
+            self._setup.tools_key = binding.tools_key
             self.binding = binding
             self._set_state("idle")
         finally:
@@ -490,51 +548,74 @@ class TuiWorker:
         messages: Sequence[Message] | None = None,
         tool_results: Mapping[str, ToolResultPart] | None = None,
     ) -> AsyncIterator[Event]:
-        """One turn's neutral events; raises a BridgeError on failure (module doc)."""
-        if tool_results is not None:
-            raise WorkerUnusable(f"TUI worker {self.id} is not waiting for tool results")
-        if request.tools:
-            raise UnsupportedFeature(
-                "client tools are not supported in TUI mode (serve --tui): the interactive "
-                "claude runs without tools; send the request without `tools` or use the "
-                "stream-json driver (serve without --tui)",
-                param="tools",
+        """One turn's neutral events; raises a BridgeError on failure (module doc).
+
+        ``tool_results`` (by the CLI's tool_use id) answers the calls a parked turn waits
+        on and streams the continuation.
+        """
+        paused = self._paused
+        if (tool_results is None) != (paused is None):
+            raise WorkerUnusable(
+                f"TUI worker {self.id} is "
+                + ("waiting for tool results" if paused else "not waiting for tool results")
             )
-        text = _prompt_text(request.messages if messages is None else messages)
+        text = ""
+        if paused is None:
+            text = _prompt_text(request.messages if messages is None else messages)
         self._enter()
-        translator = TranscriptTranslator(self._policy, self.model or request.model)
         pool = self._pool
-        deadline = trio.current_time() + pool.turn_timeout
+        state = paused
         try:
-            if not await self._clear_input():
-                self.healthy = False
-                raise TurnTimeout(f"TUI worker {self.id}: the input box could not be emptied")
-            self._dirty = True
-            self.turns += 1
-            if self.conversation_started is None:
-                self.conversation_started = time.time()
-            self._set_state("busy")
-            session = self._session_id()
-            if session is None:
-                raise await self._crashed("a turn (no session registered)")
-            path = self._transcript(session)
-            offset = path.stat().st_size if path is not None else 0
-            assert self._dir is not None
-            debug = self._dir / "debug.log"
-            debug_offset = debug.stat().st_size if debug.exists() else 0
-            await self._paste(text)
-            entered = trio.current_time()
-            next_look = entered + SCREEN_POLL
-            last_output = entered
+            if state is None:
+                if not await self._clear_input():
+                    self.healthy = False
+                    raise TurnTimeout(f"TUI worker {self.id}: the input box could not be emptied")
+                self._dirty = True
+                self.turns += 1
+                if self.conversation_started is None:
+                    self.conversation_started = time.time()
+                self._set_state("busy")
+                session = self._session_id()
+                if session is None:
+                    raise await self._crashed("a turn (no session registered)")
+                path = self._transcript(session)
+                assert self._dir is not None
+                debug = self._dir / "debug.log"
+                state = _TurnState(
+                    translator=TranscriptTranslator(self._policy, self.model or request.model),
+                    session=session,
+                    path=path,
+                    offset=path.stat().st_size if path is not None else 0,
+                    debug=debug,
+                    debug_offset=debug.stat().st_size if debug.exists() else 0,
+                    deadline=trio.current_time() + pool.turn_timeout,
+                )
+                await self._paste(text)
+                state.entered = state.last_output = trio.current_time()
+                state.next_look = state.entered + SCREEN_POLL
+            else:
+                assert tool_results is not None
+                self._paused = None
+                self._set_state("busy")
+                yield TurnStarted(self.model)  # the continuation is a new response
+                for call in state.pending:
+                    result = tool_results.get(call.id)
+                    if result is None:
+                        raise WorkerUnusable(f"no result for tool call {call.id}")
+                    call.answer(result.content, is_error=result.is_error)
+                state.pending = []
+                state.calls = 0
+                state.last_output = trio.current_time()
+            translator = state.translator
             while not translator.done:
                 now = trio.current_time()
-                if now >= deadline:
+                if now >= state.deadline:
                     self.healthy = False
                     raise TurnTimeout(
                         f"the turn took longer than turn_timeout ({pool.turn_timeout:g} s)",
                         detail=(await self._capture_text())[-2000:],
                     )
-                if now - last_output >= pool.stream_idle_timeout:
+                if now - state.last_output >= pool.stream_idle_timeout:
                     self.healthy = False
                     raise TurnTimeout(
                         f"the claude CLI said nothing for {pool.stream_idle_timeout:g} s "
@@ -543,54 +624,92 @@ class TuiWorker:
                     )
                 if not self._alive():
                     raise await self._crashed("a turn")
-                if path is None:
-                    path = self._transcript(session)
+                if state.path is None:
+                    state.path = self._transcript(state.session)
                 lines: list[bytes] = []
-                if path is not None:
-                    lines, offset = _read_lines(path, offset)
+                if state.path is not None:
+                    lines, state.offset = _read_lines(state.path, state.offset)
                 for raw in lines:
                     entry = parse_transcript_line(raw)
                     if entry is None:
                         continue
                     events = translator.feed(entry)
-                    last_output = trio.current_time()
+                    state.last_output = trio.current_time()
                     for event in events:
                         yield event
                     if translator.done:
                         break
                 if translator.done:
                     break
-                attempts, debug_offset = _read_lines(debug, debug_offset)
+                calls = self._tool_calls()
+                if calls:
+                    # the CLI waits on our answer to tools/call: park the turn (module doc)
+                    for event in translator.take_started():
+                        yield event
+                    for call in calls:
+                        args = json.dumps(call.arguments, ensure_ascii=False)
+                        index = state.calls
+                        state.calls += 1
+                        yield ToolCallStart(index, call.id, call.name)
+                        yield ToolCallDelta(index, args)
+                        yield ToolCallEnd(index, args)
+                    state.pending = calls
+                    self._paused = state
+                    self._set_state("paused")
+                    yield Finished(FinishReason.TOOL_USE, Usage())
+                    return
+                attempts, state.debug_offset = _read_lines(state.debug, state.debug_offset)
                 for raw in attempts:
                     attempt = parse_debug_line(raw.decode("utf-8", "replace"))
                     if attempt is not None:
                         screen = await self._screen()
                         translator.attempt(attempt, screen.retry_in)
-                if not translator.started and trio.current_time() >= next_look:
+                if not translator.started and trio.current_time() >= state.next_look:
                     # the transcript may show the prompt only at the end of the turn: the
                     # screen says when the CLI took it (busy), or that Enter was swallowed
-                    next_look = trio.current_time() + SCREEN_POLL
+                    state.next_look = trio.current_time() + SCREEN_POLL
                     screen = await self._screen()
                     if screen.busy:
                         for event in translator.take_started():
                             yield event
-                    elif screen.input and trio.current_time() - entered >= ENTER_RETRY:
+                    elif screen.input and trio.current_time() - state.entered >= ENTER_RETRY:
                         log.info(
                             "TUI worker %d: Enter again (the prompt is still in the box)", self.id
                         )
                         await self._keys("Enter")
-                        entered = trio.current_time()
+                        state.entered = trio.current_time()
                 await trio.sleep(POLL)
             if translator.interrupted:
                 raise CliCrashed(f"the turn on TUI worker {self.id} was interrupted in its pane")
         finally:
             try:
-                if not translator.done and self.healthy and self._alive():
-                    await self._interrupt()
+                if (
+                    self._paused is None
+                    and state is not None
+                    and not state.translator.done
+                    and self.healthy
+                    and self._alive()
+                ):
+                    if state.pending:
+                        # a turn left while the CLI waits on tools/call: the pane cannot be
+                        # interrupted cleanly (Escape leaves the call hanging): retire it
+                        self.healthy = False
+                    else:
+                        await self._interrupt()
             finally:
                 self._busy = False
                 if self.state == "busy":
                     self._set_state("idle")
+
+    def _tool_calls(self) -> list[PendingCall]:
+        """The tools/call requests that arrived (the CLI sends one, then the next after it
+        was answered)."""
+        calls = []
+        while True:
+            try:
+                calls.append(self._mcp.calls.receive_nowait())
+            except trio.WouldBlock:
+                return calls
 
     async def _interrupt(self) -> None:
         """Escape, wait for the CLI to be idle, empty the input box; unhealthy if it won't."""
