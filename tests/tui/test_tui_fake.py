@@ -11,6 +11,7 @@ must be gone.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -156,13 +157,38 @@ async def test_upstream_errors_fail_fast_and_the_pane_serves_on(
         assert panes(server) == before  # the same pane: interrupted and cleared, not killed
 
 
-async def test_tools_are_refused_with_a_400_naming_them(tmp_path: Path) -> None:
-    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+async def test_a_client_tool_loop_parks_the_turn_on_its_pane(tmp_path: Path) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a word up",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    prompt = '@fake {"tool_calls": [{"name": "lookup", "arguments": {"q": "tmux"}}], "reply": "done:", "echo_tool_results": true}'
     async with open_e2e_server(tmp_path, claude=TUI, pool=ONE_PANE) as server:
-        response = await chat(server, "use it", tools=[tool])
-        assert response.status_code == 400, response.text
-        assert "TUI mode" in response.text and "tools" in response.text
-        await server.assert_serves()
+        async with openai.AsyncOpenAI(
+            api_key="x", base_url=f"{server.base_url}/v1", max_retries=0, timeout=30
+        ) as oai:
+            messages: list[Any] = [{"role": "user", "content": prompt}]
+            first = await oai.chat.completions.create(model=MODEL, messages=messages, tools=[tool])
+            choice = first.choices[0]
+            assert choice.finish_reason == "tool_calls"
+            (call,) = choice.message.tool_calls or []
+            assert call.function.name == "lookup"
+            assert json.loads(call.function.arguments) == {"q": "tmux"}
+            stats = await server.stats()
+            assert stats["parked"] == 1  # the pane waits, its tools/call unanswered
+            messages += [
+                choice.message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "a terminal multiplexer"},
+            ]
+            second = await oai.chat.completions.create(model=MODEL, messages=messages, tools=[tool])
+        assert second.choices[0].message.content == "done: a terminal multiplexer"
+        assert (await server.stats())["resume_hits"] == 1
+        # one prompt was pasted: the result went back through the MCP server, not the box
+        assert prompts(server) == [prompt]
 
 
 async def test_a_client_that_goes_away_interrupts_the_turn(tmp_path: Path) -> None:

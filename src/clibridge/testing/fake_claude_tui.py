@@ -48,6 +48,7 @@ import termios
 import threading
 import time
 import tty
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,16 @@ class FakeTui:
         elif args.get("--system-prompt"):
             self.system = args["--system-prompt"]
         self.debug = args.get("--debug-file")
+        self.mcp_url: str | None = None
+        self.mcp_headers: dict[str, str] = {}
+        self.mcp_ids = 0
+        if args.get("--mcp-config"):
+            server = json.loads(args["--mcp-config"]).get("mcpServers", {}).get("client") or {}
+            if server.get("type") == "http":
+                self.mcp_url = str(server["url"])
+                self.mcp_headers = {
+                    str(k): str(v) for k, v in (server.get("headers") or {}).items()
+                }
         self.home = Path(os.environ.get("HOME", "."))
         self.cwd = os.getcwd()
         self.session = args.get("--session-id") or str(uuid.uuid4())
@@ -101,6 +112,7 @@ class FakeTui:
         self.notice = ""
         self.interrupt = threading.Event()
         self.parent: str | None = None
+        self.tools: list[str] = []
         self.record = (
             open(os.environ[RECORD_ENV], "a", encoding="utf-8")  # noqa: SIM115 - for the process's life
             if os.environ.get(RECORD_ENV)
@@ -169,6 +181,44 @@ class FakeTui:
         if self.debug:
             with open(self.debug, "a", encoding="utf-8") as f:
                 f.write(f"{_now_iso()} [ERROR] {text}\n")
+
+    # ------------------------------------------------------------- MCP client
+
+    def mcp(
+        self, method: str, params: dict[str, Any] | None = None, *, notify: bool = False
+    ) -> Any:
+        """One JSON-RPC request to the ``client`` MCP server over HTTP (blocking)."""
+        assert self.mcp_url is not None
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        if not notify:
+            message["id"] = self.mcp_ids
+            self.mcp_ids += 1
+        request = urllib.request.Request(
+            self.mcp_url,
+            data=json.dumps(message).encode(),
+            headers={"Content-Type": "application/json", **self.mcp_headers},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            body = response.read()
+        return json.loads(body).get("result") if body and not notify else None
+
+    def connect_mcp(self) -> None:
+        """What the real CLI does at start: initialize, initialized, tools/list."""
+        if self.mcp_url is None:
+            return
+        self.mcp(
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "fake-claude-tui", "version": VERSION},
+            },
+        )
+        self.mcp("notifications/initialized", notify=True)
+        self.tools = [t["name"] for t in (self.mcp("tools/list") or {}).get("tools", [])]
 
     # ------------------------------------------------------------- screen
 
@@ -375,7 +425,10 @@ class FakeTui:
             return
         if sc.crash_mid_turn:
             os._exit(sc.crash_exit_code)
+        results = self.call_tools(sc) if sc.tool_calls else []
         reply = sc.reply_text(cleaned)
+        if sc.echo_tool_results and results:
+            reply = f"{reply} {' | '.join(results)}"
         if sc.echo_system:
             reply = f"[system: {self.system}] {reply}"
         inp, out = sc.usage_for(cleaned, reply)
@@ -397,6 +450,62 @@ class FakeTui:
             self.wait(sc.chunk_delay, sc)
         self.assistant(message_id, {"type": "text", "text": reply}, usage, sc.stop_reason)
         self.log.append("● " + reply)
+
+    def call_tools(self, sc: Scenario) -> list[str]:
+        """The model's tool calls, each through the MCP server (the host answers when its
+        client has the result), written to the transcript as the real CLI does."""
+        usage = _usage(1, 1)
+        message_id = "msg_fake_" + uuid.uuid4().hex[:16]
+        results = []
+        for call in sc.tool_calls:
+            tool_id = "toolu_fake_" + uuid.uuid4().hex[:12]
+            block = {
+                "type": "tool_use",
+                "id": tool_id,
+                "name": "mcp__client__" + call.name,
+                "input": call.arguments,
+            }
+            self.assistant(message_id, block, usage, "tool_use")
+            if self.mcp_url is None or call.name not in self.tools:
+                text, is_error = (
+                    f"<tool_use_error>Error: No such tool available: mcp__client__{call.name}</tool_use_error>",
+                    True,
+                )
+            else:
+                result = (
+                    self.mcp(
+                        "tools/call",
+                        {
+                            "name": call.name,
+                            "arguments": call.arguments,
+                            "_meta": {"claudecode/toolUseId": tool_id},
+                        },
+                    )
+                    or {}
+                )
+                text = "".join(
+                    c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)
+                )
+                is_error = bool(result.get("isError"))
+            results.append(text)
+            self.append(
+                {
+                    "type": "user",
+                    "message": {
+                        "role": "user",
+                        "content": [
+                            {
+                                "tool_use_id": tool_id,
+                                "type": "tool_result",
+                                "content": [{"type": "text", "text": text}],
+                                "is_error": is_error,
+                            }
+                        ],
+                    },
+                    "toolUseResult": [{"type": "text", "text": text}],
+                }
+            )
+        return results
 
     # ------------------------------------------------------------- keys
 
@@ -510,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     if saved is not None:
         tty.setraw(fd)
     sys.stdout.write("\x1b[?2004h")
+    fake.connect_mcp()
     fake.write_session_file()
     fake.draw()
     state: dict[str, Any] = {"paste": None, "pending": b""}
