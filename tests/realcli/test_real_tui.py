@@ -18,11 +18,23 @@ import openai
 import pytest
 import trio
 
+from clibridge._backends.claude import tools_key
 from clibridge._backends.tui.home import TuiLaunch, tui_dir
 from clibridge._backends.tui.worker import SpawnSetup, TuiWorker, _tmux_env
 from clibridge._config import ClaudeConfig, PoolConfig
 from clibridge._errors import LoginExpired, TurnTimeout, UpstreamRateLimited
-from clibridge._events import Event, Finished, Message, Request, TextDelta, TextPart
+from clibridge._events import (
+    Event,
+    Finished,
+    FinishReason,
+    Message,
+    Request,
+    TextDelta,
+    TextPart,
+    ToolCallStart,
+    ToolResultPart,
+    ToolSpec,
+)
 from clibridge._worker import Binding
 from clibridge.testing.model_stub import ModelStub, RecordedRequest, directive
 from clibridge.testing.realcli import ClaudeSetup
@@ -219,3 +231,42 @@ async def test_serve_tui_with_the_sdk(
     assert completion.choices[0].message.content == "served"
     calls = [r for r in model_stub.model_calls() if "hi\n@stub" in r.newest_user_text]
     assert calls and "cc_entrypoint=cli;" in billing_header(calls[-1])
+
+
+async def test_a_client_tool_call_parks_the_turn_and_its_result_resumes_it(
+    real_claude: ClaudeSetup, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    tools = (
+        ToolSpec(
+            "lookup", "Look a word up", {"type": "object", "properties": {"q": {"type": "string"}}}
+        ),
+    )
+    call_text = "use it\n" + directive(
+        tool_calls=[{"name": "mcp__client__lookup", "input": {"q": "tmux"}}]
+    )
+    req = attrs.evolve(request(call_text), tools=tools)
+    async with tui_worker(real_claude, tmp_path) as worker:
+        with trio.fail_after(BOUND):
+            await worker.bind(Binding(SYSTEM, tools_key(tools), real_claude.model))
+            async with aclosing(agen(worker.turn(req))) as events:
+                first = [e async for e in events]
+            assert worker.paused
+            (start,) = [e for e in first if isinstance(e, ToolCallStart)]
+            assert start.name == "lookup"
+            assert isinstance(first[-1], Finished) and first[-1].reason == FinishReason.TOOL_USE
+            assert worker.holds_paused_calls([start.id])
+            result = {start.id: ToolResultPart(start.id, "a terminal multiplexer")}
+            async with aclosing(agen(worker.turn(req, tool_results=result))) as events:
+                second = [e async for e in events]
+        assert not worker.paused
+        assert [e.text for e in second if isinstance(e, TextDelta)] == [
+            "Hello from the model stub."
+        ]
+    # the model got the tool, the call went through clibridge's MCP server, and the result
+    # came back as a real tool_result
+    first_call, second_call = turn_calls(model_stub)
+    assert "mcp__client__lookup" in [t["name"] for t in first_call.body.get("tools") or []]
+    blocks = second_call.body["messages"][-1]["content"]
+    (tool_result,) = [b for b in blocks if b.get("type") == "tool_result"]
+    assert tool_result["tool_use_id"] == start.id
+    assert tool_result["content"][0]["text"] == "a terminal multiplexer"

@@ -158,7 +158,7 @@ async def test_upstream_errors_fail_fast_and_the_pane_serves_on(
 
 
 async def test_a_client_tool_loop_parks_the_turn_on_its_pane(tmp_path: Path) -> None:
-    tool = {
+    tool: Any = {
         "type": "function",
         "function": {
             "name": "lookup",
@@ -176,6 +176,7 @@ async def test_a_client_tool_loop_parks_the_turn_on_its_pane(tmp_path: Path) -> 
             choice = first.choices[0]
             assert choice.finish_reason == "tool_calls"
             (call,) = choice.message.tool_calls or []
+            assert call.type == "function"
             assert call.function.name == "lookup"
             assert json.loads(call.function.arguments) == {"q": "tmux"}
             stats = await server.stats()
