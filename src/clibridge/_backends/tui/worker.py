@@ -40,9 +40,14 @@ new spares start with the setup the pool bound last (:class:`SpawnSetup`). Betwe
 unrelated conversations the pane gets ``/clear`` (in the background, when the pool
 releases it idle): the CLI starts a new session, visible as a new ``sessionId``.
 
-Client tools are not offered (the pane's claude runs with ``--tools ""`` and no MCP
-server); a request with tools is refused with 400 naming ``tools`` (docs/tui.md: a
-loopback MCP server would work with the pinned CLI, but is not built), images too.
+Client tools: every pane starts with ``--mcp-config`` naming the worker's loopback MCP
+server (:mod:`.mcp`, a new bearer secret per pane start) and ``--allowedTools
+mcp__client``; the server lists the binding's tools (another tool set restarts the
+pane). A ``tools/call`` from the CLI parks the turn: the call is reported (id = the
+model's tool_use id), the response ends with ``Finished(tool_use)`` and the worker is
+:attr:`~TuiWorker.paused`; ``turn(tool_results=...)`` answers the held ``tools/call`` and
+streams the continuation. A turn left while a call is held retires the pane. Images are
+refused with 400.
 """
 
 from __future__ import annotations
