@@ -12,6 +12,7 @@ builds :class:`~.worker.TuiWorker` panes instead of stream-json processes (see
 * :mod:`.translator` -- one turn's transcript in, neutral events out (fail fast on
   upstream errors as the stream-json driver);
 * :mod:`.tmux` -- the tmux commands, stale servers reaped at start;
+* :mod:`.mcp` -- the loopback MCP server that hands a request's client tools to a pane;
 * :mod:`.home` -- ``<state>/tui``: sockets, per-worker files, ``clibridge tui ls`` status;
 * :mod:`.worker` -- :class:`~.worker.TuiWorker`, the pool's worker, and its pool factory;
 * :mod:`.cli` -- ``clibridge tui ls`` / ``clibridge tui attach N``.
