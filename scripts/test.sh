@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh" dev
 "$root/scripts/install-real-clis.sh"
 "$root/scripts/install-openclaw.sh"
-"$root/scripts/install-chromium.sh"
+"$root/scripts/install-system-deps.sh"
 "$root/scripts/install-litellm.sh"
 cd "$root"
 exec "$root/.venv/bin/python" -m pytest "$@"

@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_help_documents_every_setting(command: str) -> None:
     ):
         assert flag in text
     if command == "serve":
-        assert "--tui" in text and "NOT IMPLEMENTED" in text
+        assert "--tui" in text and "docs/tui.md" in text
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,9 +80,30 @@ def test_bad_setting_exits_2_with_a_clear_message(capsys: pytest.CaptureFixture[
     )
 
 
-def test_tui_is_refused_clearly(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--tui"], {}) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_tui_turns_on_claude_tui_and_is_refused_off_loopback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[Config] = []
+
+    def run(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(_supervisor, "run", run)
+    assert main(["serve", "--tui", "--backend", "fake"], {}) == 0
+    assert seen[0].claude.tui
+    token = {"CLIBRIDGE_API_KEY": "k" * 32}
+    assert main(["serve", "--tui", "--host", "0.0.0.0"], token) == 2
+    assert "refusing --tui on '0.0.0.0'" in capsys.readouterr().err
+    assert main(["serve", "--tui", "--host", "0.0.0.0", "--claude-tui-trusted-network"], token) == 0
+
+
+def test_tui_ls_without_a_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tui", "ls", "--state-dir", str(tmp_path)], {}) == 1
+    assert "no TUI workers" in capsys.readouterr().err
+    assert main(["tui", "attach", "--state-dir", str(tmp_path)], {}) == 2
 
 
 def test_serve_hands_the_config_to_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:

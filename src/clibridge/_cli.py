@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--tui",
                 action="store_true",
-                help="drive the interactive claude inside tmux (NOT IMPLEMENTED YET: refuses to start)",
+                help="run claude workers as interactive sessions in tmux panes (docs/tui.md; "
+                "same as --claude-tui)",
             )
         elif name == "doctor":
             p.add_argument("--tui", action="store_true", help="check as for serve --tui (tmux too)")
@@ -172,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cli_args", nargs=argparse.REMAINDER, help="passed to `codex login` (e.g. --device-auth)"
     )
     _add_keys_parser(sub)
+    tui = sub.add_parser("tui", help="watch the panes of `serve --tui` (ls, attach N read-only)")
+    tui.add_argument("action", choices=("ls", "attach"))
+    tui.add_argument("worker", nargs="?", type=int, help="attach: the worker number `ls` shows")
+    tui.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
+    tui.add_argument("--state-dir", type=Path, metavar="PATH", help="the state dir of `serve`")
     oc = sub.add_parser(
         "openclaw-config",
         help="print the OpenClaw provider block for a running clibridge, or merge it into "
@@ -404,6 +410,25 @@ def _litellm_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     return 0
 
 
+def _tui(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``clibridge tui ls`` / ``clibridge tui attach N`` (see _backends/tui/cli.py)."""
+    from ._backends.tui.cli import tui_command
+    from ._supervisor import state_dir
+
+    if args.action == "attach" and args.worker is None:
+        print("clibridge: error: tui attach needs the worker number `tui ls` shows", file=sys.stderr)
+        return 2
+    flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
+    try:
+        config = load_config(flags, environ, args.config)
+    except ConfigError as exc:
+        print(f"clibridge: error: {exc}", file=sys.stderr)
+        return 2
+    return tui_command(
+        args.action, args.worker, state_dir(config), environ, sys.stdout, sys.stderr
+    )
+
+
 def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the CLI's own login with the spawn home clibridge's workers use."""
     import subprocess
@@ -498,6 +523,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "version":
         print(f"clibridge {__version__}")
         return 0
+    if args.command == "tui":
+        return _tui(args, env)
     commands = {
         "login": _login,
         "openclaw-config": _openclaw_config,
@@ -523,12 +550,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 2
         return _ledger_cli.run(args, state_dir(config))
     if getattr(args, "tui", False):
-        print(
-            "clibridge: error: --tui (driving the interactive claude in tmux) is not implemented "
-            "yet; run `clibridge serve` without it to use the stream-json driver.",
-            file=sys.stderr,
-        )
-        return 2
+        setattr(args, "claude.tui", True)
     try:
         config = _load(args, env)
     except ConfigError as exc:

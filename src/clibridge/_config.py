@@ -138,6 +138,10 @@ class ClaudeConfig:
     #: several logins, each with its own spawn home and pool (none: the one login of the
     #: environment); flag form NAME=TOKEN_ENV
     accounts: tuple[AccountConfig, ...] = attrs.field(default=(), validator=_unique_accounts)
+    #: run the workers as interactive claude sessions in tmux panes (serve --tui, docs/tui.md)
+    tui: bool = False
+    #: allow tui on a non-loopback bind (whoever reaches the port drives your interactive CLI)
+    tui_trusted_network: bool = False
     pool: PoolConfig = PoolConfig()
 
 

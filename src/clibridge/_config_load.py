@@ -704,6 +704,12 @@ def load_config(
                 "--auth-token-file FILE, CLIBRIDGE_API_KEY or [server] auth_token, add a key "
                 "with `clibridge keys add NAME`, or bind 127.0.0.1."
             )
+    if config.claude.tui and not is_loopback(server.host) and not config.claude.tui_trusted_network:
+        raise ConfigError(
+            f"refusing --tui on {server.host!r}: whoever reaches it drives interactive claude "
+            "sessions logged in as you, and the panes show every prompt. Bind 127.0.0.1, or "
+            "pass --claude-tui-trusted-network if the network is yours."
+        )
     return config
 
 

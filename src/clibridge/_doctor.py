@@ -114,7 +114,7 @@ def run_doctor(
     findings += check_state_dir(home)
     findings.append(check_port(config.server.host, config.server.port))
     # the TUI driver's setting (claude.tui, set by serve --tui) where this build has it
-    if tui or getattr(config.claude, "tui", False) is True:
+    if tui or config.claude.tui is True:
         findings.append(check_tmux(environ))
     return findings
 

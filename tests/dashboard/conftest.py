@@ -1,7 +1,7 @@
 """Fixtures for the dashboard's browser test: Debian's chromium driven by Playwright, and a
 ``clibridge serve`` process on the fake CLIs.
 
-``chromium`` is the system browser (``scripts/install-chromium.sh``; Playwright's own
+``chromium`` is the system browser (``scripts/install-system-deps.sh``; Playwright's own
 downloaded builds are never used). When it is missing the tests skip with a reason naming
 the script, except when the ``CI`` environment variable is set: then they fail, so CI can
 never pass by skipping them (the policy of the ``realcli`` and OpenClaw fixtures).
@@ -43,7 +43,7 @@ def chromium() -> str:
     """The system chromium; skips (fails under ``CI``) when it is missing."""
     path = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
     if path is None:
-        problem = f"no chromium at {CHROMIUM}: run scripts/install-chromium.sh"
+        problem = f"no chromium at {CHROMIUM}: run scripts/install-system-deps.sh"
         if os.environ.get("CI"):
             pytest.fail(f"chromium missing in CI: {problem}", pytrace=False)
         pytest.skip(problem)

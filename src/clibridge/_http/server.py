@@ -120,6 +120,11 @@ def banner(
         f"  pool:                {pool}",
         f"  auth:                {_auth_line(config, named_keys)}",
     ]
+    if config.claude.tui:
+        lines.append(
+            "  tui:                 claude workers are interactive sessions in tmux panes; "
+            "watch: clibridge tui ls, clibridge tui attach N"
+        )
     if readiness.fake:
         bar = "!" * 72
         if on_purpose:

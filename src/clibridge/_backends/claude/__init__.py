@@ -155,6 +155,10 @@ def _pool_factory(
     *,
     fake: bool,
 ) -> WorkerFactory:
+    if config.claude.tui:  # serve --tui: interactive claude panes (the tui package)
+        from ..tui import BACKEND as TUI
+
+        return TUI.pool_factory(config, command, state_dir, janitor, environ, fake=fake)
     from .worker import make_claude_factory
 
     return make_claude_factory(config, command, state_dir, janitor, environ, fake=fake)
