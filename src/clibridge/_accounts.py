@@ -10,8 +10,11 @@ supervisor holds one group per backend and talks to it through the pool's interf
 account's spawn home, with that account's login (see ``_supervisor.serve``).
 
 * **A new lease** goes to the least busy account (:meth:`WorkerPool.busy_share`) among
-  those not cooling down, preferring accounts whose pool is ready, then the configured
-  order.
+  those not cooling down, preferring accounts whose pool is ready, then accounts whose
+  subscription is not close to its limit (a window at ``usage_warning`` percent or more, as
+  the CLI reported it: :meth:`clibridge._usage.UsageMeter.near_limit`), then the configured
+  order. So new conversations move away from an account before its limit is hit; its
+  parked conversations still continue on it.
 * **A resume** goes to the account whose pool holds the parked conversation: a
   conversation stays on its account. :meth:`AccountGroup.parked` lists only the
   conversations of accounts that are not cooling down, so a follow-up to a conversation
@@ -210,13 +213,13 @@ class AccountGroup:
             return self.accounts[0]
         now = trio.current_time()
         candidates = [
-            (not a.pool.readiness()[0], a.pool.busy_share(), n, a)
+            (not a.pool.readiness()[0], a.pool.usage.near_limit(), a.pool.busy_share(), n, a)
             for n, a in enumerate(self.accounts)
             if a.available(now) and a not in avoid
         ]
         if not candidates:
             raise self.unavailable()
-        return min(candidates, key=lambda c: c[:3])[3]
+        return min(candidates, key=lambda c: c[:4])[4]
 
     # ------------------------------------------------------------------ cool-downs
 

@@ -151,6 +151,17 @@ class UsageMeter:
                 _resets(window.resets_at, self._clock()),
             )
 
+    def near_limit(self) -> bool:
+        """A window not reset yet is used at least ``usage_warning`` percent (or used up):
+        new conversations had better go to another account (:mod:`clibridge._accounts`)."""
+        now = self._clock()
+        return any(
+            w.used_percent is not None
+            and w.used_percent >= self.warn_percent
+            and (w.resets_at is None or w.resets_at > now)
+            for w in self._windows.values()
+        )
+
     def statistics(self) -> dict[str, Any]:
         """For ``/v1/stats``: every window as last reported, and when."""
         return {

@@ -8,6 +8,7 @@ upstream refuse (``Plan.fails_with``) while the others serve.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ from clibridge._events import Event, Finished, Message, Request, TextDelta, Text
 from clibridge._models import ModelTable
 from clibridge._pool import WorkerPool
 from clibridge._supervisor import Supervisor
+from clibridge._usage import UsageWindow
 from clibridge.testing.scripted import Plan, ScriptedWorker
 
 MODEL = "claude-sonnet-4-5"
@@ -107,6 +109,28 @@ async def test_new_turns_go_to_the_least_busy_account(
     # all idle again: the first account in the configured order
     await h.ask()
     assert h.turns()[-1] == "a"
+
+
+async def test_new_turns_move_away_from_an_account_close_to_its_limit(
+    h: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 16: before its limit is hit. "a" reported a window at 85% (warning at 80%):
+    new turns go to "b" and "c" though "a" is first and idle; once every account is close,
+    the least busy one serves again, and a window that was reset counts no more."""
+    meter = h.group.accounts[0].pool.usage
+    meter.update(UsageWindow("five_hour", used_percent=85.0, resets_at=time.time() + 3600))
+    for _ in range(2):
+        await h.ask()
+    assert h.turns() == ["b", "b"]
+    for account in h.group.accounts[1:]:
+        account.pool.usage.update(UsageWindow("five_hour", used_percent=90.0))
+    await h.ask()
+    assert h.turns()[-1] == "a"  # all close: the configured order among the idle ones
+    meter.update(UsageWindow("five_hour", used_percent=85.0, resets_at=time.time() - 1))
+    for account in h.group.accounts[1:]:
+        account.pool.usage.update(UsageWindow("five_hour", used_percent=10.0))
+    await h.ask()
+    assert h.turns()[-1] == "a"  # its window reset: no longer close
 
 
 async def test_a_rate_limited_account_cools_down_and_the_turn_runs_on_another(
