@@ -67,6 +67,7 @@ from ._conversations import (
 )
 from ._errors import BridgeError, CliCrashed, OutputInvalid, ToolsUnavailable
 from ._events import (
+    Completion,
     Event,
     Finished,
     FinishReason,
@@ -186,25 +187,16 @@ class Supervisor:
                     yield event
                 else:
                     held.append(event)
-        finish = held[-1] if held and isinstance(held[-1], Finished) else None
-        if finish is None or finish.reason is not FinishReason.END_TURN:
-            for event in held:
+        verdict = _judged(request.model, held, fmt)
+        if not isinstance(verdict, _Mismatch):
+            for event in verdict:
                 yield event
             return
-        completion = collect(request.model, held)
-        if completion.tool_calls:
-            for event in held:
-                yield event
-            return
-        try:
-            text = check_format(completion.text, fmt)
-        except FormatMismatch as exc:
-            problem = str(exc)
-        else:
-            for event in _with_text(held, text):
-                yield event
-            return
-        log.info("the reply does not match the response format (%s); asking once more", problem)
+        completion = verdict.completion
+        log.info(
+            "the reply does not match the response format (%s); asking once more",
+            verdict.problem,
+        )
         # leave the first turn: its worker parks holding the conversation, and the retry
         # continues it there when it can (claude), else on a fresh worker with the history
         await stack.aclose()
@@ -213,7 +205,7 @@ class Supervisor:
             messages=(
                 *request.messages,
                 assistant_message(completion),
-                Message("user", (TextPart(retry_prompt(problem, fmt)),)),
+                Message("user", (TextPart(retry_prompt(verdict.problem, fmt)),)),
             ),
         )
         events = await stack.enter_async_context(self._routed(retry))
@@ -222,27 +214,17 @@ class Supervisor:
             async for event in second:
                 if not isinstance(event, TurnStarted):
                     again.append(event)
-        finish = again[-1] if again and isinstance(again[-1], Finished) else None
-        if finish is not None:
+        if again and isinstance(again[-1], Finished):
             # both turns were paid for
+            finish = again[-1]
             again[-1] = attrs.evolve(finish, usage=_added(finish.usage, completion.finish.usage))
-        if finish is None or finish.reason is not FinishReason.END_TURN:
-            for event in again:
-                yield event
-            return
-        second_try = collect(request.model, again)
-        if second_try.tool_calls:
-            for event in again:
-                yield event
-            return
-        try:
-            text = check_format(second_try.text, fmt)
-        except FormatMismatch as exc:
+        verdict = _judged(request.model, again, fmt)
+        if isinstance(verdict, _Mismatch):
             raise OutputInvalid(
                 f"the model's reply did not match the requested response format, also when "
-                f"asked once more: {exc}"
-            ) from None
-        for event in _with_text(again, text):
+                f"asked once more: {verdict.problem}"
+            )
+        for event in verdict:
             yield event
 
     @asynccontextmanager
@@ -547,6 +529,30 @@ class Supervisor:
     async def wait_idle(self) -> None:
         for pool in self.pools.values():
             await pool.wait_idle()
+
+
+@attrs.frozen
+class _Mismatch:
+    """A finished text reply that does not match the response format, and why."""
+
+    completion: Completion
+    problem: str
+
+
+def _judged(model: str, events: list[Event], fmt: OutputFormat) -> list[Event] | _Mismatch:
+    """What a reply's events become under ``fmt``: passed on as they are when the turn did
+    not end with a text answer (tool calls, max_tokens, a stop string, an error), the text
+    normalized when it matches (:func:`clibridge._formats.check`), else the mismatch."""
+    finish = events[-1] if events and isinstance(events[-1], Finished) else None
+    if finish is None or finish.reason is not FinishReason.END_TURN:
+        return events
+    completion = collect(model, events)
+    if completion.tool_calls:
+        return events
+    try:
+        return _with_text(events, check_format(completion.text, fmt))
+    except FormatMismatch as exc:
+        return _Mismatch(completion, str(exc))
 
 
 def _with_text(events: Sequence[Event], text: str) -> list[Event]:
