@@ -1,4 +1,5 @@
-"""Each account's state and subscription windows in ``GET /metrics``, on the fake claude
+"""Each account's state and subscription windows in ``GET /metrics`` (and the
+dashboard's accounts), on the fake claude
 with two accounts: ``limited`` answers 429 (cooled down), ``ok`` serves and reports a
 window (the ``rate_limit_event`` recorded from the pinned claude)."""
 
@@ -59,6 +60,7 @@ async def test_two_accounts_state_and_window_in_metrics(tmp_path: Path) -> None:
                 )
                 assert r.status_code == 200, r.text
                 after = await client.get("/metrics")
+                dashboard = (await client.get("/dashboard/state")).json()
             scraped = gauges(after.text)
             limited = {"backend": "claude", "account": "limited"}
             ok = {"backend": "claude", "account": "ok"}
@@ -81,6 +83,21 @@ async def test_two_accounts_state_and_window_in_metrics(tmp_path: Path) -> None:
                 )
                 is None
             )
+            # the dashboard's accounts section: the same states and windows
+            (pool,) = dashboard["pools"]
+            shown = {a["name"]: a for a in pool["accounts"]}
+            assert shown["limited"]["state"] == "rate_limited"
+            assert shown["limited"]["available"] is False and shown["limited"]["why"]
+            assert shown["limited"]["until"] and shown["limited"]["windows"] == []
+            assert shown["ok"]["available"] is True
+            assert shown["ok"]["windows"] == [
+                {
+                    "name": "five_hour",
+                    "used_percent": 95.0,
+                    "resets_at": warning["resetsAt"],
+                    "status": "allowed_warning",
+                }
+            ]
             # the backend-wide pool metrics keep their names and labels
             assert sample(scraped, "clibridge_pool_ready", backend="claude") == 1
             await server.assert_clean()
