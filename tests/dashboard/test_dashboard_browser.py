@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from .conftest import CHROMIUM_ARGS, ServeProcess, serve_process
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "dashboard.png"
 #: long enough that the page (polling every second) sees the worker busy
 SLOW_SECONDS = 4.0
+#: the subscription window the slow request's turn reports: 42 % of five hours used
+WINDOW = {
+    "status": "allowed_warning",
+    "resetsAt": int(time.time()) + 3 * 3600,
+    "rateLimitType": "five_hour",
+    "utilization": 0.42,
+}
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -42,7 +50,12 @@ def _slow_request(base_url: str, result: list[httpx.Response]) -> None:
         "messages": [
             {
                 "role": "user",
-                "content": directive(first_delay=SLOW_SECONDS, reply="slow and steady")
+                # the turn also reports a subscription window (claude's rate_limit_event)
+                "content": directive(
+                    first_delay=SLOW_SECONDS,
+                    reply="slow and steady",
+                    rate_limit_info=WINDOW,
+                )
                 + "\nTake your time.",
             }
         ],
@@ -65,6 +78,8 @@ def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> No
     # (locator waits: the page's CSP forbids the eval a string predicate would need)
     page.locator("#workers tr[data-worker] .s-idle").nth(1).wait_for(timeout=30_000)
     assert page.locator("#fake").inner_text() == "FAKE CLI (canned replies)"
+    # no accounts configured and no window reported yet: no accounts section
+    assert page.locator("#accounts-section").is_hidden()
     pids = page.locator("#workers tr[data-worker] td:nth-child(3)").all_inner_texts()
     assert all(pid.isdigit() for pid in pids), pids
     assert all(
@@ -86,6 +101,11 @@ def test_dashboard_live_in_chromium(fake_server: ServeProcess, page: Page) -> No
     assert result[0].json()["choices"][0]["message"]["content"] == "slow and steady"
     turns = page.locator("#workers tr[data-worker^=claude] td:nth-child(6)").all_inner_texts()
     assert "1" in turns
+    # the window the turn reported: the implicit account's row in the accounts section
+    account = page.locator("#accounts tr[data-account=claude-default]")
+    account.wait_for(timeout=10_000)
+    cells = account.locator("td").all_inner_texts()
+    assert cells[:3] == ["claude", "default", "healthy"] and cells[5:7] == ["five_hour", "42 %"]
 
     # the finished request appears in the last requests (from the ledger); a click opens it
     request_id = result[0].headers["x-request-id"]
