@@ -66,7 +66,7 @@ async def test_two_accounts_state_and_window_in_metrics(tmp_path: Path) -> None:
             ok = {"backend": "claude", "account": "ok"}
             assert sample(scraped, "clibridge_account_available", **limited) == 0
             left = sample(scraped, "clibridge_account_cooldown_seconds", **limited)
-            assert left is not None and 35 < left <= 40  # rate_limit_cooldown
+            assert left is not None and 20 < left <= 40  # rate_limit_cooldown: 40 s
             assert sample(scraped, "clibridge_account_cooldowns_total", **limited) == 1
             assert sample(scraped, "clibridge_account_available", **ok) == 1
             assert sample(scraped, "clibridge_account_cooldowns_total", **ok) == 0
