@@ -16,6 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
+from clibridge._http._dashboard_page import PAGE
 from clibridge.testing.scenario import directive
 
 from .conftest import CHROMIUM_ARGS, ServeProcess, serve_process
@@ -163,3 +164,81 @@ def test_with_an_auth_token_the_page_asks_for_the_key(chromium: str, tmp_path: P
             assert errors == []
         finally:
             browser.close()
+
+
+def test_accounts_section_draws_a_cooling_account(page: Page) -> None:
+    """Two accounts, one cooling down with two windows: the page (served by a route of
+    the browser, with canned state) draws one row per window, the cool-down and why."""
+    now = time.time()
+    account = {
+        "state": "healthy",
+        "available": True,
+        "cooldowns": 0,
+        "cooling_down_for": None,
+        "until": None,
+        "why": None,
+        "windows": [],
+        "warn_percent": 80.0,
+    }
+    work = {
+        **account,
+        "name": "work",
+        "state": "rate_limited",
+        "available": False,
+        "cooldowns": 2,
+        "cooling_down_for": 125.0,
+        "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 125)),
+        "why": "usage limit reached",
+        "windows": [
+            {"name": "primary", "used_percent": 100.0, "resets_at": now + 3600, "status": None},
+            {"name": "secondary", "used_percent": 30.0, "resets_at": now + 86400, "status": None},
+        ],
+    }
+    state = {
+        "now": now,
+        "ready": True,
+        "reason": "codex accounts: ...",
+        "fake": False,
+        "open_turns": 0,
+        "rejected_last_minute": 0,
+        "pools": [
+            {
+                "name": "codex",
+                "workers": [],
+                "queued": 0,
+                "in_flight": 0,
+                "permits_total": 2,
+                "served": 0,
+                "rejected": 0,
+                "accounts": [work, {**account, "name": "home"}],
+            }
+        ],
+        "ledger": False,
+        "requests": [],
+        "usage": {"by_model": [], "by_key": []},
+    }
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.route(
+        "http://clibridge.test/dashboard",
+        lambda route: route.fulfill(body=PAGE, content_type="text/html"),
+    )
+    page.route(
+        "http://clibridge.test/dashboard/state",
+        lambda route: route.fulfill(json=state),
+    )
+    page.goto("http://clibridge.test/dashboard")
+    rows = page.locator("#accounts tr[data-account]")
+    rows.nth(2).wait_for(timeout=10_000)
+    assert page.locator("#accounts-section").is_visible()
+    assert rows.count() == 3  # work: one row per window; home: one
+    first = rows.nth(0).locator("td").all_inner_texts()
+    assert first[:3] == ["codex", "work", "rate limited (cooling down)"]
+    assert first[3].endswith("(2 min 5 s)") and first[4] == "usage limit reached"
+    assert first[5:7] == ["primary", "100 %"]
+    assert rows.nth(0).locator("td.warn").count() == 1  # over the usage_warning
+    second = rows.nth(1).locator("td").all_inner_texts()
+    assert second[:5] == ["", "", "", "", ""] and second[5:7] == ["secondary", "30 %"]
+    third = rows.nth(2).locator("td").all_inner_texts()
+    assert third[:3] == ["codex", "home", "healthy"] and third[5:] == ["", "", ""]
+    assert errors == []
