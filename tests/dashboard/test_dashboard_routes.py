@@ -15,6 +15,7 @@ from quart import g, request
 from clibridge._errors import QueueFull
 from clibridge._http.dashboard import (
     RecentStatuses,
+    accounts_json,
     pools_json,
     rss_by_pid,
     usage_series,
@@ -67,6 +68,100 @@ def test_pools_json_reads_the_supervisors_statistics() -> None:
             "rss": None,
             "account": "default",
         }
+    ]
+
+
+def _subscription(**windows: dict[str, object]) -> dict[str, object]:
+    return {
+        "warn_percent": 80.0,
+        "warnings": 0,
+        "windows": {
+            name: {
+                "name": name,
+                "used_percent": None,
+                "resets_at": None,
+                "window_minutes": None,
+                "status": None,
+                "reported_at": 1.0,
+                **w,
+            }
+            for name, w in windows.items()
+        },
+    }
+
+
+def _pool(subscription: dict[str, object]) -> dict[str, object]:
+    return {"workers": [], "queued": 0, "subscription": subscription}
+
+
+def test_accounts_of_a_backend_with_accounts() -> None:
+    """Each configured account: its state, its cool-down and why, its own windows."""
+    stats = {
+        **_pool(_subscription()),
+        "accounts": [
+            {
+                "name": "work",
+                "state": "rate_limited",
+                "available": False,
+                "ready": False,
+                "pool": "2 idle",
+                "cooldowns": 3,
+                "cooling_down_for": 41.5,
+                "until": "2026-11-30T22:00:00Z",
+                "why": "rate-limited upstream (429)",
+                "stats": _pool(
+                    _subscription(
+                        five_hour={"used_percent": 100.0, "resets_at": 1.8e9, "status": "rejected"}
+                    )
+                ),
+            },
+            {
+                "name": "home",
+                "state": "healthy",
+                "available": True,
+                "ready": True,
+                "pool": "2 idle",
+                "cooldowns": 0,
+                "stats": _pool(_subscription()),
+            },
+        ],
+    }
+    work, home = accounts_json(stats)
+    assert work == {
+        "name": "work",
+        "state": "rate_limited",
+        "available": False,
+        "cooldowns": 3,
+        "cooling_down_for": 41.5,
+        "until": "2026-11-30T22:00:00Z",
+        "why": "rate-limited upstream (429)",
+        "windows": [
+            {"name": "five_hour", "used_percent": 100.0, "resets_at": 1.8e9, "status": "rejected"}
+        ],
+        "warn_percent": 80.0,
+    }
+    assert home["name"] == "home" and home["available"] is True and home["windows"] == []
+    assert home["cooling_down_for"] is None and home["why"] is None
+    # and pools_json carries them
+    (pool,) = pools_json({"claude": stats})
+    assert [a["name"] for a in pool["accounts"]] == ["work", "home"]
+
+
+def test_implicit_account_shows_only_with_windows() -> None:
+    """No accounts configured: nothing to show until the CLI reports a window; then the
+    implicit ``default`` account with the backend's windows."""
+    assert accounts_json(_pool(_subscription())) == []
+    assert accounts_json({"workers": []}) == []  # a pool without a meter (older stats)
+    windows = _subscription(
+        secondary={"used_percent": 12.0, "resets_at": 2e9, "window_minutes": 10080},
+        primary={"used_percent": 85.0, "resets_at": 1.9e9, "window_minutes": 300},
+    )
+    (default,) = accounts_json(_pool(windows))
+    assert default["name"] == "default" and default["state"] == "healthy"
+    assert default["available"] is True and default["cooldowns"] == 0
+    assert default["windows"] == [
+        {"name": "primary", "used_percent": 85.0, "resets_at": 1.9e9, "status": None},
+        {"name": "secondary", "used_percent": 12.0, "resets_at": 2e9, "status": None},
     ]
 
 

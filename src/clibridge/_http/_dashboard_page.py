@@ -45,7 +45,7 @@ tr.req:hover, tr.req:focus { background: #eef4ff; outline: none; }
          border: 1px solid currentColor; }
 .s-idle { color: var(--ok); } .s-busy { color: var(--busy); } .s-booting { color: var(--warn); }
 .s-recycling { color: var(--muted); } .s-parked { color: #6941c6; }
-.bad { color: var(--bad); } .ok { color: var(--ok); }
+.bad { color: var(--bad); } .ok { color: var(--ok); } .warn { color: var(--warn); }
 #detail { white-space: pre-wrap; word-break: break-word; font-size: 12px; max-height: 60vh;
           overflow: auto; background: var(--bg); padding: 8px; border-radius: 6px; }
 #keyform { display: none; gap: 8px; flex-wrap: wrap; }
@@ -76,6 +76,14 @@ svg { width: 100%; height: auto; display: block; }
     <div class="scroll"><table id="workers">
       <thead><tr><th>backend</th><th>worker</th><th>pid</th><th>state</th><th>age</th>
         <th>turns</th><th>RSS</th><th>account</th></tr></thead>
+      <tbody></tbody>
+    </table></div>
+  </section>
+  <section id="accounts-section" hidden>
+    <h2>Accounts</h2>
+    <div class="scroll"><table id="accounts">
+      <thead><tr><th>backend</th><th>account</th><th>state</th><th>cooling until</th>
+        <th>why</th><th>subscription window</th><th>used</th><th>resets</th></tr></thead>
       <tbody></tbody>
     </table></div>
   </section>
@@ -184,6 +192,46 @@ function drawPools(data) {
   document.querySelector("#workers tbody").replaceChildren(...rows);
 }
 
+function fmtPercent(p) {
+  return (p === null || p === undefined) ? "" : (Math.round(p * 10) / 10) + " %";
+}
+function fmtReset(t) {
+  if (t === null || t === undefined) return "";
+  const d = new Date(t * 1000);
+  const sameDay = d.toDateString() === new Date().toDateString();
+  return (sameDay ? "" : d.toLocaleDateString() + " ") + d.toLocaleTimeString();
+}
+// one row per account and subscription window (one row when it reported none)
+function drawAccounts(data) {
+  const rows = [];
+  for (const pool of data.pools) {
+    for (const a of pool.accounts || []) {
+      const cooling = !a.available;
+      const cells = [
+        el("td", {text: pool.name}), el("td", {text: a.name}),
+        el("td", {}, [el("span", {class: "badge " + (cooling ? "bad" : "ok"),
+                                  text: a.state.replace("_", " ") +
+                                        (cooling ? " (cooling down)" : "")})]),
+        el("td", {text: cooling ? fmtTime(a.until) + " (" + fmtAge(a.cooling_down_for) + ")"
+                                : ""}),
+        el("td", {text: a.why || ""})];
+      const windows = a.windows.length ? a.windows : [null];
+      windows.forEach((w, i) => {
+        const first = i === 0 ? cells : cells.map(() => el("td"));
+        const used = w ? w.used_percent : null;
+        rows.push(el("tr", {"data-account": pool.name + "-" + a.name}, [...first,
+          el("td", {text: w ? w.name : "", title: w && w.status ? w.status : ""}),
+          el("td", {class: used !== null && a.warn_percent !== null && used >= a.warn_percent
+                           ? "warn" : "",
+                    text: w ? (used === null ? (w.status || "") : fmtPercent(used)) : ""}),
+          el("td", {text: w ? fmtReset(w.resets_at) : ""})]));
+      });
+    }
+  }
+  document.getElementById("accounts-section").hidden = !rows.length;
+  document.querySelector("#accounts tbody").replaceChildren(...rows);
+}
+
 function tokensOf(r) {
   if (r.input_tokens === null && r.output_tokens === null) return "";
   const cached = (r.cache_read_tokens || 0) + (r.cache_write_tokens || 0);
@@ -286,6 +334,7 @@ function draw(data) {
   document.getElementById("fake").textContent = data.fake ? "FAKE CLI (canned replies)" : "";
   document.getElementById("updated").textContent = new Date().toLocaleTimeString();
   drawPools(data);
+  drawAccounts(data);
   drawRequests(data);
   drawChart(data);
 }

@@ -11,11 +11,16 @@ in one process -- tests -- do not share counters):
   kind; 429s by cause. It does a few dict lookups and increments, never IO.
 - pool metrics are read at scrape time by :class:`PoolCollector` from the service's
   ``statistics()`` (the same numbers as ``/v1/stats``): workers by state, queue depth,
-  leases, boots, crashes, timeouts.
+  leases, boots, crashes, timeouts; per account (label ``account``: the configured names,
+  ``default`` for the implicit one) whether it takes requests, how long it still cools
+  down, how often it was cooled down, and its subscription windows (used percent, reset
+  time) by window kind.
 
 Every label has a bounded set of values: the model label is a model id the server lists
 (its model table: a CLI model or an alias), ``other`` for anything else a client sent;
-statuses are HTTP status codes, error causes the names of clibridge's own error classes.
+statuses are HTTP status codes, error causes the names of clibridge's own error classes;
+accounts are configured names; windows are the kinds the CLIs report (:data:`WINDOW_KINDS`),
+``other`` for any further one (the most used of them).
 No request ids, key secrets or raw client strings become labels.
 """
 
@@ -56,6 +61,20 @@ _ERROR_TYPES = frozenset(
     if isinstance(value, type) and issubclass(value, _errors.BridgeError)
 ) | {"client_gone", "client_stalled", "http_error"}
 _WORKER_STATES = ("booting", "idle", "busy", "parked", "retiring")
+#: the subscription windows the CLIs name (see :mod:`clibridge._usage`): codex's primary
+#: and secondary, claude's ``rateLimitType`` values, ``unified`` when claude names none
+WINDOW_KINDS = frozenset(
+    {
+        "primary",
+        "secondary",
+        "five_hour",
+        "seven_day",
+        "seven_day_opus",
+        "seven_day_sonnet",
+        "overage",
+        "unified",
+    }
+)
 
 _QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _FIRST_CONTENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
@@ -110,6 +129,73 @@ class PoolCollector(Collector):
         yield workers
         yield from gauges.values()
         yield from counters.values()
+        yield from _account_metrics(stats)
+
+
+def _accounts_of(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(name, state, pool statistics)`` of each account of one backend's statistics: the
+    configured accounts, or the implicit ``default`` one (its pool is the backend's)."""
+    accounts = pool.get("accounts")
+    if not accounts:
+        return [("default", {"available": True, "cooldowns": 0}, pool)]
+    return [(str(a["name"]), a, a.get("stats") or {}) for a in accounts]
+
+
+def _window_kinds(subscription: Any) -> dict[str, dict[str, Any]]:
+    """The windows of one ``subscription`` statistic by bounded kind; of several ``other``
+    windows the most used one."""
+    out: dict[str, dict[str, Any]] = {}
+    windows = subscription.get("windows", {}) if isinstance(subscription, dict) else {}
+    for name, window in sorted(windows.items()):
+        kind = name if name in WINDOW_KINDS else "other"
+        held = out.get(kind)
+        if held is None or (window.get("used_percent") or 0) > (held.get("used_percent") or 0):
+            out[kind] = window
+    return out
+
+
+def _account_metrics(stats: dict[str, Any]) -> Iterator[Metric]:
+    labels = ["backend", "account"]
+    available = GaugeMetricFamily(
+        "clibridge_account_available",
+        "1 when the account takes new requests (not cooling down)",
+        labels=labels,
+    )
+    cooling = GaugeMetricFamily(
+        "clibridge_account_cooldown_seconds",
+        "Seconds the account still cools down (0 when available)",
+        labels=labels,
+    )
+    cooldowns = CounterMetricFamily(
+        "clibridge_account_cooldowns",
+        "Times the account was cooled down (rate-limited or login expired)",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        "clibridge_subscription_used_percent",
+        "Percent of the subscription window used, as the CLI last reported it",
+        labels=[*labels, "window"],
+    )
+    resets = GaugeMetricFamily(
+        "clibridge_subscription_reset_timestamp_seconds",
+        "When the subscription window resets (unix seconds)",
+        labels=[*labels, "window"],
+    )
+    for backend, pool in sorted(stats.items()):
+        if not isinstance(pool, dict):
+            continue
+        for account, state, account_pool in _accounts_of(pool):
+            is_available = bool(state.get("available", True))
+            available.add_metric([backend, account], 1.0 if is_available else 0.0)
+            left = 0.0 if is_available else float(state.get("cooling_down_for") or 0.0)
+            cooling.add_metric([backend, account], left)
+            cooldowns.add_metric([backend, account], float(state.get("cooldowns") or 0))
+            for kind, window in _window_kinds(account_pool.get("subscription")).items():
+                if window.get("used_percent") is not None:
+                    used.add_metric([backend, account, kind], float(window["used_percent"]))
+                if window.get("resets_at") is not None:
+                    resets.add_metric([backend, account, kind], float(window["resets_at"]))
+    yield from (available, cooling, cooldowns, used, resets)
 
 
 class Metrics:

@@ -21,6 +21,11 @@ ordinary request that ends, so the dashboard holds no connection open against
 
 Worker states as the page names them (from the pool's slot state, and the worker's
 ``paused``): booting, idle, busy, parked on tool call, parked finished, recycling.
+The accounts of a backend (``/v1/stats`` ``accounts``: each login's state, its cool-down
+and why, its pool's ``subscription`` windows) show in their own section, only where there
+is something to show: configured accounts, or subscription windows the implicit one's CLI
+reported.
+
 RSS is read here with psutil (the process and its descendants, in a thread); the pool
 does no IO.
 """
@@ -182,9 +187,61 @@ def pools_json(
                 "permits_total": stats.get("permits_total", 0),
                 "served": stats.get("served", 0),
                 "rejected": stats.get("rejected", 0),
+                "accounts": accounts_json(stats),
             }
         )
     return out
+
+
+def accounts_json(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The accounts of one backend's statistics as the page's accounts section shows them:
+    the configured ones, or the implicit ``default`` one when its CLI reported subscription
+    windows (empty otherwise: nothing to show)."""
+    configured = stats.get("accounts")
+    if configured:
+        accounts = [(a, a.get("stats") or {}) for a in configured]
+    else:
+        implicit = {"name": "default", "state": "healthy", "available": True, "cooldowns": 0}
+        accounts = [(implicit, stats)]
+    out = []
+    for account, pool in accounts:
+        subscription = pool.get("subscription")
+        windows = _windows(subscription)
+        if not configured and not windows:
+            continue
+        out.append(
+            {
+                "name": account.get("name"),
+                "state": account.get("state"),
+                "available": account.get("available"),
+                "cooldowns": account.get("cooldowns", 0),
+                # set while the account is not healthy (cooling down, or its time is up
+                # and no good turn made it healthy yet)
+                "cooling_down_for": account.get("cooling_down_for"),
+                "until": account.get("until"),
+                "why": account.get("why"),
+                "windows": windows,
+                # the pool's usage_warning: the page marks a window used this much
+                "warn_percent": subscription.get("warn_percent")
+                if isinstance(subscription, Mapping)
+                else None,
+            }
+        )
+    return out
+
+
+def _windows(subscription: Any) -> list[dict[str, Any]]:
+    if not isinstance(subscription, Mapping):
+        return []
+    return [
+        {
+            "name": name,
+            "used_percent": w.get("used_percent"),
+            "resets_at": w.get("resets_at"),
+            "status": w.get("status"),
+        }
+        for name, w in sorted((subscription.get("windows") or {}).items())
+    ]
 
 
 def _require_admin() -> None:
