@@ -189,7 +189,13 @@ def body_for(dialect: Dialect, model: str, text: str, stream: bool) -> dict[str,
     elif dialect == "responses":
         body = {"model": model, "input": text}
     else:
-        body = {"model": model, "max_tokens": 1024, "messages": [{"role": "user", "content": text}]}
+        # Messages requires max_tokens, and clibridge honours it (cut at ~4 characters per
+        # token): above the largest output a behaviour asks for (huge_output, 4 MiB)
+        body = {
+            "model": model,
+            "max_tokens": 2_000_000,
+            "messages": [{"role": "user", "content": text}],
+        }
     body["stream"] = stream
     return body
 

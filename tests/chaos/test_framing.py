@@ -384,7 +384,10 @@ async def _healthy(server: ServeProcess) -> dict[str, dict[str, Any]]:
             CHAT, content=_chat_body("still serving"), headers={"content-type": "application/json"}
         )
         assert response.status_code == 200, response.text
-        assert (await client.get("/readyz")).status_code == 200
+        # every backend ready (/readyz waits for all: the codex pool may still be booting)
+        with trio.fail_after(30):
+            while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110 (another process)
+                await trio.sleep(0.1)
     pools = await server.settle()
     return {
         name: {k: s[k] for k in ("restarts", "crashes", "timeouts")} for name, s in pools.items()

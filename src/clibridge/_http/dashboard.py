@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -78,12 +77,16 @@ def worker_phase(worker: Mapping[str, Any]) -> str:
 
 def rss_by_pid(pids: Iterable[int]) -> dict[int, int]:
     """Resident memory of each of ``pids`` with its descendants (a CLI may run helpers); a
-    pid that is gone is left out. Blocking (/proc reads): call it in a thread.
+    pid that is gone is left out. Blocking (one pass over the process table): call it in a
+    thread.
 
-    Regression: one psutil scan of the whole process table took 60 ms with 150 processes,
-    on every poll; the tree of each worker is walked instead (Linux: the kernel's
-    ``/proc/PID/task/TID/children`` lists, a few microseconds each).
+    Regression: asking psutil for each process's children scanned the whole process table
+    every time (60 ms with 150 processes, per worker, per poll); one pass builds the
+    parent -> children map for every tree.
     """
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc.pid)
     out = {}
     for pid in pids:
         total, pending, seen = 0, [pid], set()
@@ -98,30 +101,9 @@ def rss_by_pid(pids: Iterable[int]) -> dict[int, int]:
                 if current == pid:
                     break  # the worker itself is gone
                 continue
-            pending.extend(_children(current))
+            pending.extend(children.get(current, ()))
         else:
             out[pid] = int(total)
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    """The child pids of ``pid`` (empty when it is gone)."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        if not os.path.exists(f"/proc/{pid}/task/{tasks[0]}/children"):
-            raise FileNotFoundError  # a kernel without CONFIG_PROC_CHILDREN
-    except (OSError, IndexError):
-        try:
-            return [child.pid for child in psutil.Process(pid).children()]
-        except psutil.Error:
-            return []
-    out: list[int] = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(n) for n in f.read().split())
-        except OSError:
-            continue  # the thread ended meanwhile
     return out
 
 
