@@ -324,24 +324,13 @@ class Supervisor:
                     else:
                         source = worker.turn(request, messages=step.messages)
                     account = group.account_of(lease)
-                    events = output.relay(
-                        self._retrying(
-                            group,
-                            lease,
-                            binding,
-                            request,
-                            tracker,
-                            source,
-                            queue_wait=trio.current_time() - asked,
-                            continued=True,
-                        )
-                    )
-                    try:
-                        async with aclosing(events):
-                            async for event in events:
-                                yield event
-                    finally:
-                        tracker.settle(lease, watch)
+                    served = self._served(
+                        group, lease, binding, request, tracker, watch, output, source,
+                        queue_wait=trio.current_time() - asked, continued=True,
+                    )  # fmt: skip
+                    async with aclosing(served):
+                        async for event in served:
+                            yield event
                     return
                 miss = "gone" if lease is None else "cannot_continue"
                 if lease is not None and not lease.worker.drop_paused_calls(
@@ -390,24 +379,14 @@ class Supervisor:
             try:
                 async with group.lease(binding, reuse_finished=reuse, avoid=tried) as lease:
                     account = group.account_of(lease)
-                    events = output.relay(
-                        self._retrying(
-                            group,
-                            lease,
-                            binding,
-                            request,
-                            tracker,
-                            lease.worker.turn(request),
-                            queue_wait=trio.current_time() - asked,
-                            continued=False,
-                        )
-                    )
-                    try:
-                        async with aclosing(events):
-                            async for event in events:
-                                yield event
-                    finally:
-                        tracker.settle(lease, watch)
+                    served = self._served(
+                        group, lease, binding, request, tracker, watch, output,
+                        lease.worker.turn(request),
+                        queue_wait=trio.current_time() - asked, continued=False,
+                    )  # fmt: skip
+                    async with aclosing(served):
+                        async for event in served:
+                            yield event
                 return
             except ACCOUNT_TROUBLE as exc:
                 if account is None or output.produced or not group.reroutes:
@@ -420,6 +399,35 @@ class Supervisor:
                     account.name,
                     exc,
                 )
+
+    async def _served(
+        self,
+        group: AccountGroup,
+        lease: Lease,
+        binding: Binding,
+        request: Request,
+        tracker: _Tracker,
+        watch: OneShotWatch | None,
+        output: _Output,
+        source: AsyncIterator[Event],
+        *,
+        queue_wait: float,
+        continued: bool,
+    ) -> AsyncGenerator[Event, None]:
+        """``source``'s events as the client gets them (:meth:`_retrying`, counted by
+        ``output``); at the end, on every path, the response is settled (park or drop)."""
+        events = output.relay(
+            self._retrying(
+                group, lease, binding, request, tracker, source,
+                queue_wait=queue_wait, continued=continued,
+            )
+        )  # fmt: skip
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            tracker.settle(lease, watch)
 
     async def _retrying(
         self,
