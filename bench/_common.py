@@ -157,22 +157,31 @@ def verdict(ok: bool) -> str:
 # ---------------------------------------------------------------------- the fake, raw
 
 
-class RawFakeClaude:
-    """The fake claude driven directly: blocking pipes, no clibridge code in the path.
+class RawClaude:
+    """A claude CLI (the fake by default) driven directly: blocking pipes, no clibridge code
+    in the path.
 
-    This is the floor every bridged measurement is compared against: what it costs the
-    fake itself to answer, plus one pipe round trip.
+    This is the floor every bridged measurement is compared against: what it costs the CLI
+    itself to answer, plus one pipe round trip. ``command``, ``env`` and ``cwd`` run another
+    claude (the real one in a spawn home); ``env`` then replaces the environment.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        argv = build_argv(FAKE_CLAUDE, model=MODEL)  # the worker flags clibridge uses
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        command: Sequence[str] = FAKE_CLAUDE,
+        cwd: Path | None = None,
+    ) -> None:
+        argv = build_argv(command, model=MODEL)  # the worker flags clibridge uses
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             bufsize=0,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})} if command is FAKE_CLAUDE else dict(env or {}),
+            cwd=cwd,
             start_new_session=True,
         )
         self._buffer = b""
@@ -188,7 +197,7 @@ class RawFakeClaude:
         while b"\n" not in self._buffer:
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise EOFError("the fake claude closed stdout")
+                raise EOFError("claude closed stdout")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         message: dict[str, Any] = json.loads(line)

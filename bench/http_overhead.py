@@ -2,7 +2,7 @@
 
 Method
 ------
-1. The fake claude driven directly (:class:`bench._common.RawFakeClaude`: blocking pipes, no
+1. The fake claude driven directly (:class:`bench._common.RawClaude`: blocking pipes, no
    clibridge code): booted and initialized, then N turns (each after a ``/clear``, as the
    pool does it), timing from writing the user line to the first ``text_delta`` line on
    its stdout. Run before and after the HTTP phase; both runs are pooled.
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
     STAT_HEADERS,
-    RawFakeClaude,
+    RawClaude,
     ServerProcess,
     SyncClient,
     cpu_seconds,
@@ -81,7 +81,7 @@ LEDGER_BLOCK = 50
 
 
 def measure_raw(count: int, warmup: int) -> list[float]:
-    fake = RawFakeClaude()
+    fake = RawClaude()
     out: list[float] = []
     try:
         fake.boot()

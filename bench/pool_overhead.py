@@ -21,7 +21,7 @@ is entered to
 ``supervisor: first event`` is the same, entered through ``Supervisor.turn`` (what the
 HTTP layer calls: model table, conversation fingerprints, parking of the finished turn's
 worker) instead of ``pool.lease``. Nothing is subtracted. For reference the same fake is then driven directly (blocking pipes,
-no clibridge code, :class:`bench._common.RawFakeClaude`): write the user line, time its first
+no clibridge code, :class:`bench._common.RawClaude`): write the user line, time its first
 stdout line / first text delta / ``result``, and a ``/clear`` round trip. The difference
 between the two is what the pool, the worker's pump and trio add.
 
@@ -47,7 +47,7 @@ from bench._common import (
     FAKE_CLAUDE,
     MODEL,
     STAT_HEADERS,
-    RawFakeClaude,
+    RawClaude,
     ms,
     quiet_logs,
     stat_rows,
@@ -143,7 +143,7 @@ async def measure_pool(
 
 
 def measure_raw(count: int, warmup: int) -> dict[str, list[float]]:
-    fake = RawFakeClaude()
+    fake = RawClaude()
     out: dict[str, list[float]] = {
         "raw first line": [],
         "raw first text": [],

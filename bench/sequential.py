@@ -8,6 +8,12 @@ conversation; then :data:`CLIENTS` clients at once, each growing a conversation 
 for ``--count`` / :data:`CLIENTS` turns. It reports latency percentiles, the number of CLI
 processes alive (the maximum over each phase) and their total RSS at the end.
 
+The floor: the distinct requests alternate, in blocks of :data:`BLOCK`, with as many turns
+of the same CLI driven directly (:class:`bench._common.RawClaude`: its own process, blocking
+pipes, no clibridge code; ``/clear`` after each turn, not timed), so both see the same
+machine. The floor is what the CLI itself costs; the bridge's share of each percentile is
+the difference.
+
     .venv/bin/python bench/sequential.py             # real claude + stub (scripts/install-real-clis.sh)
     .venv/bin/python bench/sequential.py --fake      # the fake claude
 
@@ -32,6 +38,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    RawClaude,
     children_of,
     ms,
     quiet_logs,
@@ -41,12 +48,16 @@ from _common import (
     write_results,
 )
 
+from clibridge._backends.claude.home import prepare_claude_home
+from clibridge._config import ClaudeConfig
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.realcli import find_real_clis
 
 SPARES = 1  # the default pool's spares
 #: clients of the concurrent phase
 CLIENTS = 4
+#: distinct requests through the server, then as many on the raw CLI, and again
+BLOCK = 10
 
 
 class Stub:
@@ -129,6 +140,30 @@ def cli_pids(server_pid: int) -> list[int]:
     return out
 
 
+def raw_cli(state: Path, fake: bool, stub_url: str) -> RawClaude:
+    """The floor's CLI: the same binary in a spawn home of its own, driven directly."""
+    if fake:
+        cli = RawClaude()
+    else:
+        claude = find_real_clis().claude
+        assert claude is not None
+        config = ClaudeConfig(
+            command=(str(claude),), pass_env=("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+        )
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "ANTHROPIC_API_KEY": STUB_API_KEY,
+            "ANTHROPIC_BASE_URL": stub_url,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        home = prepare_claude_home(config, state, environ=environ)
+        cli = RawClaude(home.env, command=config.command, cwd=home.workdir)
+    cli.boot()
+    cli.turn("warm up")
+    cli.clear()
+    return cli
+
+
 def run(count: int, fake: bool) -> dict[str, Any]:
     import signal
 
@@ -166,7 +201,19 @@ def run(count: int, fake: bool) -> dict[str, Any]:
                     out.append(elapsed)
                 return out
 
-            distinct = [ask([{"role": "user", "content": f"say hi #{i}"}])[0] for i in range(count)]
+            floor_cli = raw_cli(Path(tmp) / "floor", fake, stub.base_url)
+            distinct: list[float] = []
+            floor: list[float] = []
+            try:
+                for start in range(0, count, BLOCK):
+                    block = range(start, min(count, start + BLOCK))
+                    for i in block:
+                        distinct.append(ask([{"role": "user", "content": f"say hi #{i}"}])[0])
+                    for i in block:
+                        floor.append(floor_cli.turn(f"say hi #{i}")["result"])
+                        floor_cli.clear()
+            finally:
+                floor_cli.close()
             one_client_most = most
             growing = grow(count, client, "solo")
             one_client_most = max(one_client_most, most)
@@ -199,6 +246,8 @@ def run(count: int, fake: bool) -> dict[str, Any]:
         "backend": "fake" if fake else "real claude + stub",
         "distinct": summary([ms(x) for x in distinct]),
         "distinct_ms": [round(ms(x), 1) for x in distinct],
+        "floor": summary([ms(x) for x in floor]),
+        "floor_ms": [round(ms(x), 1) for x in floor],
         f"concurrent_{CLIENTS}": summary([ms(x) for x in concurrent]),
         "processes_max_one_client": one_client_most,
         "growing_ms": [round(ms(x), 1) for x in growing],
@@ -229,11 +278,19 @@ def main(argv: list[str] | None = None) -> int:
                 [name, s["n"], *(round(s[k], 1) for k in ("p50", "p95", "p99", "max"))]
                 for name, s in (
                     ("distinct", result["distinct"]),
+                    ("  its floor: the CLI alone", result["floor"]),
                     ("growing", result["growing"]),
                     (f"{CLIENTS} clients", result[f"concurrent_{CLIENTS}"]),
                 )
             ],
         )
+    )
+    d, f = result["distinct"], result["floor"]
+    print(
+        "the bridge's share of the distinct requests: "
+        + ", ".join(f"{k} {d[k] - f[k]:+.1f} ms" for k in ("p50", "p95", "max"))
+        + f"; p95 / p50: bridged {d['p95'] / d['p50']:.2f}, CLI alone {f['p95'] / f['p50']:.2f}"
+        + f"; max / p50: bridged {d['max'] / d['p50']:.2f}, CLI alone {f['max'] / f['p50']:.2f}"
     )
     print(
         f"processes: one client max {result['processes_max_one_client']} "
