@@ -215,7 +215,14 @@ def run(count: int, fake: bool) -> dict[str, Any]:
             finally:
                 floor_cli.close()
             one_client_most = most
+
+            def waits() -> int:
+                stats = client.get("/v1/stats").json()["service"]["claude"]
+                return int(stats["worker_waits"])
+
+            waits_distinct = waits()
             growing = grow(count, client, "solo")
+            waits_one_client = waits()
             one_client_most = max(one_client_most, most)
             concurrent: list[float] = []
             clients = [
@@ -250,6 +257,10 @@ def run(count: int, fake: bool) -> dict[str, Any]:
         "floor_ms": [round(ms(x), 1) for x in floor],
         f"concurrent_{CLIENTS}": summary([ms(x) for x in concurrent]),
         "processes_max_one_client": one_client_most,
+        # checkouts that found no worker to take (a boot or a release) and waited
+        "worker_waits_distinct": waits_distinct,
+        "worker_waits_one_client": waits_one_client,
+        "worker_waits_end": stats["worker_waits"],
         "growing_ms": [round(ms(x), 1) for x in growing],
         "growing": summary([ms(x) for x in growing]),
         "processes_max": most,
@@ -299,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         f"resume hits {result['resume_hits']}, misses {result['resume_misses']} "
         f"{result['resume_miss_reasons']}, one-shot releases {result['one_shot_releases']}, "
         f"reclaimed {result['reclaimed']}"
+    )
+    print(
+        "checkouts that waited for a worker: "
+        f"distinct {result['worker_waits_distinct']}, "
+        f"one client in all {result['worker_waits_one_client']}, "
+        f"after the {CLIENTS}-client phase {result['worker_waits_end']}"
     )
     write_results("sequential" + ("_fake" if args.fake else ""), result)
     return 0

@@ -131,6 +131,8 @@ class PoolStatistics:
     reclaimed: int = 0  # parked leases ended by park_ttl, pressure or drain
     retried: int = 0  # leases moved to another worker to run their turn again
     boots: int = 0  # workers that booted (became ready)
+    #: checkouts that found no worker to take and waited for one (a boot or a release)
+    worker_waits: int = 0
 
 
 class _ReadySignal:
@@ -262,6 +264,7 @@ class WorkerPool:
         # counters
         self._served = 0
         self._boots = 0
+        self._worker_waits = 0
         self._rejected = 0
         self._boot_failures = 0
         self._crashes = 0
@@ -498,6 +501,7 @@ class WorkerPool:
 
     async def _checkout(self, binding: Binding, *, reuse_finished: bool = False) -> _Slot:
         """With a permit held: find, or wait for, a worker and bind it."""
+        waited = False
         with trio.move_on_after(self.config.ready_timeout):
             while True:
                 slot = self._pick(binding)
@@ -529,6 +533,9 @@ class WorkerPool:
                     raise UnavailableError(
                         f"the {self.name} CLI keeps failing: {self._last_error}", retry_after=30
                     )
+                if not waited:
+                    waited = True
+                    self._worker_waits += 1
                 self._wanting += 1
                 self._kick_maintainer()  # not _notify(): waiters must not wake each other
                 try:
@@ -850,6 +857,7 @@ class WorkerPool:
             reclaimed=self._reclaimed,
             retried=self._retried,
             boots=self._boots,
+            worker_waits=self._worker_waits,
         )
 
     def statistics_dict(self) -> dict[str, Any]:

@@ -69,7 +69,20 @@ async def test_spares_boot_ahead_and_a_steady_stream_never_waits_for_boot(
     stats = h.pool.statistics()
     assert stats.served == 5
     assert stats.idle == 2
+    assert stats.worker_waits == 0
     assert [wid for _, wid in h.events("turn")] == [1] * 5
+
+
+async def test_a_checkout_that_waits_for_a_boot_is_counted_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, Harness(PoolConfig(workers=2, spares=0)))
+    t0 = trio.current_time()
+    await h.turn()  # no spare: waits for the first boot
+    assert trio.current_time() - t0 == pytest.approx(1.5)
+    assert h.pool.statistics().worker_waits == 1
+    await h.turn()  # the released worker: no wait
+    assert h.pool.statistics().worker_waits == 1
 
 
 async def test_fifo_queue_and_429_when_full(

@@ -105,6 +105,10 @@ class PoolCollector(Collector):
             key: CounterMetricFamily(f"clibridge_pool_{key}", text, labels=["backend"])
             for key, text in (
                 ("boots", "Workers that booted"),
+                (
+                    "worker_waits",
+                    "Checkouts that found no worker to take and waited for a boot or a release",
+                ),
                 ("crashes", "Workers that died while serving or idle"),
                 ("boot_failures", "Workers that failed to boot"),
                 ("timeouts", "Turns stopped by turn_timeout / stream_idle_timeout"),
