@@ -6,9 +6,10 @@ A :class:`KeyRing` holds the keys of :mod:`clibridge._keys` in memory, so admiss
 never touches the disk: :meth:`KeyRing.authenticate` is a dict lookup by the key's
 SHA-256 digest. Its :meth:`KeyRing.run` task syncs with the file every ``poll_interval``
 in a worker thread: it writes the tokens counted since the last sync and, when
-``PRAGMA data_version`` says another connection (``clibridge keys add`` / ``revoke``,
-another server) committed, reloads the keys and today's token counts. A revoked key is
-refused from the next sync on (half a second by default), without a restart.
+``PRAGMA data_version`` says another connection (``clibridge keys add`` / ``set`` /
+``revoke``, another server) committed, reloads the keys and today's token counts. A revoked
+key is refused, and a key's changed quotas apply, from the next sync on (half a second by
+default), without a restart.
 
 Quotas, all per key and all decided synchronously (no checkpoint between the check and
 the count, so concurrent requests cannot both take the last unit):
@@ -233,10 +234,14 @@ class KeyRing:
             raise
         self._version = version
         if records is not None and tokens is not None:
-            changed = {r.name for r in records} != {r.name for r in self._keys.values()}
+            before = {r.name: r for r in self._keys.values()}
             self._keys = {record.digest: record for record in records}
-            if changed:
+            if {r.name for r in records} != before.keys():
                 log.info("named keys now: %s", ", ".join(self.names()) or "none")
+            for record in records:
+                old = before.get(record.name)
+                if old is not None and old.digest == record.digest and old != record:
+                    log.info("key %r now has %s", record.name, record.quotas)
             if day == self._day:
                 # counted meanwhile (not in the file yet) on top of the file's count
                 fresh: dict[str, int] = collections.defaultdict(int, tokens)
