@@ -17,7 +17,8 @@ count.
 
 This module is synchronous file IO, used by the ``keys`` command and, from a worker
 thread, by the server's :class:`~clibridge._http._keyring.KeyRing`, which notices changes
-through ``PRAGMA data_version`` (it moves when *another* connection commits) and reloads.
+by the file's stat, then ``PRAGMA data_version`` (it moves when *another* connection
+commits), and reloads.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -255,6 +256,44 @@ async def test_ring_follows_the_file(tmp_path: Path) -> None:
         finally:
             store.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_ring_opens_the_file_only_when_it_changed(tmp_path: Path) -> None:
+    """The ring's look is a stat: an unchanged file (and no tokens to write) is not opened;
+    a change made meanwhile is still seen at the next look."""
+    ring, key = _ring_with(tmp_path, "a", Quotas())
+    path = keys_path(tmp_path)
+
+    def age_the_file() -> None:  # older than the racy window: its stamp can be trusted
+        old = path.stat().st_mtime - 10
+        os.utime(path, (old, old))
+
+    async with trio.open_nursery() as nursery:
+        age_the_file()
+        await nursery.start(ring.run)
+        assert ring.authenticate(key) is not None and ring.syncs == 1  # the load
+        await trio.sleep(0.3)  # ~15 looks at poll_interval 0.02
+        assert ring.syncs == 1  # nothing changed: not opened
+        store = KeyStore.open(tmp_path)
+        try:
+            store.set_quotas("a", {"rpm": 4})
+        finally:
+            store.close()
+        with trio.fail_after(5):
+            while (found := ring.authenticate(key)) is None or found.quotas.rpm != 4:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        ring.count_tokens("a", 5)  # tokens to write: synced although the file is unchanged
+        age_the_file()
+        syncs = ring.syncs
+        with trio.fail_after(5):
+            while ring.syncs == syncs:  # noqa: ASYNC110 - the ring has no event for it
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    store = KeyStore.open(tmp_path)
+    try:
+        assert store.tokens_on(today()) == {"a": 5}
+    finally:
+        store.close()
 
 
 def test_named_keys_allow_a_server_off_loopback(
