@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 class WorkerBase:
     """The :class:`~clibridge._worker.Worker` fields every driver keeps."""
 
-    #: how logs and errors name a worker of this driver ("claude worker 3")
-    label: ClassVar[str] = "worker"
-
     def __init__(self, id: int, pool: PoolConfig) -> None:
         self.id = id
         #: None until bound (a multiplexed worker is never bound)
@@ -64,6 +61,8 @@ class WorkerBase:
 class OneConversationWorker(WorkerBase, abc.ABC):
     """A worker whose process holds one conversation at a time (module doc)."""
 
+    #: how logs and errors name a worker of this driver ("claude worker 3")
+    label: ClassVar[str] = "worker"
     #: one conversation per process, continued across turns
     continues_finished_turns = True
 

@@ -122,7 +122,6 @@ class _Paused:
 class CodexWorker(WorkerBase):
     """A ``codex app-server`` worker implementing :class:`clibridge._worker.Worker`."""
 
-    label = "codex worker"
     #: every finished turn ends its (ephemeral) thread; threads are per request
     continues_finished_turns = False
 
