@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_keys_parser(sub: Any) -> None:
     keys = sub.add_parser(
         "keys",
-        help="named API keys with quotas: add, list, revoke (a running server follows at once)",
+        help="named API keys with quotas: add, list, set, revoke (a running server follows "
+        "at once)",
         description="Named API keys, stored hashed in the state dir (keys.sqlite3). A key is "
         "shown once, when it is made. Once any named key exists, every request needs a key "
         "(a named one or the --auth-token).",
@@ -263,16 +264,23 @@ def _add_keys_parser(sub: Any) -> None:
     keys_sub.required = True
     add = keys_sub.add_parser("add", help="make a key and print it (once)")
     add.add_argument("name", help="the key's name (letters, digits, '.', '_', '-')")
-    for flag, text in (
-        ("--concurrency", "requests in flight at once"),
-        ("--rpm", "requests per minute (sliding window)"),
-        ("--daily-tokens", "tokens (input, cache and output) per UTC day"),
-    ):
+    for flag, text in _QUOTA_FLAGS:
         add.add_argument(flag, type=int, metavar="N", help=f"quota: {text} [default: unlimited]")
     add.add_argument(
         "--admin", action="store_true", help="an admin key: /metrics and every key's usage"
     )
     keys_sub.add_parser("list", help="the keys, their quotas and today's tokens")
+    change = keys_sub.add_parser(
+        "set",
+        help="change a key's quotas (the key stays the same; a running server follows)",
+        description="Change the quotas of the key NAME. A quota not named stays as it is; "
+        "'none' makes it unlimited.",
+    )
+    change.add_argument("name")
+    for flag, text in _QUOTA_FLAGS:
+        change.add_argument(
+            flag, type=_quota_value, metavar="N|none", help=f"quota: {text} ('none': unlimited)"
+        )
     revoke = keys_sub.add_parser("revoke", help="delete a key (a running server refuses it)")
     revoke.add_argument("name")
     for p in (keys, *keys_sub.choices.values()):
@@ -283,6 +291,44 @@ def _add_keys_parser(sub: Any) -> None:
             metavar="PATH",
             help="clibridge's state dir: use the same as `serve` (env CLIBRIDGE_STATE_DIR)",
         )
+
+
+#: the quota flags of ``keys add`` and ``keys set``: (flag, what it limits)
+_QUOTA_FLAGS = (
+    ("--concurrency", "requests in flight at once"),
+    ("--rpm", "requests per minute (sliding window)"),
+    ("--daily-tokens", "tokens (input, cache and output) per UTC day"),
+)
+
+
+class _Unlimited:
+    """``keys set --rpm none``: take the quota away (distinct from a flag not given)."""
+
+
+_UNLIMITED = _Unlimited()
+
+
+def _quota_value(text: str) -> int | _Unlimited:
+    if text.strip().lower() == "none":
+        return _UNLIMITED
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'none': {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value} ('none': unlimited)")
+    return value
+
+
+def _quota_changes(args: argparse.Namespace) -> dict[str, int | None]:
+    """The quotas ``keys set`` names, by field (None: unlimited); the others are absent."""
+    changes: dict[str, int | None] = {}
+    for flag, _ in _QUOTA_FLAGS:
+        field = flag.removeprefix("--").replace("-", "_")
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = None if isinstance(value, _Unlimited) else value
+    return changes
 
 
 def _keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -303,6 +349,23 @@ def _keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     file=sys.stderr,
                 )
                 print(key)
+            elif args.keys_command == "set":
+                changes = _quota_changes(args)
+                if not changes:
+                    raise KeysError(
+                        "name a quota to change: --concurrency, --rpm or --daily-tokens "
+                        "(N, or 'none' for unlimited)"
+                    )
+                quotas = store.set_quotas(args.name, changes)
+                now = ", ".join(
+                    f"{what} {'unlimited' if value is None else value}"
+                    for what, value in (
+                        ("concurrency", quotas.concurrency),
+                        ("rpm", quotas.rpm),
+                        ("daily tokens", quotas.daily_tokens),
+                    )
+                )
+                print(f"clibridge: key {args.name!r} now: {now}", file=sys.stderr)
             elif args.keys_command == "revoke":
                 store.revoke(args.name)
                 print(f"clibridge: revoked key {args.name!r}", file=sys.stderr)

@@ -168,6 +168,18 @@ class Usage:
     def total_tokens(self) -> int:
         return self.total_input_tokens + self.output_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        """Both counts together (a turn of several model calls, a turn run again)."""
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
+            cache_creation_input_tokens=(
+                self.cache_creation_input_tokens + other.cache_creation_input_tokens
+            ),
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+        )
+
 
 @attrs.frozen
 class Route:

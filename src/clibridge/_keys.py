@@ -10,13 +10,15 @@ look a presented key up by its digest. The digest comparison is constant-time al
 (:func:`hmac.compare_digest`).
 
 Each key has optional quotas -- concurrent requests, requests per minute, tokens per UTC
-day -- and may be an *admin* key (``/metrics``, everyone's usage). ``keys revoke`` deletes
-the row; the key's token counts stay (``daily_usage``) so re-adding the name does not
-reset today's count.
+day -- and may be an *admin* key (``/metrics``, everyone's usage). ``keys set`` changes
+a key's quotas in place (the key stays the same). ``keys revoke`` deletes the row; the
+key's token counts stay (``daily_usage``) so re-adding the name does not reset today's
+count.
 
 This module is synchronous file IO, used by the ``keys`` command and, from a worker
 thread, by the server's :class:`~clibridge._http._keyring.KeyRing`, which notices changes
-through ``PRAGMA data_version`` (it moves when *another* connection commits) and reloads.
+by the file's stat, then ``PRAGMA data_version`` (it moves when *another* connection
+commits), and reloads.
 """
 
 from __future__ import annotations
@@ -198,6 +200,22 @@ class KeyStore:
                 ),
             )
         return key
+
+    def set_quotas(self, name: str, changes: Mapping[str, int | None]) -> Quotas:
+        """Change some of ``name``'s quotas (by field name; None: unlimited), keep the
+        others; returns the key's quotas now."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT concurrency, rpm, daily_tokens FROM keys WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise KeysError(f"no key named {name!r} (see clibridge keys list)")
+            quotas = attrs.evolve(Quotas(*row), **changes)
+            db.execute(
+                "UPDATE keys SET concurrency = ?, rpm = ?, daily_tokens = ? WHERE name = ?",
+                (quotas.concurrency, quotas.rpm, quotas.daily_tokens, name),
+            )
+        return quotas
 
     def revoke(self, name: str) -> None:
         with self._transaction() as db:

@@ -41,6 +41,7 @@ from clibridge._supervisor import FAKE_CLAUDE_COMMAND, FAKE_CODEX_COMMAND, Backe
 from clibridge.testing.model_stub import STUB_API_KEY, ModelStub
 from clibridge.testing.realcli import CODEX_KEY_ENV, CodexSetup
 from tests._procs import alive, children_of, cmdline, pgid_of, read_record
+from tests._raw_http import open_raw_stream
 
 Backend = Literal["claude", "codex"]
 
@@ -399,14 +400,7 @@ async def open_raw(
     server: E2EServer, body: dict[str, Any], path: str = "/v1/chat/completions"
 ) -> trio.SocketStream:
     """POST a streaming chat request on a bare TCP stream (the test hangs up when it wants)."""
-    host, port = server.base_url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    raw = json.dumps(body).encode()
-    await stream.send_all(
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(raw)}\r\n\r\n".encode()
-        + raw
-    )
+    stream, _ = await open_raw_stream(server.base_url, path, body, read_head=False)
     return stream
 
 

@@ -188,7 +188,8 @@ async def test_daily_tokens_count_and_survive_a_restart(tmp_path: Path) -> None:
 async def test_keys_command_against_a_running_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``clibridge keys add`` / ``revoke`` take effect on a running server (no restart)."""
+    """``clibridge keys add`` / ``set`` / ``revoke`` take effect on a running server (no
+    restart)."""
     env = {"CLIBRIDGE_STATE_DIR": str(tmp_path / "state")}
     headers = admin_headers(tmp_path)
     async with open_e2e_server(tmp_path) as server:
@@ -204,6 +205,16 @@ async def test_keys_command_against_a_running_server(
                         break
                     except openai.AuthenticationError:
                         await trio.sleep(0.05)
+            assert main(["keys", "set", "late", "--rpm", "1"], environ=env) == 0
+            with trio.fail_after(10):
+                while True:  # the same key, now held to one request a minute
+                    try:
+                        await oai.chat.completions.create(model=MODEL, messages=messages)
+                    except openai.RateLimitError as exc:
+                        limited = exc
+                        break
+                    await trio.sleep(0.05)
+            assert "rpm quota is 1" in str(limited)
             assert main(["keys", "revoke", "late"], environ=env) == 0
             with trio.fail_after(10):
                 while True:
@@ -212,6 +223,8 @@ async def test_keys_command_against_a_running_server(
                     except openai.AuthenticationError as exc:
                         refused = exc
                         break
+                    except openai.RateLimitError:
+                        pass  # still the key's rpm quota, until the revoke is seen
                     await trio.sleep(0.05)
         assert "wrong API key" in str(refused)
         await server.assert_clean()

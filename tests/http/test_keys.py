@@ -99,6 +99,32 @@ async def test_revoke_takes_effect_without_a_restart(tmp_path: Path) -> None:
         assert assert_error_shape("anthropic_messages", r.json())["type"] == "authentication_error"
 
 
+async def test_set_quotas_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    """``clibridge keys set`` on a running server: the same key, the new quota."""
+    key = _add(tmp_path, "capped", Quotas(rpm=1))
+    async with (
+        keyed_server(tmp_path) as server,
+        httpx.AsyncClient(base_url=server.base_url, headers=bearer(key)) as client,
+    ):
+        body = body_for("openai_chat")
+        assert (await client.post(PATHS["openai_chat"], json=body)).status_code == 200
+        assert (await client.post(PATHS["openai_chat"], json=body)).status_code == 429
+        store = KeyStore.open(tmp_path)
+        try:
+            store.set_quotas("capped", {"rpm": None})
+        finally:
+            store.close()
+        with trio.fail_after(10):
+            while True:
+                r = await client.post(PATHS["openai_chat"], json=body)
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 429
+                await trio.sleep(0.02)
+        for _ in range(3):  # unlimited now
+            assert (await client.post(PATHS["openai_chat"], json=body)).status_code == 200
+
+
 async def test_auth_failures_are_logged_without_the_secret(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,4 +1,5 @@
-"""GET /metrics: Prometheus text that parses, counters that move, bounded labels, auth."""
+"""GET /metrics: Prometheus text that parses, counters that move, bounded labels, auth
+(and the admin rule /v1/stats shares with it)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,30 @@ async def test_metrics_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None
     assert value(text, "clibridge_rate_limited_total", cause="key_quota") == 1
     assert value(text, "clibridge_requests_total", status="429") == 1
     assert "s3cret" not in text and user not in text
+
+
+async def test_stats_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None:
+    """/v1/stats shows worker pids and accounts: like /metrics, the operator's only."""
+    store = KeyStore.open(tmp_path)
+    try:
+        user = store.add("user", Quotas())
+        admin = store.add("ops", Quotas(), admin=True)
+    finally:
+        store.close()
+    async with (
+        open_server(keys=KeyRing(tmp_path), auth_token="s3cret") as server,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        assert (await client.get("/v1/stats")).status_code == 401
+        r = await client.get("/v1/stats", headers={"Authorization": f"Bearer {user}"})
+        assert r.status_code == 403
+        error = assert_error_shape("openai_chat", r.json())
+        assert "GET /v1/stats needs an admin key" in error["message"]
+        assert "service" not in r.text
+        for headers in ({"Authorization": "Bearer s3cret"}, {"x-api-key": admin}):
+            r = await client.get("/v1/stats", headers=headers)
+            assert r.status_code == 200, r.text
+            assert "service" in r.json() and "http" in r.json()
 
 
 async def test_metrics_can_be_turned_off() -> None:

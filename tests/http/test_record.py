@@ -20,9 +20,10 @@ from clibridge._events import (
     Usage,
 )
 from clibridge._http._record import RequestRecord, error_type_of
+from tests._raw_http import open_raw_stream
 
 from .conftest import MODEL, USAGE, RunningServer, Script, Sleep, open_server
-from .helpers import DIALECTS, PATHS, body_for, open_raw_stream
+from .helpers import DIALECTS, PATHS, body_for
 
 #: how long a test waits for a record that must come
 _WAIT = 5.0

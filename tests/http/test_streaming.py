@@ -23,9 +23,10 @@ from clibridge._events import (
 from clibridge._http._turns import Item, sse_body
 from clibridge._wire import openai_chat
 from tests._aio import agen
+from tests._raw_http import open_raw_stream
 
 from .conftest import MODEL, USAGE, RunningServer, Script, Sleep, open_server
-from .helpers import DIALECTS, PATHS, body_for, open_raw_stream, parse_sse, streamed_text
+from .helpers import DIALECTS, PATHS, body_for, parse_sse, streamed_text
 
 
 async def test_each_dialect_streams_and_not(server: RunningServer) -> None:

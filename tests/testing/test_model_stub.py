@@ -11,7 +11,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -451,9 +451,12 @@ async def test_openai_sdk_responses_stream_and_create(model_stub: ModelStub) -> 
 # --------------------------------------------------------------------- standalone
 
 
-async def test_standalone_module_serves_and_stops_on_sigterm() -> None:
+@asynccontextmanager
+async def standalone_stub(*args: str) -> AsyncIterator[str]:
+    """``python -m clibridge.testing.model_stub ARGS``: its base URL (the line it prints);
+    on the way out it must stop on SIGTERM with exit code 0."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "clibridge.testing.model_stub", "--default", '{"text": "bench"}'],
+        [sys.executable, "-m", "clibridge.testing.model_stub", *args],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
@@ -463,10 +466,7 @@ async def test_standalone_module_serves_and_stops_on_sigterm() -> None:
             line = b""
             while not line.endswith(b"\n"):
                 line += await process.stdout.receive_some(1)
-        base_url = line.decode().split()[-1]
-        async with httpx.AsyncClient(base_url=base_url) as http:
-            response = await http.post(RESPONSES, json=responses_body("x", stream=False))
-        assert response.json()["output"][0]["content"][0]["text"] == "bench"
+        yield line.decode().split()[-1]
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await process.wait() == 0
@@ -474,6 +474,15 @@ async def test_standalone_module_serves_and_stops_on_sigterm() -> None:
         process.kill()
         await process.wait()
         await process.stdout.aclose()  # type: ignore[union-attr]
+
+
+async def test_standalone_module_serves_and_stops_on_sigterm() -> None:
+    async with (
+        standalone_stub("--default", '{"text": "bench"}') as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        response = await http.post(RESPONSES, json=responses_body("x", stream=False))
+        assert response.json()["output"][0]["content"][0]["text"] == "bench"
 
 
 async def test_record_file_gets_every_request_without_headers(tmp_path: Path) -> None:
@@ -501,33 +510,17 @@ async def test_record_file_gets_every_request_without_headers(tmp_path: Path) ->
 async def test_standalone_module_records_with_record_flag(tmp_path: Path) -> None:
     record = tmp_path / "rec" / "requests.jsonl"
     record.parent.mkdir()
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "clibridge.testing.model_stub", "--record", str(record)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
-    try:
-        assert process.stdout is not None
-        with trio.fail_after(20):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-        base_url = line.decode().split()[-1]
-        async with httpx.AsyncClient(base_url=base_url) as http:
-            for text in ("one", "two"):
-                response = await http.post(
-                    RESPONSES,
-                    json=responses_body(text, stream=False),
-                    headers={"authorization": "Bearer sk-stub-secret"},
-                )
-                assert response.status_code == 200
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-    finally:
-        process.kill()
-        await process.wait()
-        await process.stdout.aclose()  # type: ignore[union-attr]
+    async with (
+        standalone_stub("--record", str(record)) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        for text in ("one", "two"):
+            response = await http.post(
+                RESPONSES,
+                json=responses_body(text, stream=False),
+                headers={"authorization": "Bearer sk-stub-secret"},
+            )
+            assert response.status_code == 200
     entries = [json.loads(line) for line in record.read_text().splitlines()]
     assert [e["path"] for e in entries] == [RESPONSES, RESPONSES]
     assert [e["body"]["input"][0]["content"][0]["text"] for e in entries] == ["one", "two"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -72,6 +73,58 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "alice" not in out and "ops" in out
     code, _, err = _cli(capsys, "keys", "revoke", "alice", "--state-dir", home)
     assert code == 1 and "no key named 'alice'" in err
+
+
+def test_cli_set_changes_quotas_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = str(tmp_path / "state")
+    code, key, err = _cli(capsys, "keys", "add", "ci", "--rpm", "30", "--daily-tokens", "1000",
+                          "--state-dir", home)  # fmt: skip
+    assert code == 0, err
+    code, _, err = _cli(capsys, "keys", "set", "ci", "--concurrency", "2", "--rpm", "none",
+                        "--state-dir", home)  # fmt: skip
+    assert code == 0, err
+    assert "key 'ci' now: concurrency 2, rpm unlimited, daily tokens 1000" in err
+    store = KeyStore.open(Path(home))
+    try:
+        (record,) = store.records()
+    finally:
+        store.close()
+    # the same key, only its quotas changed (the one not named kept)
+    assert record.quotas == Quotas(concurrency=2, rpm=None, daily_tokens=1000)
+    assert record.digest == hashlib.sha256(key.strip().encode()).digest()
+    code, _, err = _cli(capsys, "keys", "set", "ci", "--daily-tokens", "None", "--state-dir", home)
+    assert code == 0 and "daily tokens unlimited" in err and "concurrency 2" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["set", "ci"], 1, "name a quota to change"),
+        (["set", "nobody", "--rpm", "3"], 1, "no key named 'nobody'"),
+        (["set", "ci", "--rpm", "0"], 2, "at least 1, not 0 ('none': unlimited)"),
+        (["set", "ci", "--concurrency", "lots"], 2, "not a number or 'none'"),
+    ],
+)
+def test_cli_set_refuses_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert _cli(capsys, "keys", "add", "ci", "--rpm", "5", "--state-dir", str(tmp_path))[0] == 0
+    if code == 2:  # argparse refuses the value itself
+        with pytest.raises(SystemExit) as exited:
+            _cli(capsys, "keys", *argv, "--state-dir", str(tmp_path))
+        assert exited.value.code == 2
+        out, err = capsys.readouterr()
+    else:
+        got, out, err = _cli(capsys, "keys", *argv, "--state-dir", str(tmp_path))
+        assert got == code
+    assert message in err and out == ""
+    store = KeyStore.open(tmp_path)
+    try:
+        assert [r.quotas for r in store.records()] == [Quotas(rpm=5)]  # unchanged
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -191,6 +244,10 @@ async def test_ring_follows_the_file(tmp_path: Path) -> None:
                 while ring.authenticate(key) is None:  # noqa: ASYNC110
                     await trio.sleep(0.01)
             assert ring.active
+            store.set_quotas("late", {"rpm": 7})
+            with trio.fail_after(5):
+                while (found := ring.authenticate(key)) is None or found.quotas.rpm != 7:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             store.revoke("late")
             with trio.fail_after(5):
                 while ring.authenticate(key) is not None:  # noqa: ASYNC110
@@ -199,6 +256,44 @@ async def test_ring_follows_the_file(tmp_path: Path) -> None:
         finally:
             store.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_ring_opens_the_file_only_when_it_changed(tmp_path: Path) -> None:
+    """The ring's look is a stat: an unchanged file (and no tokens to write) is not opened;
+    a change made meanwhile is still seen at the next look."""
+    ring, key = _ring_with(tmp_path, "a", Quotas())
+    path = keys_path(tmp_path)
+
+    def age_the_file() -> None:  # older than the racy window: its stamp can be trusted
+        old = path.stat().st_mtime - 10
+        os.utime(path, (old, old))
+
+    async with trio.open_nursery() as nursery:
+        age_the_file()
+        await nursery.start(ring.run)
+        assert ring.authenticate(key) is not None and ring.syncs == 1  # the load
+        await trio.sleep(0.3)  # ~15 looks at poll_interval 0.02
+        assert ring.syncs == 1  # nothing changed: not opened
+        store = KeyStore.open(tmp_path)
+        try:
+            store.set_quotas("a", {"rpm": 4})
+        finally:
+            store.close()
+        with trio.fail_after(5):
+            while (found := ring.authenticate(key)) is None or found.quotas.rpm != 4:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        ring.count_tokens("a", 5)  # tokens to write: synced although the file is unchanged
+        age_the_file()
+        syncs = ring.syncs
+        with trio.fail_after(5):
+            while ring.syncs == syncs:  # noqa: ASYNC110 - the ring has no event for it
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    store = KeyStore.open(tmp_path)
+    try:
+        assert store.tokens_on(today()) == {"a": 5}
+    finally:
+        store.close()
 
 
 def test_named_keys_allow_a_server_off_loopback(

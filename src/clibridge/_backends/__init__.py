@@ -16,9 +16,10 @@ Each backend is a package with the same module names where the concept exists::
         worker.py      the pool's worker (IO: spawn, handshake, pumping, teardown) and
                        its pool factory
 
-Shared by the packages: :mod:`._host` (hosting a child process), :mod:`._lines` (the line
-buffer under the parsers), :mod:`._tools` (client tool checks) and :mod:`._env` (the child
-environment's allow-list).
+Shared by the packages: :mod:`._host` (hosting a child process), :mod:`._session` (the
+line transport to a CLI), :mod:`._worker_base` (the worker fields, and the background reset
+of a one-conversation worker), :mod:`._lines` (the line buffer under the parsers),
+:mod:`._tools` (client tool checks) and :mod:`._env` (the child environment's allow-list).
 
 The rest of clibridge knows a backend only through its :class:`Backend` in
 :data:`BACKENDS` (looked up with :func:`backend`): the supervisor picks, starts and routes

@@ -4,11 +4,19 @@ Theory of operation
 -------------------
 A :class:`KeyRing` holds the keys of :mod:`clibridge._keys` in memory, so admission
 never touches the disk: :meth:`KeyRing.authenticate` is a dict lookup by the key's
-SHA-256 digest. Its :meth:`KeyRing.run` task syncs with the file every ``poll_interval``
-in a worker thread: it writes the tokens counted since the last sync and, when
-``PRAGMA data_version`` says another connection (``clibridge keys add`` / ``revoke``,
-another server) committed, reloads the keys and today's token counts. A revoked key is
-refused from the next sync on (half a second by default), without a restart.
+SHA-256 digest. Its :meth:`KeyRing.run` task looks at the file every ``poll_interval``:
+a ``stat`` (inode, size, modification time) that has not moved since the last sync, with no
+tokens to write, ends the look there. Otherwise it syncs in a worker thread: it writes the
+tokens counted since the last sync and, when ``PRAGMA data_version`` says another
+connection (``clibridge keys add`` / ``set`` / ``revoke``, another server) committed,
+reloads the keys and today's token counts. A revoked key is refused, and a key's changed
+quotas apply, from the next sync on (half a second by default), without a restart.
+
+Why the stat can be trusted: SQLite (rollback journal, the default this file keeps) writes
+the database file itself on every commit, so its size or modification time moves -- except
+for two commits within one tick of the file system's clock. A file modified less than
+:data:`_RACY` seconds ago is therefore always synced (git's "racy clean" rule), and the
+stat is taken *before* the sync, so a commit during the sync is seen at the next look.
 
 Quotas, all per key and all decided synchronously (no checkpoint between the check and
 the count, so concurrent requests cannot both take the last unit):
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,6 +62,23 @@ log = logging.getLogger("clibridge.http")
 
 #: the RPM window (seconds)
 _WINDOW = 60.0
+#: a keys file modified this recently is synced even when its stat looks unchanged
+_RACY = 1.0
+
+#: (inode, size, modification time in ns): what a look at the keys file compares
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path, *, now: float | None = None) -> FileStamp | None:
+    """The file's stamp, or None when it cannot be trusted to show the next change (no
+    file, or modified within :data:`_RACY` seconds)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if (time.time() if now is None else now) - st.st_mtime < _RACY:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @attrs.define(eq=False)
@@ -93,6 +120,10 @@ class KeyRing:
         #: tokens not written yet, by (day, key name)
         self._pending: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._reload_now = False
+        #: the keys file's stamp before the last sync (None: sync at the next look)
+        self._stamp: FileStamp | None = None
+        #: syncs with the file (worker-thread hops); tests and statistics read it
+        self.syncs = 0
 
     @property
     def active(self) -> bool:
@@ -200,7 +231,7 @@ class KeyRing:
             while True:
                 await trio.sleep(self._poll_interval)
                 try:
-                    await self.sync()
+                    await self.look()
                 except Exception as exc:  # a locked or broken file: keep the last keys
                     log.warning("cannot read the keys file %s: %s", self._store.path, exc)
         finally:
@@ -213,12 +244,28 @@ class KeyRing:
                 store, self._store = self._store, None
                 await trio.to_thread.run_sync(store.close)
 
+    async def look(self) -> None:
+        """Sync unless there is nothing to write and the file's stamp has not moved."""
+        store = self._store
+        if store is None:
+            return
+        self._roll_day()
+        if (
+            not self._pending
+            and not self._reload_now
+            and self._stamp is not None
+            and file_stamp(store.path) == self._stamp
+        ):
+            return
+        await self.sync()
+
     async def sync(self) -> None:
         """Write the counted tokens; reload keys and counts if the file changed."""
         store = self._store
         if store is None:
             return
         self._roll_day()
+        stamp = file_stamp(store.path)
         pending, self._pending = self._pending, collections.defaultdict(int)
         day, force = self._day, self._reload_now
         self._reload_now = False
@@ -230,13 +277,20 @@ class KeyRing:
             for where, n in pending.items():
                 self._pending[where] += n
             self._reload_now = self._reload_now or force
+            self._stamp = None
             raise
+        self.syncs += 1
+        self._stamp = stamp
         self._version = version
         if records is not None and tokens is not None:
-            changed = {r.name for r in records} != {r.name for r in self._keys.values()}
+            before = {r.name: r for r in self._keys.values()}
             self._keys = {record.digest: record for record in records}
-            if changed:
+            if {r.name for r in records} != before.keys():
                 log.info("named keys now: %s", ", ".join(self.names()) or "none")
+            for record in records:
+                old = before.get(record.name)
+                if old is not None and old.digest == record.digest and old != record:
+                    log.info("key %r now has %s", record.name, record.quotas)
             if day == self._day:
                 # counted meanwhile (not in the file yet) on top of the file's count
                 fresh: dict[str, int] = collections.defaultdict(int, tokens)

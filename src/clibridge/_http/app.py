@@ -13,7 +13,7 @@ Routes::
     POST /v1/messages                Anthropic Messages
     POST /v1/messages/count_tokens   Anthropic token count (an estimate: ~4 chars a token)
     GET  /v1/models, /v1/models/<id> one shape both the OpenAI and Anthropic SDKs read
-    GET  /v1/stats                   the service's statistics
+    GET  /v1/stats                   the service's statistics (an admin key when auth is on)
     GET  /v1/usage                   token usage from the request ledger (a key sees its own)
     GET  /dashboard[/state|/requests/<id>]  the operator's live page (:mod:`.dashboard`)
     GET  /metrics                    Prometheus metrics (an admin key when auth is on)
@@ -611,6 +611,12 @@ def create_app(
 
     @app.get("/v1/stats")
     async def stats() -> Response:
+        # worker pids, accounts and subscription windows: the operator's, not every key's
+        if not g.clibridge_admin:
+            raise Forbidden(
+                "GET /v1/stats needs an admin key (clibridge keys add NAME --admin) or the "
+                "auth token"
+            )
         return json_response(
             {
                 "service": dict(service.statistics()),

@@ -289,7 +289,7 @@ class TurnTranslator:
         elif kind == "message_stop":
             self._in_message = False
             self._blocks.clear()
-            self._usage_since = _add_usage(self._usage_since, self._msg_usage)
+            self._usage_since = self._usage_since + self._msg_usage
             self._msg_usage = Usage()
             if (
                 self._pause_on_tool_use
@@ -424,14 +424,6 @@ class TurnTranslator:
         )
 
 
-def _add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
-        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
-        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
-    )
 
 
 def _tool_name(block: Mapping[str, Any]) -> str:

@@ -101,6 +101,7 @@ from ..._worker import Binding, WorkerUnusable
 from .. import claude
 from .._env import with_fake_knobs
 from .._session import CliSession
+from .._worker_base import OneConversationWorker
 from . import (
     ALIASES,
     ControlRequest,
@@ -165,11 +166,10 @@ def _listed_tools(status: Mapping[str, Any] | None) -> list[str] | None:
     return None
 
 
-class ClaudeWorker:
+class ClaudeWorker(OneConversationWorker):
     """A claude stream-json worker implementing :class:`clibridge._worker.Worker`."""
 
-    #: one conversation per process, continued across turns
-    continues_finished_turns = True
+    label = "claude worker"
 
     def __init__(
         self,
@@ -185,16 +185,10 @@ class ClaudeWorker:
         """``launch`` is a ready :class:`ChildSpec` (argv, env, cwd), or a
         :class:`SpawnHome` from which the argv is built with ``model`` (optional: without it
         the first bind sets the model)."""
-        self.id = id
-        self.binding: Binding | None = None
-        self.turns = 0
-        self.started_at = 0.0
-        self.healthy = True
-        self.pid: int | None = None
+        super().__init__(id, pool)
         #: the pool's meter of the subscription windows (rate_limit_event lines)
         self.usage: UsageMeter | None = None
         self._config = config
-        self._pool = pool
         self._spawn_model = spawn_model
         if isinstance(launch, SpawnHome):
             argv = claude.build_argv(
@@ -221,11 +215,6 @@ class ClaudeWorker:
         self._exited = self._session.exited
         self._exchange: trio.MemorySendChannel[Record] | None = None
         self._ids = itertools.count(1)
-        self._busy = False
-        self._dirty = False  # the conversation holds a turn: /clear before reuse
-        #: set when the background /clear started by reset_soon has ended
-        self._reset: trio.Event | None = None
-        self._nursery: trio.Nursery | None = None
         #: the argv hosts the SDK MCP server: initialize must name it
         self._sdk_mcp = "--mcp-config" in launch.argv
         #: the tools the SDK MCP server lists (the binding's, once published)
@@ -251,10 +240,6 @@ class ClaudeWorker:
         """True when the turn waits for exactly these tool calls (the CLI's ids)."""
         wanted = set(call_ids)
         return self._paused is not None and bool(wanted) and set(self._paused.calls) == wanted
-
-    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
-        """False: the CLI's one conversation waits in the process; retiring it ends it."""
-        return False
 
     def __repr__(self) -> str:
         return f"<ClaudeWorker {self.id} pid={self.pid} healthy={self.healthy}>"
@@ -345,9 +330,6 @@ class ClaudeWorker:
         if self._exchange is not None:
             self._exchange.close()
 
-    def _unhealthy(self) -> None:
-        self.healthy = False
-
     # ------------------------------------------------------------------ plumbing
 
     def _next_id(self, kind: str) -> str:
@@ -359,45 +341,14 @@ class ClaudeWorker:
             rid, line, what, within=self._pool.ready_timeout, asked=f"its {what}"
         )
 
-    def _enter(self) -> None:
-        if self._busy:
-            raise RuntimeError(f"claude worker {self.id} is already serving a call")
-        if not self.healthy or self._session.child is None or self._exited.is_set():
-            raise WorkerUnusable(f"claude worker {self.id} is not usable")
-        self._busy = True
+    def _alive(self) -> bool:
+        return self._session.child is not None and not self._exited.is_set()
 
     # ------------------------------------------------------------------ bind
 
-    def reset_soon(self) -> None:
-        """Released idle with a conversation in it: ``/clear`` now, in the background."""
-        if (
-            not self._dirty
-            or self._busy
-            or self._paused is not None
-            or self._nursery is None
-            or not self.healthy
-            or self._exited.is_set()
-        ):
-            return
-        self._reset = trio.Event()
-        self._busy = True  # the /clear is an exchange: no bind or turn meanwhile
-        self._nursery.start_soon(self._reset_in_background, self._reset)
-
-    async def _reset_in_background(self, done: trio.Event) -> None:
-        try:
-            await self._clear()
-        except BridgeError as exc:
-            log.info("claude worker %d: /clear on release failed: %s", self.id, exc.message)
-            self.healthy = False
-        finally:
-            self._busy = False
-            done.set()
-
     async def bind(self, binding: Binding) -> None:
         """Initialize (fresh) or /clear (same setup) and set the model; see module doc."""
-        if self._reset is not None:
-            await self._reset.wait()  # the /clear reset_soon started
-            self._reset = None
+        await self._reset_done()
         if self.binding is not None and not self.binding.same_conversation_setup(binding):
             raise WorkerUnusable(
                 f"claude worker {self.id} is bound to another system prompt or tool set"

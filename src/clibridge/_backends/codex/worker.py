@@ -82,6 +82,7 @@ from ..._worker import Binding, WorkerRetired, WorkerUnusable
 from .. import codex
 from .._env import with_fake_knobs
 from .._session import CliSession
+from .._worker_base import WorkerBase
 from . import (
     GarbageLine,
     Notification,
@@ -118,7 +119,7 @@ class _Paused:
     calls: dict[str, ServerRequest]
 
 
-class CodexWorker:
+class CodexWorker(WorkerBase):
     """A ``codex app-server`` worker implementing :class:`clibridge._worker.Worker`."""
 
     #: every finished turn ends its (ephemeral) thread; threads are per request
@@ -132,14 +133,8 @@ class CodexWorker:
         spec: ChildSpec,
         janitor: Janitor | None = None,
     ) -> None:
-        self.id = id
-        self.binding: Binding | None = None  # multiplexed: never bound
-        self.turns = 0
-        self.started_at = 0.0
-        self.healthy = True
-        self.pid: int | None = None
+        super().__init__(id, pool)  # multiplexed: never bound
         self._config = config
-        self._pool = pool
         self._spec = spec
         self._session: CliSession[_Line, int, Response] = CliSession(
             spec,
@@ -166,7 +161,6 @@ class CodexWorker:
         self.tool_settle = 0.2
         #: thread id -> when it was abandoned
         self._abandoned: dict[str, float] = {}
-        self._nursery: trio.Nursery | None = None
         self._inject_supported = True
         self.active = 0
         #: the pool's meter of the subscription windows (account/rateLimits/*)
@@ -277,9 +271,6 @@ class CodexWorker:
         """The process is gone: every thread's turn sees its channel end (a crash)."""
         for channel in self._threads.values():
             channel.close()
-
-    def _unhealthy(self) -> None:
-        self.healthy = False
 
     # ------------------------------------------------------------------ plumbing
 

@@ -72,16 +72,7 @@ class TranscriptTranslator:
         if isinstance(entry, TurnEnd):
             started = self._start()
             self.done = True
-            usage = Usage()
-            for u in self._usage.values():
-                usage = Usage(
-                    input_tokens=usage.input_tokens + u.input_tokens,
-                    output_tokens=usage.output_tokens + u.output_tokens,
-                    cache_read_input_tokens=usage.cache_read_input_tokens
-                    + u.cache_read_input_tokens,
-                    cache_creation_input_tokens=usage.cache_creation_input_tokens
-                    + u.cache_creation_input_tokens,
-                )
+            usage = sum(self._usage.values(), Usage())
             return [*started, Finished(finish_reason(self._stop_reason), usage)]
         return []
 

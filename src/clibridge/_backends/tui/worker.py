@@ -93,6 +93,7 @@ from ..._process import ChildProcess, ChildSpec, open_child
 from ..._process_groups import signal_group
 from ..._worker import Binding, WorkerUnusable
 from .._env import with_fake_knobs
+from .._worker_base import OneConversationWorker
 from ..claude import ALIASES, RetryPolicy, render_user_content, tools_from_key
 from ..claude.home import prepare_claude_home
 from .argv import build_pane_argv
@@ -155,11 +156,10 @@ class _TurnState:
     calls: int = 0
 
 
-class TuiWorker:
+class TuiWorker(OneConversationWorker):
     """An interactive claude in a tmux pane implementing :class:`clibridge._worker.Worker`."""
 
-    #: one conversation per pane, continued across turns
-    continues_finished_turns = True
+    label = "TUI worker"
 
     def __init__(
         self,
@@ -171,14 +171,8 @@ class TuiWorker:
         *,
         setup: SpawnSetup | None = None,
     ) -> None:
-        self.id = id
-        self.binding: Binding | None = None
-        self.turns = 0
-        self.started_at = 0.0
-        self.healthy = True
-        self.pid: int | None = None
+        super().__init__(id, pool)
         self._config = config
-        self._pool = pool
         self._launch = launch
         self._janitor = janitor
         self._setup = setup or SpawnSetup()
@@ -189,12 +183,8 @@ class TuiWorker:
         self._system = self._setup.system
         self.model = self._setup.model
         self._server: ChildProcess | None = None
-        self._nursery: trio.Nursery | None = None
         self._ended = trio.Event()
         self._respawning = False
-        self._busy = False
-        self._dirty = False
-        self._reset: trio.Event | None = None
         #: wall-clock start of the conversation the pane holds (None: empty)
         self.conversation_started: float | None = None
         self.state = "booting"
@@ -219,9 +209,6 @@ class TuiWorker:
             and bool(wanted)
             and wanted == {c.id for c in self._paused.pending}
         )
-
-    def drop_paused_calls(self, call_ids: Iterable[str]) -> bool:
-        return False
 
     # ------------------------------------------------------------------ life
 
@@ -408,13 +395,6 @@ class TuiWorker:
             detail=(await self._capture_text())[-2000:],
         )
 
-    def _enter(self) -> None:
-        if self._busy:
-            raise RuntimeError(f"TUI worker {self.id} is already serving a call")
-        if not self.healthy or not self._alive():
-            raise WorkerUnusable(f"TUI worker {self.id} is not usable")
-        self._busy = True
-
     def _set_state(self, state: str) -> None:
         self.state = state
         if self._dir is None:
@@ -468,30 +448,6 @@ class TuiWorker:
 
     # ------------------------------------------------------------------ bind / reset
 
-    def reset_soon(self) -> None:
-        """Released idle with a conversation in it: ``/clear`` now, in the background."""
-        if (
-            not self._dirty
-            or self._busy
-            or self._paused is not None
-            or self._nursery is None
-            or not self.healthy
-        ):
-            return
-        self._reset = trio.Event()
-        self._busy = True
-        self._nursery.start_soon(self._reset_in_background, self._reset)
-
-    async def _reset_in_background(self, done: trio.Event) -> None:
-        try:
-            await self._clear()
-        except BridgeError as exc:
-            log.info("TUI worker %d: /clear on release failed: %s", self.id, exc.message)
-            self.healthy = False
-        finally:
-            self._busy = False
-            done.set()
-
     async def _clear(self) -> None:
         """``/clear``: wait for the CLI to start its new session (a new sessionId)."""
         self._set_state("clearing")
@@ -519,9 +475,7 @@ class TuiWorker:
 
     async def bind(self, binding: Binding) -> None:
         """Restart the pane's CLI for another system prompt or model, /clear for the same."""
-        if self._reset is not None:
-            await self._reset.wait()
-            self._reset = None
+        await self._reset_done()
         self._enter()
         try:
             if self._paused is not None:
