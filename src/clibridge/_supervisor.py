@@ -80,7 +80,6 @@ from ._events import (
     TextPart,
     ToolCallStart,
     TurnStarted,
-    Usage,
     collect,
 )
 from ._formats import FormatMismatch, retry_prompt, with_instruction
@@ -218,7 +217,7 @@ class Supervisor:
         if again and isinstance(again[-1], Finished):
             # both turns were paid for
             finish = again[-1]
-            again[-1] = attrs.evolve(finish, usage=_added(finish.usage, completion.finish.usage))
+            again[-1] = attrs.evolve(finish, usage=finish.usage + completion.finish.usage)
         verdict = _judged(request.model, again, fmt)
         if isinstance(verdict, _Mismatch):
             raise OutputInvalid(
@@ -579,16 +578,6 @@ def _with_text(events: Sequence[Event], text: str) -> list[Event]:
             placed = True
         out.append(event)
     return out
-
-
-def _added(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
-        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
-        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
-    )
 
 
 def _not_retried(exc: BridgeError, *, produced: bool) -> BridgeError:
