@@ -1,0 +1,99 @@
+"""The real Aider client (pinned, ``scripts/install-aider.sh``) against clibridge on the fake
+claude.
+
+The whole server runs in-process (:func:`tests.e2e.conftest.open_e2e_server`: real worker
+processes, process-table checks on exit); a recording proxy sits between each Aider and the
+server, so the tests see exactly what Aider sent. Aider runs as a user runs it
+(docs/clients.md, "Aider"): ``aider --message ... --yes-always --no-git ... hello.py`` in a
+project directory, over both of its routes to a custom server (``openai/sonnet`` on Chat
+Completions, ``anthropic/claude-sonnet-4-5`` on Messages), streamed and ``--no-stream``
+(:mod:`tests.aider.cases`). The module runs every case once (:func:`aider_matrix`, 5 Aider runs,
+2 at a time, ~20 s) and the tests assert on the results.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from .cases import CASES, Case, Matrix, run_matrix
+from .harness import EDIT_AFTER, EDIT_BEFORE, EDIT_FILE, ROUTE_PATHS, ROUTES, AiderInstall
+
+pytestmark = [
+    pytest.mark.aider,
+    pytest.mark.slow,
+    # Why: the first test pays for the whole matrix
+    pytest.mark.timeout(360),
+]
+
+
+@pytest.fixture(scope="module")
+def aider_matrix(aider_install: AiderInstall, tmp_path_factory: pytest.TempPathFactory) -> Matrix:
+    """Every case, run once for the module (see the module docstring)."""
+    # Why trio.run in a sync fixture: pytest-trio's async fixtures are per test, and the
+    # matrix is too slow to run per test
+    root = tmp_path_factory.mktemp("aider")
+    matrix = trio.run(run_matrix, aider_install, root)
+    print(f"Aider matrix: {matrix.seconds:.1f} s")  # shown with -rP
+    for name, result in sorted(matrix.results.items()):
+        print(f"  {name}: {result.run.seconds:.1f} s")
+    return matrix
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_aider_turn(aider_matrix: Matrix, case: Case) -> None:
+    """Aider exits 0, prints the model's text, applies the edit block (edit cases), leaves no
+    process behind and contacts nothing but clibridge."""
+    result = aider_matrix.results[case.name]
+    run = result.run
+    assert run.returncode == 0, result.describe()
+    assert run.network == (), result.describe()
+    assert not run.leftovers, result.describe()
+    assert result.case.prose in run.stdout, result.describe()
+    assert "Tokens:" in run.stdout, result.describe()
+    edited = result.project.edit_file.read_text()
+    if result.case.scenario == "edit":
+        assert f"Applied edit to {EDIT_FILE}" in run.stdout, result.describe()
+        assert edited == EDIT_AFTER, result.describe()
+    else:
+        assert edited == EDIT_BEFORE, result.describe()
+    # nothing Aider would call an error (a failed request, an unparsable answer)
+    for marker in ("litellm.", "Error", "error:", "Retrying"):
+        assert marker not in run.stdout + run.stderr, result.describe()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_aider_requests(aider_matrix: Matrix, case: Case) -> None:
+    """One model request per turn, on the route's API, with the route's model and stream
+    flag, answered 200; nothing else is asked of the server."""
+    result = aider_matrix.results[case.name]
+    (exchange,) = result.exchanges
+    body = exchange.request
+    assert (exchange.method, exchange.path, exchange.status) == (
+        "POST",
+        ROUTE_PATHS[result.case.route],
+        200,
+    ), result.describe()
+    assert exchange.error is None, result.describe()
+    assert body["model"] == ROUTES[result.case.route].split("/", 1)[1]
+    assert bool(body.get("stream")) is result.case.stream
+    answer = exchange.response_text if result.case.stream else json.dumps(exchange.response)
+    assert answer is not None
+    if result.case.stream:
+        assert answer.count("data: ") > 5, answer  # streamed in deltas, not in one piece
+    # the user's message reached the model last, after Aider's own prompt and the file
+    last = body["messages"][-1]
+    assert last["role"] == "user"
+    assert "Change the greeting" in json.dumps(last) or "say hi" in json.dumps(last)
+    assert any("hello" in json.dumps(m) for m in body["messages"][:-1])
+
+
+def test_server_clean_after_aider(aider_matrix: Matrix) -> None:
+    """Every worker accounted for once Aider is done: each turn served, nothing in flight but
+    parked conversations."""
+    assert aider_matrix.clean_error is None, aider_matrix.clean_error
+    assert aider_matrix.stats["served"] == len(CASES), aider_matrix.stats
+    stats = aider_matrix.stats
+    assert (stats["rejected"], stats["crashes"], stats["timeouts"]) == (0, 0, 0), stats
