@@ -1,0 +1,76 @@
+"""The real Aider client on the real claude, through clibridge, with the model stub upstream.
+
+The whole server runs in-process on the pinned real claude (:func:`tests.e2e.conftest.
+open_real_server`), pointed at a loopback :class:`~clibridge.testing.model_stub.ModelStub`.
+Aider asks for an edit over both routes, one after the other: ``openai/sonnet`` streamed
+(Aider's default) and ``anthropic/claude-sonnet-4-5`` with ``--no-stream``. An ``@stub`` line in
+Aider's message makes the model answer a sentence and a SEARCH/REPLACE block; the real claude
+relays it, clibridge turns it into the route's answer, Aider applies it to the file.
+
+Asserted: Aider exits 0, prints the model's sentence, the file is edited, nothing but loopback
+was contacted; the stub saw one upstream call per Aider turn, carrying Aider's file and
+message; the server is clean afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from clibridge.testing.model_stub import ModelStub
+from clibridge.testing.model_stub import directive as stub_directive
+from tests.e2e.conftest import FAST_POOL, open_real_server
+
+from .harness import (
+    EDIT_AFTER,
+    EDIT_FILE,
+    EDIT_PROSE,
+    AiderInstall,
+    edit_reply,
+    make_project,
+    run_aider,
+)
+
+pytestmark = [pytest.mark.aider, pytest.mark.realcli, pytest.mark.slow, pytest.mark.timeout(240)]
+
+#: each Aider turn is a new conversation: room for both parked, and a spare
+POOL = attrs.evolve(
+    FAST_POOL, workers=3, spares=1, queue_timeout=60.0, turn_timeout=60.0, ready_timeout=60.0
+)
+#: (route, streamed) in the order they run
+RUNS = (("openai", True), ("anthropic", False))
+
+
+async def test_aider_edits_through_real_claude(
+    aider_install: AiderInstall, claude_binary: Path, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    with trio.fail_after(200):
+        async with open_real_server(
+            tmp_path / "server", claude_binary, model_stub, pool=POOL
+        ) as server:
+            for route, stream in RUNS:
+                project = make_project(tmp_path / route)
+                script = stub_directive(text=edit_reply(), chunk_chars=9)
+                message = f"Change the greeting to hello, world ({route}).\n{script}"
+                calls_before = len(model_stub.model_calls())
+                run = await run_aider(
+                    aider_install, project, route, server.base_url, message, stream=stream
+                )
+                assert run.returncode == 0, run.describe()
+                assert run.network == (), run.describe()
+                assert not run.leftovers, run.describe()
+                assert EDIT_PROSE in run.stdout, run.describe()
+                assert f"Applied edit to {EDIT_FILE}" in run.stdout, run.describe()
+                assert project.edit_file.read_text() == EDIT_AFTER, run.describe()
+                # one upstream model call per Aider turn, carrying Aider's file and message
+                calls = model_stub.model_calls()[calls_before:]
+                assert len(calls) == 1, [c.path for c in calls]
+                upstream = json.dumps(calls[0].body)
+                assert f"hello, world ({route})" in upstream
+                assert "def greet():" in upstream
+            stats = await server.assert_clean()
+    assert stats["served"] == len(RUNS), stats
