@@ -7,7 +7,9 @@ default) or ``--no-stream``, and a scenario:
 - ``edit``: "change the greeting"; a ``@fake`` line scripts the model's answer, a sentence and
   one SEARCH/REPLACE block on ``hello.py`` (:func:`tests.aider.harness.edit_reply`), streamed
   in 7-character deltas; Aider must print the sentence and apply the block to the file;
-- ``plain``: "say hi", answered with a sentence and no edit; the file stays as it was.
+- ``plain``: "say hi", answered with a sentence and no edit; the file stays as it was;
+- ``session``: a chat of two turns typed on Aider's stdin ("My name is Ada...", then "What is
+  my name?"), each answered by its ``@fake`` line; the second request carries the first turn.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .harness import (
 )
 
 PLAIN_REPLY = "Hi! I am clibridge's fake model, ready to help with hello.py."
+SESSION_TURNS = ("My name is Ada. Please remember it.", "What is my name?")
+SESSION_REPLIES = ("Nice to meet you, Ada.", "Your name is Ada.")
 
 
 @attrs.frozen
@@ -49,17 +53,25 @@ class Case:
         return f"{self.route}_{'stream' if self.stream else 'nostream'}_{self.scenario}"
 
     @property
-    def message(self) -> str:
-        # a line of its own: the fake reads a directive only from a whole line
+    def messages(self) -> tuple[str, ...]:
+        """What the user types: one ``--message``, or the turns of a chat (``session``)."""
+        # a directive is a line of its own: the fake reads it only from a whole line
         if self.scenario == "edit":
             script = directive(echo=False, reply=edit_reply(), chunk_chars=7)
-            return f"Change the greeting to hello, world.\n{script}"
-        return f"say hi\n{directive(echo=False, reply=PLAIN_REPLY, chunk_chars=5)}"
+            return (f"Change the greeting to hello, world.\n{script}",)
+        if self.scenario == "session":
+            return tuple(
+                f"{turn}\n{directive(echo=False, reply=reply, chunk_chars=5)}"
+                for turn, reply in zip(SESSION_TURNS, SESSION_REPLIES, strict=True)
+            )
+        return (f"say hi\n{directive(echo=False, reply=PLAIN_REPLY, chunk_chars=5)}",)
 
     @property
-    def prose(self) -> str:
-        """What Aider must print of the model's answer."""
-        return EDIT_PROSE if self.scenario == "edit" else PLAIN_REPLY
+    def replies(self) -> tuple[str, ...]:
+        """What Aider must print of the model's answers, in order."""
+        if self.scenario == "edit":
+            return (EDIT_PROSE,)
+        return SESSION_REPLIES if self.scenario == "session" else (PLAIN_REPLY,)
 
 
 CASES = (
@@ -68,6 +80,7 @@ CASES = (
     Case("anthropic", True, "edit"),
     Case("anthropic", False, "edit"),
     Case("openai", True, "plain"),
+    Case("openai", True, "session"),
 )
 #: room for every conversation a case leaves parked, and a spare
 POOL = attrs.evolve(
@@ -121,7 +134,7 @@ async def _run_case(
                 project,
                 case.route,
                 proxy.base_url,
-                case.message,
+                case.messages[0] if len(case.messages) == 1 else case.messages,
                 stream=case.stream,
                 deadline=RUN_DEADLINE,
             )

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -203,14 +202,17 @@ def aider_argv(
     project: AiderProject,
     route: str,
     base_url: str,
-    message: str,
+    message: str | None,
     *,
     stream: bool = True,
 ) -> list[str]:
-    """The command line of one non-interactive Aider turn on ``route`` against ``base_url``
-    (clibridge's root, no ``/v1``), with :data:`EDIT_FILE` in the chat and the ``diff``
-    (SEARCH/REPLACE) edit format."""
-    argv = [str(install.aider), "--message", message, "--yes-always", "--no-git"]
+    """The command line of one non-interactive Aider turn (``--message``; None: a chat read
+    from stdin) on ``route`` against ``base_url`` (clibridge's root, no ``/v1``), with
+    :data:`EDIT_FILE` in the chat and the ``diff`` (SEARCH/REPLACE) edit format."""
+    argv = [str(install.aider)]
+    if message is not None:
+        argv += ["--message", message]
+    argv += ["--yes-always", "--no-git"]
     argv += ["--no-auto-commits", "--no-check-update", "--no-show-release-notes"]
     argv += ["--no-show-model-warnings", "--analytics-disable", "--no-pretty"]
     argv += ["--model-metadata-file", str(project.metadata), "--model", ROUTES[route]]
@@ -224,6 +226,12 @@ def aider_argv(
         argv.append("--no-stream")
     argv.append(EDIT_FILE)
     return argv
+
+
+def chat_input(messages: Sequence[str]) -> bytes:
+    """Aider's stdin for a chat of ``messages``: each in ``{`` ... ``}``, Aider's multi-line
+    input, so a directive can be a line of its own; Aider exits at the end of the input."""
+    return "".join(f"{{\n{m}\n}}\n" for m in messages).encode()
 
 
 def aider_env(project: AiderProject, trap: NetworkTrap) -> dict[str, str]:
@@ -282,21 +290,30 @@ async def run_aider(
     project: AiderProject,
     route: str,
     base_url: str,
-    message: str,
+    message: str | Sequence[str],
     *,
     stream: bool = True,
     deadline: float = 60.0,
 ) -> AiderRun:
-    """Run one Aider turn (see :func:`aider_argv`) in ``project``; bounded by ``deadline``."""
-    argv = aider_argv(install, project, route, base_url, message, stream=stream)
+    """Run Aider in ``project`` (see :func:`aider_argv`), bounded by ``deadline``: one turn
+    with ``--message`` for a string, a chat typed on stdin (:func:`chat_input`) for a
+    sequence of messages."""
+    single = message if isinstance(message, str) else None
+    argv = aider_argv(install, project, route, base_url, single, stream=stream)
     logs = project.root / "logs"
     logs.mkdir(exist_ok=True)
     runs = len(list(logs.glob("*.stdout")))
     stdout_path, stderr_path = logs / f"{runs}.stdout", logs / f"{runs}.stderr"
+    stdin_path = logs / f"{runs}.stdin"
+    stdin_path.write_bytes(b"" if isinstance(message, str) else chat_input(message))
     started = time.monotonic()
     # Why files, not capture: started with nursery.start, run_process hands back the Process
     # (its pid names the group to check afterwards) but no captured output
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+    with (
+        stdin_path.open("rb") as stdin,
+        stdout_path.open("wb") as stdout,
+        stderr_path.open("wb") as stderr,
+    ):
         async with open_network_trap() as trap, trio.open_nursery() as nursery:
             with trio.fail_after(deadline):
                 process: trio.Process = await nursery.start(
@@ -305,7 +322,7 @@ async def run_aider(
                         argv,
                         env=aider_env(project, trap),
                         cwd=str(project.project),
-                        stdin=subprocess.DEVNULL,
+                        stdin=stdin,
                         stdout=stdout,
                         stderr=stderr,
                         check=False,

@@ -7,8 +7,8 @@ server, so the tests see exactly what Aider sent. Aider runs as a user runs it
 (docs/clients.md, "Aider"): ``aider --message ... --yes-always --no-git ... hello.py`` in a
 project directory, over both of its routes to a custom server (``openai/sonnet`` on Chat
 Completions, ``anthropic/claude-sonnet-4-5`` on Messages), streamed and ``--no-stream``
-(:mod:`tests.aider.cases`). The module runs every case once (:func:`aider_matrix`, 5 Aider runs,
-2 at a time, ~20 s) and the tests assert on the results.
+(:mod:`tests.aider.cases`), and a two-turn chat typed on stdin. The module runs every case
+once (:func:`aider_matrix`, 6 Aider runs, 2 at a time, ~25 s) and the tests assert on the results.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import pytest
 import trio
 
-from .cases import CASES, Case, Matrix, run_matrix
+from .cases import CASES, SESSION_REPLIES, Case, Matrix, run_matrix
 from .harness import EDIT_AFTER, EDIT_BEFORE, EDIT_FILE, ROUTE_PATHS, ROUTES, AiderInstall
 
 pytestmark = [
@@ -51,8 +51,11 @@ def test_aider_turn(aider_matrix: Matrix, case: Case) -> None:
     assert run.returncode == 0, result.describe()
     assert run.network == (), result.describe()
     assert not run.leftovers, result.describe()
-    assert result.case.prose in run.stdout, result.describe()
-    assert "Tokens:" in run.stdout, result.describe()
+    at = 0
+    for reply in result.case.replies:  # each answer printed, in order
+        at = run.stdout.find(reply, at)
+        assert at >= 0, (reply, result.describe())
+    assert run.stdout.count("Tokens:") == len(result.case.replies), result.describe()
     edited = result.project.edit_file.read_text()
     if result.case.scenario == "edit":
         assert f"Applied edit to {EDIT_FILE}" in run.stdout, result.describe()
@@ -69,31 +72,47 @@ def test_aider_requests(aider_matrix: Matrix, case: Case) -> None:
     """One model request per turn, on the route's API, with the route's model and stream
     flag, answered 200; nothing else is asked of the server."""
     result = aider_matrix.results[case.name]
-    (exchange,) = result.exchanges
-    body = exchange.request
-    assert (exchange.method, exchange.path, exchange.status) == (
-        "POST",
-        ROUTE_PATHS[result.case.route],
-        200,
-    ), result.describe()
-    assert exchange.error is None, result.describe()
-    assert body["model"] == ROUTES[result.case.route].split("/", 1)[1]
-    assert bool(body.get("stream")) is result.case.stream
-    answer = exchange.response_text if result.case.stream else json.dumps(exchange.response)
-    assert answer is not None
-    if result.case.stream:
-        assert answer.count("data: ") > 5, answer  # streamed in deltas, not in one piece
-    # the user's message reached the model last, after Aider's own prompt and the file
-    last = body["messages"][-1]
-    assert last["role"] == "user"
-    assert "Change the greeting" in json.dumps(last) or "say hi" in json.dumps(last)
-    assert any("hello" in json.dumps(m) for m in body["messages"][:-1])
+    exchanges = sorted(result.exchanges, key=lambda e: e.seq)
+    assert len(exchanges) == len(case.messages), result.describe()
+    for exchange, typed in zip(exchanges, case.messages, strict=True):
+        body = exchange.request
+        assert (exchange.method, exchange.path, exchange.status) == (
+            "POST",
+            ROUTE_PATHS[case.route],
+            200,
+        ), result.describe()
+        assert exchange.error is None, result.describe()
+        assert body["model"] == ROUTES[case.route].split("/", 1)[1]
+        assert bool(body.get("stream")) is case.stream
+        if case.stream:
+            answer = exchange.response_text or ""
+            assert answer.count("data: ") > 3, answer  # streamed in deltas, not in one piece
+        # what the user typed reached the model last, after Aider's own prompt and the file
+        last = body["messages"][-1]
+        assert last["role"] == "user"
+        assert typed.splitlines()[0] in json.dumps(last)
+        assert any(EDIT_FILE in json.dumps(m) for m in body["messages"][:-1])
+
+
+def test_aider_session_sends_the_history(aider_matrix: Matrix) -> None:
+    """The second turn of a chat carries the first: the user's words and the answer clibridge
+    gave, in front of the new message."""
+    (case,) = [c for c in CASES if c.scenario == "session"]
+    first, second = (
+        e.request for e in sorted(aider_matrix.results[case.name].exchanges, key=lambda e: e.seq)
+    )
+    assert len(second["messages"]) == len(first["messages"]) + 2
+    earlier = second["messages"][len(first["messages"]) - 1 : -1]
+    assert [m["role"] for m in earlier] == ["user", "assistant"]
+    assert case.messages[0].splitlines()[0] in json.dumps(earlier[0])
+    assert earlier[1]["content"] == SESSION_REPLIES[0]
 
 
 def test_server_clean_after_aider(aider_matrix: Matrix) -> None:
     """Every worker accounted for once Aider is done: each turn served, nothing in flight but
     parked conversations."""
     assert aider_matrix.clean_error is None, aider_matrix.clean_error
-    assert aider_matrix.stats["served"] == len(CASES), aider_matrix.stats
+    turns = sum(len(case.messages) for case in CASES)
+    assert aider_matrix.stats["served"] == turns, aider_matrix.stats
     stats = aider_matrix.stats
     assert (stats["rejected"], stats["crashes"], stats["timeouts"]) == (0, 0, 0), stats
