@@ -97,8 +97,9 @@ def find_continue(environ: Mapping[str, str] | None = None) -> ContinueInstall:
 def model_config(provider: str, base_url: str) -> str:
     """Continue's ``config.yaml`` naming clibridge at ``base_url`` (its root) as the model.
 
-    ``apiBase`` ends in ``/v1/`` for both providers: Continue's OpenAI and Anthropic clients
-    both resolve ``chat/completions`` / ``messages`` against it. (Strings are written as JSON
+    ``apiBase`` ends in ``/v1`` for both providers: Continue's OpenAI and Anthropic clients
+    both append ``chat/completions`` / ``messages`` to it (without ``/v1`` the Anthropic one
+    would ask for ``/messages``). (Strings are written as JSON
     strings, which YAML reads as double-quoted scalars.)
     """
     if provider not in PROVIDERS:
@@ -107,7 +108,7 @@ def model_config(provider: str, base_url: str) -> str:
         "name": f"{PROVIDERS[provider]} (clibridge)",
         "provider": provider,
         "model": PROVIDERS[provider],
-        "apiBase": f"{base_url}/v1/",
+        "apiBase": f"{base_url}/v1",
         "apiKey": API_KEY,
     }
     lines = ["name: clibridge", "version: 0.0.1", "schema: v1", "models:"]
