@@ -110,9 +110,13 @@ def test_aider_session_sends_the_history(aider_matrix: Matrix) -> None:
 
 def test_server_clean_after_aider(aider_matrix: Matrix) -> None:
     """Every worker accounted for once Aider is done: each turn served, nothing in flight but
-    parked conversations."""
+    parked conversations; the chat's second turn continued the parked worker."""
     assert aider_matrix.clean_error is None, aider_matrix.clean_error
     turns = sum(len(case.messages) for case in CASES)
     assert aider_matrix.stats["served"] == turns, aider_matrix.stats
     stats = aider_matrix.stats
     assert (stats["rejected"], stats["crashes"], stats["timeouts"]) == (0, 0, 0), stats
+    # the chat's second turn continued the worker parked by its first (every request counts
+    # as one with history: Aider's few-shot example turns precede the user's message)
+    assert stats["resume_hits"] == 1, stats
+    assert stats["resume_misses"] == len(CASES), stats

@@ -133,7 +133,7 @@ async def test_replayed_requests_answer_as_recorded(tmp_path: Path, name: str) -
 
 
 def test_session_reminder_moves() -> None:
-    """What keeps Aider's second turn from continuing the parked worker: Aider appends its
+    """What kept Aider's second turn from continuing the parked worker: Aider appends its
     edit-format rules to the newest user message and replays that message without them."""
     first, second = (e["request"]["messages"] for e in exchanges("openai_stream_session"))
     held, replayed = first[-1]["content"], second[len(first) - 1]["content"]
@@ -142,13 +142,10 @@ def test_session_reminder_moves() -> None:
     assert "SEARCH/REPLACE block* Rules" in second[-1]["content"]
 
 
-@pytest.mark.xfail(
-    reason="Aider trims the reminder it appended to the previous user message (see "
-    "test_session_reminder_moves), so the parked conversation does not align and the turn "
-    "runs on a fresh worker with the history replayed (correct, but no continuation)",
-    strict=True,
-)
 async def test_session_second_turn_continues_the_parked_worker(tmp_path: Path) -> None:
+    """Regression: every Aider turn after the first missed the parked worker (``not_parked``)
+    and replayed the whole chat on a fresh one, because Aider trims the reminder it appended
+    to the previous user message (:func:`test_session_reminder_moves`)."""
     first, second = exchanges("openai_stream_session")
     with trio.fail_after(60):
         async with (
@@ -158,4 +155,13 @@ async def test_session_second_turn_continues_the_parked_worker(tmp_path: Path) -
             for recorded in (first, second):
                 assert (await replay(client, recorded)).status_code == 200
             stats = await server.stats()
+            stdin = server.stdin_lines()
+    # the first request's miss: Aider's few-shot example turns look like history
     assert (stats["resume_hits"], stats["resume_misses"]) == (1, 1), stats
+    users = [
+        json.dumps(m["message"]) for m in stdin if isinstance(m, dict) and m.get("type") == "user"
+    ]
+    # the second turn wrote only what was new: the question (with Aider's reminder)
+    assert len(users) == 2, users
+    assert "What is my name?" in users[1] and "SEARCH/REPLACE block* Rules" in users[1]
+    assert "Please remember" not in users[1]
