@@ -18,15 +18,16 @@ price list from raw.githubusercontent.com twice at start: Aider's own model-info
 by describing the model in a ``--model-metadata-file``) and LiteLLM's cost map (stopped by
 ``LITELLM_LOCAL_MODEL_COST_MAP=True``); update checks, release notes and analytics are off by
 flags. Every proxied request goes to a :class:`NetworkTrap` on loopback, which records what was
-asked for (``CONNECT raw.githubusercontent.com:443 ...``) and hangs up, so a test sees any
-attempt to reach the internet instead of waiting for it to time out.
+asked for (``CONNECT raw.githubusercontent.com:443 ...``) and hangs up, and a
+``sitecustomize`` (``sitetrap/``, on ``PYTHONPATH``) refuses and records any other socket
+connection to anything but loopback, so a test sees any attempt to reach the internet instead
+of waiting for it to time out.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -234,10 +235,16 @@ def chat_input(messages: Sequence[str]) -> bytes:
     return "".join(f"{{\n{m}\n}}\n" for m in messages).encode()
 
 
-def aider_env(project: AiderProject, trap: NetworkTrap) -> dict[str, str]:
+#: holds the ``sitecustomize`` that refuses non-loopback sockets inside Aider's Python
+SITE_TRAP = Path(__file__).with_name("sitetrap")
+
+
+def aider_env(project: AiderProject, trap: NetworkTrap, trap_log: Path) -> dict[str, str]:
     """The environment Aider runs with: an allow-list, never the caller's whole env."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": str(SITE_TRAP),
+        "CLIBRIDGE_NET_TRAP_LOG": str(trap_log),
         "HOME": str(project.home),
         "LANG": "C.UTF-8",
         "TERM": "dumb",
@@ -253,9 +260,6 @@ def aider_env(project: AiderProject, trap: NetworkTrap) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- runs
 
-#: Aider's token line after a reply: ``Tokens: 2.4k sent, 60 received.``
-TOKENS_LINE = re.compile(r"^Tokens: \S+ sent, \S+ received", re.M)
-
 
 @attrs.frozen
 class AiderRun:
@@ -266,7 +270,8 @@ class AiderRun:
     stdout: str
     stderr: str
     seconds: float
-    #: requests Aider sent through the proxy variables (anything not to loopback)
+    #: requests Aider sent through the proxy variables (their first line), then connections
+    #: it opened to anything but loopback (``host:port``); each one refused
     network: tuple[str, ...]
     #: processes of its group still alive after it exited (killed since)
     leftovers: frozenset[int] = frozenset()
@@ -306,6 +311,8 @@ async def run_aider(
     stdout_path, stderr_path = logs / f"{runs}.stdout", logs / f"{runs}.stderr"
     stdin_path = logs / f"{runs}.stdin"
     stdin_path.write_bytes(b"" if isinstance(message, str) else chat_input(message))
+    trap_log = logs / f"{runs}.network"
+    trap_log.touch()
     started = time.monotonic()
     # Why files, not capture: started with nursery.start, run_process hands back the Process
     # (its pid names the group to check afterwards) but no captured output
@@ -320,7 +327,7 @@ async def run_aider(
                     partial(
                         trio.run_process,
                         argv,
-                        env=aider_env(project, trap),
+                        env=aider_env(project, trap, trap_log),
                         cwd=str(project.project),
                         stdin=stdin,
                         stdout=stdout,
@@ -343,6 +350,6 @@ async def run_aider(
         stdout=stdout_path.read_text(errors="replace"),
         stderr=stderr_path.read_text(errors="replace"),
         seconds=time.monotonic() - started,
-        network=tuple(trap.attempts),
+        network=(*trap.attempts, *trap_log.read_text().split()),
         leftovers=leftovers,
     )
