@@ -9,7 +9,11 @@ default) or ``--no-stream``, and a scenario:
   in 7-character deltas; Aider must print the sentence and apply the block to the file;
 - ``plain``: "say hi", answered with a sentence and no edit; the file stays as it was;
 - ``session``: a chat of two turns typed on Aider's stdin ("My name is Ada...", then "What is
-  my name?"), each answered by its ``@fake`` line; the second request carries the first turn.
+  my name?"), each answered by its ``@fake`` line; the second request carries the first turn;
+- ``git_edit``: ``edit`` in a git repository, without ``--no-git``: Aider commits the edit
+  after asking the model for a commit message in a second request (which quotes the chat,
+  ``@fake`` line included, so the fake answers it with the same text: its first line becomes
+  the commit's subject).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class Case:
     def messages(self) -> tuple[str, ...]:
         """What the user types: one ``--message``, or the turns of a chat (``session``)."""
         # a directive is a line of its own: the fake reads it only from a whole line
-        if self.scenario == "edit":
+        if self.scenario in ("edit", "git_edit"):
             script = directive(echo=False, reply=edit_reply(), chunk_chars=7)
             return (f"Change the greeting to hello, world.\n{script}",)
         if self.scenario == "session":
@@ -69,7 +73,7 @@ class Case:
     @property
     def replies(self) -> tuple[str, ...]:
         """What Aider must print of the model's answers, in order."""
-        if self.scenario == "edit":
+        if self.scenario in ("edit", "git_edit"):
             return (EDIT_PROSE,)
         return SESSION_REPLIES if self.scenario == "session" else (PLAIN_REPLY,)
 
@@ -81,6 +85,7 @@ CASES = (
     Case("anthropic", False, "edit"),
     Case("openai", True, "plain"),
     Case("openai", True, "session"),
+    Case("openai", True, "git_edit"),
 )
 #: room for every conversation a case leaves parked, and a spare
 POOL = attrs.evolve(
@@ -127,7 +132,7 @@ async def _run_case(
     if record is not None:
         record.unlink(missing_ok=True)
     async with open_recording_proxy(base_url, record=record) as proxy:
-        project = make_project(root / case.name)
+        project = make_project(root / case.name, with_git=case.scenario == "git_edit")
         async with limiter:
             run = await run_aider(
                 install,

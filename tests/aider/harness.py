@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -170,6 +171,8 @@ class AiderProject:
     """One isolated Aider user: ``HOME`` and a project directory with :data:`EDIT_FILE`."""
 
     root: Path
+    #: a git repository (Aider commits its edits, asking the model for the message)
+    git: bool = False
 
     @property
     def home(self) -> Path:
@@ -188,13 +191,29 @@ class AiderProject:
         return self.project / EDIT_FILE
 
 
-def make_project(root: Path) -> AiderProject:
-    """Create ``root/home`` and ``root/project`` (with :data:`EDIT_FILE` and the metadata)."""
-    made = AiderProject(root)
+def git(project: AiderProject, *args: str) -> str:
+    """``git ARGS`` in the project (``HOME`` the project's, no system config); its stdout."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(project.home), "GIT_CONFIG_NOSYSTEM": "1"}
+    done = subprocess.run(
+        ["git", *args], cwd=project.project, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def make_project(root: Path, *, with_git: bool = False) -> AiderProject:
+    """Create ``root/home`` and ``root/project`` (with :data:`EDIT_FILE` and the metadata);
+    ``with_git``: the project is a repository with one commit holding :data:`EDIT_FILE`."""
+    made = AiderProject(root, git=with_git)
     made.home.mkdir(parents=True, exist_ok=True)
     made.project.mkdir(parents=True, exist_ok=True)
     made.edit_file.write_text(EDIT_BEFORE)
     made.metadata.write_text(json.dumps(model_metadata(), indent=2) + "\n")
+    if with_git:
+        git(made, "init", "--quiet")
+        git(made, "config", "user.name", "clibridge tests")
+        git(made, "config", "user.email", "tests@clibridge.invalid")
+        git(made, "add", EDIT_FILE)
+        git(made, "commit", "--quiet", "-m", "the greeting")
     return made
 
 
@@ -209,12 +228,15 @@ def aider_argv(
 ) -> list[str]:
     """The command line of one non-interactive Aider turn (``--message``; None: a chat read
     from stdin) on ``route`` against ``base_url`` (clibridge's root, no ``/v1``), with
-    :data:`EDIT_FILE` in the chat and the ``diff`` (SEARCH/REPLACE) edit format."""
+    :data:`EDIT_FILE` in the chat and the ``diff`` (SEARCH/REPLACE) edit format; without git
+    unless the project has it (then Aider commits each edit)."""
     argv = [str(install.aider)]
     if message is not None:
         argv += ["--message", message]
-    argv += ["--yes-always", "--no-git"]
-    argv += ["--no-auto-commits", "--no-check-update", "--no-show-release-notes"]
+    argv.append("--yes-always")
+    if not project.git:
+        argv += ["--no-git", "--no-auto-commits"]
+    argv += ["--no-check-update", "--no-show-release-notes"]
     argv += ["--no-show-model-warnings", "--analytics-disable", "--no-pretty"]
     argv += ["--model-metadata-file", str(project.metadata), "--model", ROUTES[route]]
     argv += ["--edit-format", "diff"]

@@ -7,8 +7,9 @@ server, so the tests see exactly what Aider sent. Aider runs as a user runs it
 (docs/clients.md, "Aider"): ``aider --message ... --yes-always --no-git ... hello.py`` in a
 project directory, over both of its routes to a custom server (``openai/sonnet`` on Chat
 Completions, ``anthropic/claude-sonnet-4-5`` on Messages), streamed and ``--no-stream``
-(:mod:`tests.aider.cases`), and a two-turn chat typed on stdin. The module runs every case
-once (:func:`aider_matrix`, 6 Aider runs, 2 at a time, ~25 s) and the tests assert on the results.
+(:mod:`tests.aider.cases`), a two-turn chat typed on stdin, and an edit in a git repository
+(committed). The module runs every case once (:func:`aider_matrix`, 7 Aider runs, 2 at a
+time, ~25 s) and the tests assert on the results.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import pytest
 import trio
 
 from .cases import CASES, SESSION_REPLIES, Case, Matrix, run_matrix
-from .harness import EDIT_AFTER, EDIT_BEFORE, EDIT_FILE, ROUTE_PATHS, ROUTES, AiderInstall
+from .harness import (
+    EDIT_AFTER,
+    EDIT_BEFORE,
+    EDIT_FILE,
+    EDIT_PROSE,
+    ROUTE_PATHS,
+    ROUTES,
+    AiderInstall,
+    git,
+)
 
 pytestmark = [
     pytest.mark.aider,
@@ -57,7 +67,7 @@ def test_aider_turn(aider_matrix: Matrix, case: Case) -> None:
         assert at >= 0, (reply, result.describe())
     assert run.stdout.count("Tokens:") == len(result.case.replies), result.describe()
     edited = result.project.edit_file.read_text()
-    if result.case.scenario == "edit":
+    if result.case.scenario in ("edit", "git_edit"):
         assert f"Applied edit to {EDIT_FILE}" in run.stdout, result.describe()
         assert edited == EDIT_AFTER, result.describe()
     else:
@@ -73,6 +83,8 @@ def test_aider_requests(aider_matrix: Matrix, case: Case) -> None:
     flag, answered 200; nothing else is asked of the server."""
     result = aider_matrix.results[case.name]
     exchanges = sorted(result.exchanges, key=lambda e: e.seq)
+    if case.scenario == "git_edit":
+        exchanges = exchanges[:-1]  # the commit message's: test_aider_commits_its_edit
     assert len(exchanges) == len(case.messages), result.describe()
     for exchange, typed in zip(exchanges, case.messages, strict=True):
         body = exchange.request
@@ -108,11 +120,31 @@ def test_aider_session_sends_the_history(aider_matrix: Matrix) -> None:
     assert earlier[1]["content"] == SESSION_REPLIES[0]
 
 
+def test_aider_commits_its_edit(aider_matrix: Matrix) -> None:
+    """In a git repository Aider asks the model for a commit message (a second, unstreamed
+    request quoting the chat and the diff) and commits the edit with it."""
+    (case,) = [c for c in CASES if c.scenario == "git_edit"]
+    result = aider_matrix.results[case.name]
+    _, message = sorted(result.exchanges, key=lambda e: e.seq)
+    body = message.request
+    assert (message.path, message.status, message.error) == (ROUTE_PATHS["openai"], 200, None)
+    assert "stream" not in body, body
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "commit message" in body["messages"][0]["content"]
+    assert "# Diffs:" in body["messages"][1]["content"]
+    log = git(result.project, "log", "--format=%s", "--name-only", "-1")
+    # the fake answered with the chat's scripted text (the commit request quotes it)
+    assert log.splitlines()[0] == EDIT_PROSE, log
+    assert EDIT_FILE in log.splitlines(), log
+    assert git(result.project, "status", "--porcelain", EDIT_FILE) == ""
+
+
 def test_server_clean_after_aider(aider_matrix: Matrix) -> None:
     """Every worker accounted for once Aider is done: each turn served, nothing in flight but
     parked conversations; the chat's second turn continued the parked worker."""
     assert aider_matrix.clean_error is None, aider_matrix.clean_error
-    turns = sum(len(case.messages) for case in CASES)
+    turns = sum(len(result.exchanges) for result in aider_matrix.results.values())
+    assert turns == sum(len(case.messages) for case in CASES) + 1  # + the commit message
     assert aider_matrix.stats["served"] == turns, aider_matrix.stats
     stats = aider_matrix.stats
     assert (stats["rejected"], stats["crashes"], stats["timeouts"]) == (0, 0, 0), stats

@@ -73,6 +73,7 @@ def recorded_answer(recorded: dict[str, Any]) -> str:
 def test_samples_present() -> None:
     """Both routes, streamed and not, are recorded (a lost file must not pass unnoticed)."""
     assert set(NAMES) >= {
+        "openai_stream_git_edit",
         "openai_stream_session",
         "openai_stream_edit",
         "openai_nostream_edit",
@@ -93,6 +94,10 @@ def test_recorded_request_decodes(name: str) -> None:
             else anthropic_messages.decode_request
         )
         request = decode(recorded["request"])
+        if "commit message" in request.system:  # git: one user message, the chat and diff
+            assert [m.role for m in request.messages] == ["user"]
+            assert "# Diffs:" in request.messages[0].text()
+            continue
         assert "SEARCH/REPLACE" in request.system
         roles = [m.role for m in request.messages]
         assert roles[-1] == "user" and roles.count("assistant") >= 2, roles
@@ -128,7 +133,7 @@ async def test_replayed_requests_answer_as_recorded(tmp_path: Path, name: str) -
         assert kind.startswith("text/event-stream" if streamed else "application/json"), kind
         text = answer_text(sent["path"], streamed, response.text)
         assert text and text == recorded_answer(sent)
-        if name.endswith("_edit"):
+        if name.endswith("_edit"):  # the git case's commit message request too
             assert text == edit_reply()
 
 
