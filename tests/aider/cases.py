@@ -1,8 +1,9 @@
 """The Aider runs the fast tests make, and the sample recordings keep: one server on the fake
 claude, a recording proxy per case between Aider and the server.
 
-A case is a route (``openai``: Chat Completions, ``anthropic``: Messages), streamed (Aider's
-default) or ``--no-stream``, and a scenario:
+A case is a route (``openai``: Chat Completions, ``anthropic``: Messages, ``codex``: Chat
+Completions to a model clibridge serves with codex), streamed (Aider's default) or
+``--no-stream``, and a scenario:
 
 - ``edit``: "change the greeting"; a ``@fake`` line scripts the model's answer, a sentence and
   one SEARCH/REPLACE block on ``hello.py`` (:func:`tests.aider.harness.edit_reply`), streamed
@@ -27,6 +28,7 @@ from typing import Any
 import attrs
 import trio
 
+from clibridge._supervisor import FAKE_CODEX_COMMAND
 from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
 from clibridge.testing.scenario import directive
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
@@ -86,6 +88,7 @@ CASES = (
     Case("openai", True, "plain"),
     Case("openai", True, "session"),
     Case("openai", True, "git_edit"),
+    Case("codex", True, "edit"),
 )
 #: room for every conversation a case leaves parked, and a spare
 POOL = attrs.evolve(
@@ -114,6 +117,8 @@ class Matrix:
     results: Mapping[str, CaseResult]
     #: the claude pool's /v1/stats once the pool settled after all runs
     stats: Mapping[str, Any]
+    #: the codex pool's
+    codex_stats: Mapping[str, Any]
     #: why the server was not clean (parked conversations aside), or None
     clean_error: str | None
     seconds: float
@@ -153,7 +158,8 @@ async def run_matrix(install: AiderInstall, root: Path, record_dir: Path | None 
     limiter = trio.CapacityLimiter(CONCURRENT_RUNS)
     started = time.monotonic()
     with trio.fail_after(MATRIX_DEADLINE):
-        async with open_e2e_server(root / "server", pool=POOL) as server:
+        # the fake codex next to the fake claude, for the codex route
+        async with open_e2e_server(root / "server", pool=POOL, codex=FAKE_CODEX_COMMAND) as server:
             async with trio.open_nursery() as nursery:
                 for case in CASES:
                     nursery.start_soon(
@@ -172,8 +178,13 @@ async def run_matrix(install: AiderInstall, root: Path, record_dir: Path | None 
             except AssertionError as exc:
                 clean_error = str(exc)
                 stats = await server.stats()
+            codex_stats = await server.stats("codex")
     return Matrix(
-        results=results, stats=stats, clean_error=clean_error, seconds=time.monotonic() - started
+        results=results,
+        stats=stats,
+        codex_stats=codex_stats,
+        clean_error=clean_error,
+        seconds=time.monotonic() - started,
     )
 
 
@@ -202,5 +213,8 @@ def summary(matrix: Matrix) -> dict[str, Any]:
             "edited_file": result.project.edit_file.read_text(),
             "requests": requests,
         }
-    stats = {k: v for k, v in matrix.stats.items() if k != "workers"}
+    stats = {
+        backend: {k: v for k, v in pool.items() if k != "workers"}
+        for backend, pool in (("claude", matrix.stats), ("codex", matrix.codex_stats))
+    }
     return {"cases": out, "stats": json.loads(json.dumps(stats, default=str))}

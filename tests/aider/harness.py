@@ -50,10 +50,20 @@ INSTALL_HINT = (
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: the two ways Aider (through LiteLLM) reaches a custom server, and the model name each uses
-ROUTES: Mapping[str, str] = {"openai": "openai/sonnet", "anthropic": "anthropic/claude-sonnet-4-5"}
+#: the two ways Aider (through LiteLLM) reaches a custom server, and the model name each uses;
+#: ``codex`` is the ``openai`` way to a model clibridge serves with codex
+ROUTES: Mapping[str, str] = {
+    "openai": "openai/sonnet",
+    "anthropic": "anthropic/claude-sonnet-4-5",
+    "codex": "openai/gpt-5",
+}
+#: LiteLLM's provider of each route: the prefix of its model name
+PROVIDERS: Mapping[str, str] = {route: model.split("/")[0] for route, model in ROUTES.items()}
 #: the API path each route calls
-ROUTE_PATHS: Mapping[str, str] = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+ROUTE_PATHS: Mapping[str, str] = {
+    route: "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+    for route, provider in PROVIDERS.items()
+}
 API_KEY = "clibridge-local"
 
 #: the file the project holds and the edit requests change
@@ -83,7 +93,7 @@ def model_metadata(routes: Sequence[str] = tuple(ROUTES)) -> dict[str, Any]:
             "max_output_tokens": 64000,
             "input_cost_per_token": 0,
             "output_cost_per_token": 0,
-            "litellm_provider": route,
+            "litellm_provider": PROVIDERS[route],
             "mode": "chat",
         }
     return out
@@ -239,8 +249,11 @@ def aider_argv(
     argv += ["--no-check-update", "--no-show-release-notes"]
     argv += ["--no-show-model-warnings", "--analytics-disable", "--no-pretty"]
     argv += ["--model-metadata-file", str(project.metadata), "--model", ROUTES[route]]
+    # Why: Aider knows gpt-5 and would pick openai/gpt-5-nano (a model clibridge does not
+    # serve, and one more metadata fetch) for commit messages and summaries
+    argv += ["--weak-model", ROUTES[route]]
     argv += ["--edit-format", "diff"]
-    if route == "openai":
+    if PROVIDERS[route] == "openai":
         argv += ["--openai-api-base", f"{base_url}/v1", "--openai-api-key", API_KEY]
     else:
         # Why no /v1: LiteLLM appends /v1/messages to ANTHROPIC_API_BASE itself

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 
+from clibridge._supervisor import FAKE_CODEX_COMMAND
 from clibridge._wire import anthropic_messages, openai_chat
 from tests.e2e.conftest import open_e2e_server
 
@@ -73,6 +74,7 @@ def recorded_answer(recorded: dict[str, Any]) -> str:
 def test_samples_present() -> None:
     """Both routes, streamed and not, are recorded (a lost file must not pass unnoticed)."""
     assert set(NAMES) >= {
+        "codex_stream_edit",
         "openai_stream_git_edit",
         "openai_stream_session",
         "openai_stream_edit",
@@ -119,9 +121,11 @@ async def test_replayed_requests_answer_as_recorded(tmp_path: Path, name: str) -
     """Each request of the sample, in order, on one server: the answer's text is the
     recorded one, in the shape the request asked for."""
     recorded = exchanges(name)
+    # the codex route's model is served by the fake codex
+    codex = FAKE_CODEX_COMMAND if name.startswith("codex") else None
     with trio.fail_after(60):
         async with (
-            open_e2e_server(tmp_path) as server,
+            open_e2e_server(tmp_path, codex=codex) as server,
             httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
         ):
             responses = [await replay(client, r) for r in recorded]
