@@ -8,6 +8,8 @@ chat on stdin, whose second turn must continue the parked worker. An ``@stub`` l
 Aider's message makes the model answer a sentence and a SEARCH/REPLACE block; the real claude
 relays it, clibridge turns it into the route's answer, Aider applies it to the file.
 
+A second test runs the codex route (``openai/gpt-5``) on the pinned real codex the same way.
+
 Asserted: Aider exits 0, prints the model's sentence, the file is edited, nothing but loopback
 was contacted; the stub saw one upstream call per Aider turn, carrying Aider's file and
 message; the chat's second turn reached the model as a native continuation (no replayed
@@ -25,7 +27,8 @@ import trio
 
 from clibridge.testing.model_stub import ModelStub
 from clibridge.testing.model_stub import directive as stub_directive
-from tests.e2e.conftest import FAST_POOL, open_real_server
+from clibridge.testing.realcli import CodexSetup
+from tests.e2e.conftest import CODEX_POOL, FAST_POOL, open_codex_server, open_real_server
 
 from .cases import SESSION_REPLIES, SESSION_TURNS
 from .harness import (
@@ -101,3 +104,33 @@ async def test_aider_edits_through_real_claude(
             stats = await server.assert_clean()
     assert stats["served"] == len(RUNS) + 2, stats
     assert stats["resume_hits"] == 1, stats
+
+
+#: the real codex behind clibridge: generous timeouts for a CLI on a loaded machine
+REAL_CODEX_POOL = attrs.evolve(
+    CODEX_POOL, queue_timeout=60.0, turn_timeout=60.0, ready_timeout=60.0
+)
+
+
+async def test_aider_edits_through_real_codex(
+    aider_install: AiderInstall, real_codex: CodexSetup, model_stub: ModelStub, tmp_path: Path
+) -> None:
+    """The codex route (``openai/gpt-5``) on the pinned real codex: the edit is applied."""
+    with trio.fail_after(200):
+        async with open_codex_server(
+            tmp_path / "server", real=real_codex, pool=REAL_CODEX_POOL
+        ) as server:
+            project = make_project(tmp_path / "codex")
+            script = stub_directive(text=edit_reply(), chunk_chars=9)
+            message = f"Change the greeting to hello, world (codex).\n{script}"
+            run = await run_aider(aider_install, project, "codex", server.base_url, message)
+            assert run.returncode == 0, run.describe()
+            assert run.network == (), run.describe()
+            assert not run.leftovers, run.describe()
+            assert EDIT_PROSE in run.stdout, run.describe()
+            assert project.edit_file.read_text() == EDIT_AFTER, run.describe()
+            (call,) = model_stub.model_calls()
+            assert call.path.startswith("/v1/responses"), call.path
+            assert "hello, world (codex)" in json.dumps(call.body)
+            stats = await server.assert_clean()
+    assert stats["served"] == 1, stats
