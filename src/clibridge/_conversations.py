@@ -28,8 +28,11 @@ user's own message (or after the tool results) and replays the history without i
 request continues a parked conversation when the parked items can be walked in order
 against the request's items, where a parked item the request lacks may be skipped only if
 it is *droppable*: user text or image that follows another user item (never the first
-item of a user turn, never a tool result or anything the model wrote). The request's
-items after the walk are the new ones; they must start on a message boundary.
+item of a user turn, never a tool result or anything the model wrote). Aider instead
+appends its edit-format rules (~3 KB) to the newest user message and replays that message
+without them: so a user text of the parked conversation's *last* user message also matches
+the request's text when it starts with it and goes on at a line break (:func:`_trimmed`).
+The request's items after the walk are the new ones; they must start on a message boundary.
 :func:`best_match` tries every parked conversation of the request's setup (system prompt,
 tools, model) and takes the one that aligns furthest. The parked conversations themselves
 live in the pool, with their workers (:meth:`clibridge._pool.WorkerPool.parked`): one
@@ -129,6 +132,8 @@ class Item:
     droppable: bool
     #: the index of the message it belongs to
     message: int
+    #: a user text's canonical text (alignment allows for a trimmed one), else None
+    text: str | None = attrs.field(default=None, repr=False)
 
 
 def items(messages: Sequence[Message], start: int = 0) -> list[Item]:
@@ -151,7 +156,9 @@ def items(messages: Sequence[Message], start: int = 0) -> list[Item]:
                 and previous_role == "user"
                 and canonical[0] in ("text", "image")
             )
-            out.append(Item(hashlib.sha256(blob.encode()).hexdigest(), droppable, index))
+            text = canonical[1] if message.role == "user" and canonical[0] == "text" else None
+            digest = hashlib.sha256(blob.encode()).hexdigest()
+            out.append(Item(digest, droppable, index, text))
             previous_role = message.role
     return out
 
@@ -205,8 +212,12 @@ def align(held: Sequence[Item], request: Sequence[Item]) -> tuple[int, int] | No
     walk ends inside a message.
     """
     j = dropped = 0
+    last_user = max((item.message for item in held if item.text is not None), default=None)
     for item in held:
-        if j < len(request) and request[j].digest == item.digest:
+        if j < len(request) and (
+            request[j].digest == item.digest
+            or (item.message == last_user and _trimmed(item, request[j]))
+        ):
             j += 1
         elif item.droppable:
             dropped += 1
@@ -215,6 +226,14 @@ def align(held: Sequence[Item], request: Sequence[Item]) -> tuple[int, int] | No
     if 0 < j < len(request) and request[j].message == request[j - 1].message:
         return None
     return j, dropped
+
+
+def _trimmed(held: Item, sent: Item) -> bool:
+    """``sent`` is the user text ``held`` without what the client appended to it for one
+    request only (module doc): ``held`` starts with it and goes on at a line break."""
+    if held.text is None or sent.text is None or len(sent.text) >= len(held.text):
+        return False
+    return held.text.startswith(sent.text) and held.text[len(sent.text)] == "\n"
 
 
 @attrs.frozen

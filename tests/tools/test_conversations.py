@@ -119,6 +119,26 @@ def test_alignment_drops_trailing_context_but_nothing_else() -> None:
     assert align(held, items([user("do it"), result])) is None
 
 
+def test_alignment_allows_for_a_reminder_trimmed_off_the_last_user_message() -> None:
+    """Regression: Aider's chat turns never continued the parked worker. Aider appends its
+    edit-format rules to the newest user message and replays it without them."""
+    rules = "\n\n# *SEARCH/REPLACE block* Rules:\n..."
+    examples = [user("example"), Message("assistant", (TextPart("example answer"),))]
+    answer = Message("assistant", (TextPart("Nice to meet you, Ada."),))
+    held = items([*examples, user("My name is Ada." + rules), answer])
+    request = items([*examples, user("My name is Ada."), answer, user("Name?" + rules)])
+    assert align(held, request) == (4, 0)
+    # the held text goes on at a line break, not inside a word or a line
+    for cut in ("My name is Ad", "My name"):
+        assert align(held, items([*examples, user(cut), answer, user("Name?")])) is None
+    # only the last user message of the held conversation: an earlier one must be equal
+    earlier = items([user("example" + rules), *examples[1:], user("My name is Ada."), answer])
+    assert align(earlier, request) is None
+    # a longer text is not a trimmed one
+    longer = items([*examples, user("My name is Ada." + rules + "\nmore"), answer, user("x")])
+    assert align(held, longer) is None
+
+
 def test_the_conversation_that_aligns_furthest_is_the_match() -> None:
     setup = setup_digest("setup")
     short = tuple(items([user("a"), Message("assistant", (TextPart("b"),))]))
