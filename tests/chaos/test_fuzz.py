@@ -37,6 +37,11 @@ CONCURRENCY = 8
 #: no case may take longer than this (the largest bodies are 17 MiB)
 CASE_BOUND = 30.0
 COUNTERS = ("restarts", "crashes", "boot_failures", "timeouts")
+#: the server's RSS may grow this much over the run (MiB; seen: ~30). Regression: a
+#: 100,000-character stop string cost the output limiter ~5 GB (len**2 / 2 prefixes) and
+#: ~15 s on the event loop, and turns in flight meanwhile ended in a 504 after
+#: turn_timeout -- the RSS showed it in every run (+2.4 GiB), the 504s only by chance.
+RSS_GROWTH_MIB = 256
 
 
 #: 5xx answers of known, open bugs (name -> which cases): counted apart (never silently)
@@ -201,6 +206,7 @@ async def test_malformed_bodies_never_5xx_hang_or_restart_a_worker(tmp_path: Pat
     assert all(r.kind != "hang" for r in results)
     assert all(v == 0 for counts in restarts.values() for v in counts.values()), restarts
     assert ready.status_code == 200, ready.text
+    assert rss_after - rss_before <= RSS_GROWTH_MIB, (rss_before, rss_after)
     # each 500 of a known bug logs its traceback; nothing else may
     known = sum(r.kind == "known_bug" for r in results)
     assert server.log.tracebacks == known, server.log.text()
