@@ -16,7 +16,9 @@ where the *whole* text would be cut: at the earliest index where any stop string
 end of the text seen so far could still be the start of a stop string, that tail is held
 back, so no text past a stop string is ever emitted, whatever the chunking. Any
 non-text event (thinking, a tool call, the end) ends the text run: what is held is
-released then (it can no longer complete a stop).
+released then (it can no longer complete a stop). This runs on the event loop and a client
+chooses the stop strings: the work and memory grow linearly with the text and the stop
+strings, never with the square of a stop string's length (:class:`_StopStart`).
 
 Output tokens (:class:`TokenBudget`). Neither CLI reports output tokens while a reply
 streams (claude reports usage per model message, codex per turn), so the running count is
@@ -77,10 +79,8 @@ class StopCutter:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(dict.fromkeys(s for s in stops if s))
-        #: per stop string, its proper prefixes by length (1 .. len - 1)
-        self._prefixes = [[stop[:k] for k in range(1, len(stop))] for stop in self.stops]
-        #: the last characters of those prefixes
-        self._prefix_ends = {c for stop in self.stops for c in stop[:-1]}
+        #: per stop string, how much of the end of the text run begins it
+        self._starts = [_StopStart(stop) for stop in self.stops]
         #: the stop string that ended the text (None while none has)
         self.hit: str | None = None
         self._held = ""
@@ -91,7 +91,11 @@ class StopCutter:
             return "" if self.hit is not None else text
         buf = self._held + text
         before, stop = cut_whole(buf, self.stops)
-        pending = self._pending_from(buf)
+        for start in self._starts:
+            start.feed(text)
+        # the first index whose rest of ``buf`` is a proper prefix of a stop string (what
+        # is held is such a rest, so no start reaches back before ``buf``)
+        pending = len(buf) - max(start.matched for start in self._starts)
         if stop is not None and pending >= len(before):
             self.hit = stop
             self._held = ""
@@ -108,22 +112,65 @@ class StopCutter:
         shorter one further on (``"ba"`` with stops ``"baa"`` and ``"a"``).
         """
         held, self._held = self._held, ""
+        for start in self._starts:
+            start.matched = 0
         before, stop = cut_whole(held, self.stops)
         if stop is not None:
             self.hit = stop
         return before
 
-    def _pending_from(self, buf: str) -> int:
-        """The first index whose rest of ``buf`` is a proper prefix of a stop string."""
-        if not buf or buf[-1] not in self._prefix_ends:
-            return len(buf)  # the common case: no stop string begins at the end
-        tail = 0  # the longest end of ``buf`` that begins a stop string
-        for prefixes in self._prefixes:
-            for k in range(min(len(prefixes), len(buf)), tail, -1):
-                if buf.endswith(prefixes[k - 1]):
-                    tail = k
+
+class _StopStart:
+    """How much of the end of a text stream begins ``stop``: the longest proper prefix of
+    ``stop`` the text ends with, kept up to date as text is fed (Knuth-Morris-Pratt).
+
+    Regression (the chaos fuzz run's intermittent 504): the cutter kept every proper prefix
+    of every stop string, ``len(stop) ** 2 / 2`` characters. A fuzzed 100,000-character
+    stop string took ~15 s and ~5 GB to set up, on the event loop: every turn in flight
+    meanwhile overran its ``turn_timeout``. Here the work is linear in the text fed,
+    whatever the stop string's length: the KMP border table is built only as far as a
+    match has got, and the text between starts is skipped with ``str.find``.
+    """
+
+    __slots__ = ("_borders", "matched", "stop")
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        #: the length of the longest proper prefix of ``stop`` the text fed ends with
+        self.matched = 0
+        #: ``_borders[i]``: the length of the longest proper border of ``stop[: i + 1]``
+        self._borders = [0]
+
+    def feed(self, text: str) -> None:
+        stop, matched, at = self.stop, self.matched, 0
+        while at < len(text):
+            if matched == 0:
+                at = text.find(stop[0], at)
+                if at < 0:
                     break
-        return len(buf) - tail
+                matched = 1
+            else:
+                char = text[at]
+                while matched and stop[matched] != char:
+                    matched = self._border(matched - 1)
+                if stop[matched] == char:
+                    matched += 1
+            at += 1
+            if matched == len(stop):
+                # a whole stop string ends here (the cutter finds it); a shorter one goes on
+                matched = self._border(matched - 1)
+        self.matched = matched
+
+    def _border(self, i: int) -> int:
+        """``_borders[i]``, extending the table to ``i`` (never past the longest match)."""
+        borders, stop = self._borders, self.stop
+        while len(borders) <= i:
+            j = len(borders)
+            k = borders[j - 1]
+            while k and stop[j] != stop[k]:
+                k = borders[k - 1]
+            borders.append(k + 1 if stop[j] == stop[k] else k)
+        return borders[i]
 
 
 class TokenBudget:

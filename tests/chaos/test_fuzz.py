@@ -37,20 +37,17 @@ CONCURRENCY = 8
 #: no case may take longer than this (the largest bodies are 17 MiB)
 CASE_BOUND = 30.0
 COUNTERS = ("restarts", "crashes", "boot_failures", "timeouts")
+#: the server's RSS may grow this much over the run (MiB; seen: ~30). Regression: a
+#: 100,000-character stop string cost the output limiter ~5 GB (len**2 / 2 prefixes) and
+#: ~15 s on the event loop, and turns in flight meanwhile ended in a 504 after
+#: turn_timeout -- the RSS showed it in every run (+2.4 GiB), the 504s only by chance.
+RSS_GROWTH_MIB = 256
 
 
 #: 5xx answers of known, open bugs (name -> which cases): counted apart (never silently)
 #: and asserted by their own strict xfail test, which flips when the bug is fixed. None
 #: open now; the last one, a 5,000-digit integer literal, is test_long_integer_literal_is_a_400.
 KNOWN_5XX: dict[str, Callable[[Case], bool]] = {}
-
-#: OPEN BUG, not understood yet: since the output limiter (issue 14) about 1 in 5,000
-#: well-formed turns of this run ends in a 504 after turn_timeout (6 s) -- any dialect,
-#: either fake, any mutated field; not reproduced outside the fuzz mix. Counted apart
-#: (figures: known_bug_5xx), bounded here, and named in docs/status.md; every other 5xx
-#: and any higher rate still fails the test.
-INTERMITTENT_TURN_TIMEOUT = "intermittent_turn_timeout"
-MOST_TURN_TIMEOUTS = 3
 
 
 @attrs.frozen
@@ -99,8 +96,6 @@ def judge(case: Case, response: Response | None, seconds: float) -> Result:
         known = [name for name, matches in KNOWN_5XX.items() if matches(case)]
         if known:
             return Result(case, status, seconds, "known_bug", None, known[0])
-        if status == 504 and b"turn_timeout" in response.body:
-            return Result(case, status, seconds, "known_bug", None, INTERMITTENT_TURN_TIMEOUT)
         problem = f"status {status}: {response.body[:300]!r}"
     elif case.content_type in MUST_REFUSE and status != 415:
         problem = f"content type {case.content_type!r} answered {status}, not 415"
@@ -209,15 +204,11 @@ async def test_malformed_bodies_never_5xx_hang_or_restart_a_worker(tmp_path: Pat
     assert len(results) >= scaled(10_000)
     assert not found, f"{len(found)} bad answers:\n{shown}"
     assert all(r.kind != "hang" for r in results)
-    timed_out = sum(r.known_bug == INTERMITTENT_TURN_TIMEOUT for r in results)
-    assert timed_out <= MOST_TURN_TIMEOUTS, f"{timed_out} turn timeouts"
-    assert sum(counts["timeouts"] for counts in restarts.values()) == timed_out, restarts
-    assert all(
-        v == 0 for counts in restarts.values() for k, v in counts.items() if k != "timeouts"
-    ), restarts
+    assert all(v == 0 for counts in restarts.values() for v in counts.values()), restarts
     assert ready.status_code == 200, ready.text
+    assert rss_after - rss_before <= RSS_GROWTH_MIB, (rss_before, rss_after)
     # each 500 of a known bug logs its traceback; nothing else may
-    known = sum(r.kind == "known_bug" and r.known_bug != INTERMITTENT_TURN_TIMEOUT for r in results)
+    known = sum(r.kind == "known_bug" for r in results)
     assert server.log.tracebacks == known, server.log.text()
 
 

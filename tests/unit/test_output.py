@@ -7,6 +7,7 @@ ignored: with ``"stop": ["fake"]`` the whole reply came back.
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from clibridge._events import (
     TurnStarted,
     Usage,
 )
-from clibridge._output import CHARS_PER_TOKEN, OutputLimiter, StopCutter, cut_whole
+from clibridge._output import CHARS_PER_TOKEN, OutputLimiter, StopCutter, _StopStart, cut_whole
 
 DONE = Finished(FinishReason.END_TURN, Usage(input_tokens=5, output_tokens=9))
 
@@ -100,6 +101,53 @@ def test_limiter_reports_the_stop(case: tuple[str, list[str]], cuts: list[int]) 
     else:
         assert finish.reason is FinishReason.STOP_SEQUENCE
         assert finish.stop_sequence == want_stop
+
+
+def longest_start(text: str, stop: str) -> int:
+    """The length of the longest proper prefix of ``stop`` that ``text`` ends with."""
+    return max(k for k in range(min(len(stop) - 1, len(text)) + 1) if text.endswith(stop[:k]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(alphabet="ab", max_size=60),
+    stop=st.text(alphabet="ab", min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=70)),
+)
+def test_stop_start_tracks_the_longest_start_at_the_end(
+    text: str, stop: str, cuts: list[int]
+) -> None:
+    """Two letters make stop strings with many borders (``abab``, ``aaa``): every way the
+    KMP fallback can go."""
+    start = _StopStart(stop)
+    seen = ""
+    for chunk in chunked(text, cuts):
+        start.feed(chunk)
+        seen += chunk
+        assert start.matched == longest_start(seen, stop)
+
+
+def test_a_long_stop_string_costs_memory_linear_in_its_length() -> None:
+    """Regression (the chaos fuzz run's intermittent 504 after turn_timeout, 1-2 per run
+    since issue 14): the cutter kept every proper prefix of every stop string, len**2 / 2
+    characters. The fuzz's 100,000-character ``stop`` then took ~15 s and ~5 GB on the
+    event loop, and turns in flight meanwhile overran their turn_timeout. Measured in
+    bytes allocated (deterministic), at a size the old code survives (~400 MB)."""
+    n = 20_000
+    stop = "A" * n
+    tracemalloc.start()
+    try:
+        cutter = StopCutter([stop, "B" * n])
+        # the worst case for what is held: every character could still begin the stop
+        emitted = [cutter.feed("A" * 100) for _ in range(n // 100 - 1)]
+        emitted.append(cutter.feed("A" * 99))
+        assert "".join(emitted) == ""
+        assert cutter.feed("AAAA tail") == ""
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cutter.hit == stop
+    assert peak < 100 * n, f"{peak} bytes for a stop string of {n} characters"
 
 
 def test_earliest_start_wins_over_an_earlier_completion() -> None:
