@@ -463,6 +463,7 @@ def test_output_config_format_and_stop_sequences() -> None:
         ({"output_config": {"format": {"type": "json_schema"}}}, "$.output_config.format.schema"),
         ({"output_config": {"format": {"type": "xml"}}}, "$.output_config.format.type"),
         ({"stop_sequences": ["ok", ""]}, "$.stop_sequences[1]"),
+        ({"stop_sequences": [f"s{i}" for i in range(65)]}, "$.stop_sequences"),
     ]
     for fields, param in cases:
         with pytest.raises(RequestError) as info:

@@ -314,6 +314,10 @@ def test_stop_strings() -> None:
     with pytest.raises(RequestError) as info:
         chat.decode_request(body(stop=["a", ""]))
     assert info.value.param == "$.stop[1]"
+    assert len(chat.decode_request(body(stop=list("abcd"))).stop) == 4
+    with pytest.raises(RequestError, match="at most 4 stop strings") as info:
+        chat.decode_request(body(stop=list("abcde")))
+    assert info.value.param == "$.stop"
 
 
 def test_include_usage() -> None:

@@ -92,9 +92,14 @@ def output_format(
     return OutputFormat("json_schema", schema, name or "", bool(strict))
 
 
-def stop_strings(stop: str | Sequence[str] | None, param: str) -> tuple[str, ...]:
-    """The stop strings (a 400 naming ``param`` for an empty one: it would stop at once)."""
+def stop_strings(stop: str | Sequence[str] | None, param: str, *, most: int) -> tuple[str, ...]:
+    """The stop strings: a 400 naming ``param`` for an empty one (it would stop at once) or
+    for more than ``most`` (each is looked for in every text delta, on the event loop)."""
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(stops) > most:
+        raise RequestError(
+            f"{param}: at most {most} stop strings are allowed, got {len(stops)}", param=param
+        )
     for i, s in enumerate(stops):
         if not s:
             at = param if isinstance(stop, str) else f"{param}[{i}]"

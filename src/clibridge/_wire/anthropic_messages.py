@@ -78,6 +78,9 @@ from .sse import frame
 
 #: what a thinking block's ``signature`` says: there is no upstream signature to pass on
 THINKING_SIGNATURE = "clibridge-unsigned"
+#: clibridge's bound on ``stop_sequences`` (the API documents none; each is looked for in
+#: every text delta, on the event loop)
+MOST_STOP_SEQUENCES = 64
 
 # --------------------------------------------------------------------------- request shapes
 
@@ -278,7 +281,7 @@ def decode_request(body: object) -> Request:
         tool_choice=choice,
         parallel_tool_calls=parallel,
         max_tokens=positive(req.max_tokens, "$.max_tokens"),
-        stop=stop_strings(req.stop_sequences, "$.stop_sequences"),
+        stop=stop_strings(req.stop_sequences, "$.stop_sequences", most=MOST_STOP_SEQUENCES),
         output_format=_output_format(req.output_config),
         reasoning_effort=_effort(req),
         stream=bool(req.stream),

@@ -76,6 +76,9 @@ from ._converter import JsonObject, structure
 from .errors import error_body
 from .sse import dumps, frame
 
+#: OpenAI's own bound on ``stop`` ("up to 4 sequences")
+MOST_STOP_STRINGS = 4
+
 # --------------------------------------------------------------------------- request shapes
 
 
@@ -255,7 +258,7 @@ def decode_request(body: object) -> Request:
         max_tokens = positive(req.max_tokens, "$.max_tokens")
     else:
         positive(max_tokens, "$.max_completion_tokens")
-    stop = stop_strings(req.stop, "$.stop")
+    stop = stop_strings(req.stop, "$.stop", most=MOST_STOP_STRINGS)
     fmt = req.response_format
     spec = fmt.json_schema if fmt is not None else None
     if fmt is not None and fmt.type == "json_schema" and spec is None:
