@@ -32,6 +32,7 @@ from quart_trio import QuartTrio
 
 from clibridge._config import ClaudeConfig, Config, PoolConfig, ServerConfig
 from clibridge._events import Finished, FinishReason, TextDelta, TurnStarted
+from clibridge._http import _exchange
 from clibridge._http._connections import ConnectionTable, serve_connections
 from clibridge._supervisor import FAKE_CLAUDE_COMMAND, BackendChoice, serve
 from clibridge._wire.errors import Dialect
@@ -310,6 +311,39 @@ async def test_a_connection_the_client_closed_is_released_at_once(connect: Conne
         assert table.statistics().open == 1
         await client.aclose()
         await until(lambda: not len(table), within=1.0)
+
+
+async def test_a_last_send_that_overran_its_bound_ends_the_connection(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: when the last send of a response overran ``END_SEND_BOUND`` (the event
+    loop had stalled), what Hypercorn does after it -- restart the keep-alive cycle,
+    resume reading -- was cancelled too, and a client that had already sent its next
+    request on the connection got neither an answer nor a close, ever (the chaos fuzz
+    run, 1 in 5 of its 16 s stalls). Now the connection is ended: a close, and the server
+    serves the next connection as before."""
+    monkeypatch.setattr(_exchange, "END_SEND_BOUND", 0.1)
+    real_end_sender = _exchange._end_sender
+
+    def stalling(scope: Any, send: Any) -> Any:
+        async def stall_then_send(message: Any) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                time.sleep(0.3)  # the event loop stalls past the bound (blocking on purpose)
+            await send(message)
+
+        return real_end_sender(scope, stall_then_send)
+
+    monkeypatch.setattr(_exchange, "_end_sender", stalling)
+    async with counted_server(keep_alive_timeout=30.0) as (server, table):
+        client = await connect(server.base_url)
+        await client.send_request("GET", "/healthz")
+        await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await client.closed_within(5.0)
+        await until(lambda: not len(table), within=2.0)
+        monkeypatch.setattr(_exchange, "_end_sender", real_end_sender)
+        fresh = await connect(server.base_url)
+        with trio.fail_after(5):
+            await _served(fresh, "post")
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -74,7 +74,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .._errors import UnavailableError
 from .._wire.errors import error_body, error_status
-from ._exchange import CONNECTION_STREAM
+from ._exchange import CONNECTION_SCOPE, CONNECTION_STREAM
 from ._guard import dialect_of
 
 log = logging.getLogger("clibridge.http")
@@ -441,7 +441,9 @@ class _Acceptor:
     async def _serve_connection(self, connection: _Connection, stream: trio.SocketStream) -> None:
         CONNECTION_STREAM.set(stream)  # inherited by the app's tasks (the stalled-client cut)
         try:
-            await connection.run()
+            with trio.CancelScope() as scope:
+                CONNECTION_SCOPE.set(scope)  # and the way to end it all (abort_connection)
+                await connection.run()
         finally:
             self.table.discard(connection)
             await trio.aclose_forcefully(stream)

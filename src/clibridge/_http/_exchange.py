@@ -43,6 +43,10 @@ EXCHANGE_KEY = "clibridge.exchange"
 CONNECTION_STREAM: contextvars.ContextVar[trio.SocketStream | None] = contextvars.ContextVar(
     "clibridge_connection_stream", default=None
 )
+#: the cancel scope around everything Hypercorn runs for that connection (same task)
+CONNECTION_SCOPE: contextvars.ContextVar[trio.CancelScope | None] = contextvars.ContextVar(
+    "clibridge_connection_scope", default=None
+)
 #: the longest the last send of an HTTP/1.x response is kept from cancellation (seconds)
 END_SEND_BOUND = 5.0
 
@@ -106,8 +110,30 @@ async def _send_end_shielded(send: Send, message: Any) -> None:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + END_SEND_BOUND
             await send(message)
+        if scope.cancelled_caught:
+            abort_connection()
     else:
         await send(message)
+
+
+def abort_connection() -> None:
+    """End the current task's connection now: close its socket and cancel every task
+    Hypercorn runs for it (this one included, at its next checkpoint).
+
+    Why: when the bound on the last send runs out, what Hypercorn does after the write
+    -- close the stream, start the next keep-alive cycle, resume reading -- is cancelled
+    with it. Its reader then stays paused for ever: a client that sent its next request on
+    that connection got neither an answer nor a close (seen after the event loop stalled
+    for 16 s; a client slow to take a response's last bytes does the same). Closing only
+    the socket would not wake a reader that waits to be resumed, not on the socket.
+    Without a socket (an app driven in-process) there is nothing to end.
+    """
+    stream, scope = CONNECTION_STREAM.get(), CONNECTION_SCOPE.get()
+    log.warning("the last send of a response overran %g s: closing its connection", END_SEND_BOUND)
+    if stream is not None:
+        stream.socket.close()
+    if scope is not None:
+        scope.cancel()
 
 
 def _end_sender(scope: Scope, send: Send) -> Send:
