@@ -479,7 +479,9 @@ def _tui(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ._supervisor import state_dir
 
     if args.action == "attach" and args.worker is None:
-        print("clibridge: error: tui attach needs the worker number `tui ls` shows", file=sys.stderr)
+        print(
+            "clibridge: error: tui attach needs the worker number `tui ls` shows", file=sys.stderr
+        )
         return 2
     flags = {"state_dir": args.state_dir} if args.state_dir is not None else {}
     try:
@@ -487,9 +489,7 @@ def _tui(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         print(f"clibridge: error: {exc}", file=sys.stderr)
         return 2
-    return tui_command(
-        args.action, args.worker, state_dir(config), environ, sys.stdout, sys.stderr
-    )
+    return tui_command(args.action, args.worker, state_dir(config), environ, sys.stdout, sys.stderr)
 
 
 def _login(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

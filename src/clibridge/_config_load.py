@@ -419,9 +419,7 @@ def _check_accounts(key: str, accounts: tuple[AccountConfig, ...], source: str) 
     backend = key.split(".", 1)[0]
     for account in accounts:
         where = f"{key}: account {account.name!r} (from {source})"
-        given = [
-            f for f in ("token", "token_env", "token_file") if getattr(account, f) is not None
-        ]
+        given = [f for f in ("token", "token_env", "token_file") if getattr(account, f) is not None]
         if backend == "claude" and len(given) != 1:
             raise ConfigError(
                 f"{where}: give its login as exactly one of token, token_env (the name of an "

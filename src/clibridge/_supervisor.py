@@ -493,9 +493,7 @@ class Supervisor:
         served)."""
         states = {name: BackendReadiness(*pool.readiness()) for name, pool in self.pools.items()}
         accounts = {
-            name: group.account_states()
-            for name, group in self.pools.items()
-            if not group.implicit
+            name: group.account_states() for name, group in self.pools.items() if not group.implicit
         }
         ready = bool(states) and all(state.ready for state in states.values())
         reason = "; ".join(state.reason for state in states.values()) or "no backend configured"

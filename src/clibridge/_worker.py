@@ -85,7 +85,9 @@ class Worker(Protocol):
     #: a finished turn can be continued on this worker with only the new messages
     continues_finished_turns: bool
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
     async def bind(self, binding: Binding) -> None: ...
 

@@ -258,7 +258,13 @@ async def test_client_tools_pause_the_turn_and_results_resume_it(harness: Harnes
     # answered at once at boot (no tools yet), then published at bind: the CLI lists again
     assert listed == [
         [],
-        [{"name": "get_weather", "description": "Get weather", "inputSchema": WEATHER.input_schema}],
+        [
+            {
+                "name": "get_weather",
+                "description": "Get weather",
+                "inputSchema": WEATHER.input_schema,
+            }
+        ],
     ]
     servers = [
         m["request"]["servers"]

@@ -254,7 +254,9 @@ async def test_a_paused_thread_has_no_clock_of_its_own(tmp_path: Path) -> None:
     pool = attrs.evolve(POOL, park_ttl=0.1, interrupt_grace=0.1)
     async with running(tmp_path, pool) as worker:
         worker.tool_settle = 0.05
-        first = collect("m", await _turn(worker, _request(_fake(_calls("Tokyo")), tools=(WEATHER,))))
+        first = collect(
+            "m", await _turn(worker, _request(_fake(_calls("Tokyo")), tools=(WEATHER,)))
+        )
         await trio.sleep(1.0)  # well past park_ttl + interrupt_grace
         assert worker.paused_threads == 1 and worker.holds_paused_calls([first.tool_calls[0].id])
         worker.drop_paused_calls([first.tool_calls[0].id])

@@ -328,7 +328,7 @@ async def test_a_last_send_that_overran_its_bound_ends_the_connection(
     def stalling(scope: Any, send: Any) -> Any:
         async def stall_then_send(message: Any) -> None:
             if message.get("type") == "http.response.body" and not message.get("more_body"):
-                time.sleep(0.3)  # the event loop stalls past the bound (blocking on purpose)
+                time.sleep(0.3)  # noqa: ASYNC251 -- the event loop stalls past the bound, on purpose
             await send(message)
 
         return real_end_sender(scope, stall_then_send)

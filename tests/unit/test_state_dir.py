@@ -49,8 +49,17 @@ def test_fresh_state_dir_and_spawn_homes_are_private(tmp_path: Path) -> None:
     prepare_claude_home(ClaudeConfig(), state, environ={"PATH": "/bin"})
     prepare_codex_home(CodexConfig(), state, environ={"PATH": "/bin"})
     modes = tree_modes(state)
-    for name in (".", "claude", "claude/home", "claude/home/.claude", "claude/work", "codex",
-                 "codex/home", "codex/user", "codex/work"):
+    for name in (
+        ".",
+        "claude",
+        "claude/home",
+        "claude/home/.claude",
+        "claude/work",
+        "codex",
+        "codex/home",
+        "codex/user",
+        "codex/work",
+    ):
         assert modes.pop(name) == 0o700, name
     assert modes == {
         "claude/home/.claude.json": 0o600,

@@ -176,9 +176,7 @@ class Backend:
     accounts: Callable[[Config], tuple[AccountConfig, ...]] = _no_accounts
     #: the environment an account's pool factory gets: ``environ`` with the account's login
     #: in it (claude: its CLAUDE_CODE_OAUTH_TOKEN); ValueError saying what is missing
-    account_environ: Callable[[AccountConfig, Mapping[str, str]], Mapping[str, str]] = (
-        _same_environ
-    )
+    account_environ: Callable[[AccountConfig, Mapping[str, str]], Mapping[str, str]] = _same_environ
 
 
 # imported after Backend: the packages build their BACKEND with it

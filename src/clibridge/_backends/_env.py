@@ -71,8 +71,7 @@ def allow_listed_env(
     return {
         name: value
         for name, value in source.items()
-        if not name.startswith("CLIBRIDGE_")
-        and (name in allowed or name in passed)
+        if not name.startswith("CLIBRIDGE_") and (name in allowed or name in passed)
     }
 
 

@@ -1192,6 +1192,8 @@ def _login_status() -> int:
         return 0
     print("Not logged in", file=sys.stderr)
     return 1
+
+
 def _login() -> str | None:
     """Who this process is logged in as: the ``tokens.account_id`` of the ``auth.json``
     in its CODEX_HOME (where ``codex login`` keeps it), or None."""

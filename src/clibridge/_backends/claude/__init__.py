@@ -176,6 +176,8 @@ def _login_status(
     from .home import login_status
 
     return login_status(config, command, state_dir, environ)
+
+
 def _accounts(config: Config) -> tuple[AccountConfig, ...]:
     return config.claude.accounts
 

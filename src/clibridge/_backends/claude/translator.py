@@ -424,8 +424,6 @@ class TurnTranslator:
         )
 
 
-
-
 def _tool_name(block: Mapping[str, Any]) -> str:
     name = str(block.get("name", ""))
     return name.removeprefix(CLIENT_TOOL_PREFIX)

@@ -206,6 +206,8 @@ def _login_status(
     from .home import login_status
 
     return login_status(config, command, state_dir, environ)
+
+
 def _accounts(config: Config) -> tuple[AccountConfig, ...]:
     return config.codex.accounts
 
