@@ -176,6 +176,15 @@ class RecordingProxy:
             await self._changed.wait()
         return list(self.exchanges)
 
+    async def settled(self) -> list[Exchange]:
+        """Wait until every request the proxy has read is recorded; returns the exchanges.
+
+        Why: an exchange is recorded once its relay ends, a moment after the client got its
+        last byte. A client that exits at that byte (``cn -p``, ``aider --message``) leaves
+        its last exchange unrecorded for that moment: read :attr:`exchanges` after this.
+        """
+        return await self.wait_for_exchanges(self._seq)
+
     async def _forward(
         self,
         client: httpx.AsyncClient,
