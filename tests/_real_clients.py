@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import pytest
@@ -39,7 +39,9 @@ import trio
 
 from clibridge.testing.recording_proxy import RecordingProxy, open_recording_proxy
 from tests._procs import in_groups
-from tests.e2e.conftest import E2EServer
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import E2EServer
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -110,13 +112,13 @@ async def run_in_group(
     env: Mapping[str, str],
     cwd: Path,
     logs: RunLogs,
-    stdin: Path | int | None = subprocess.DEVNULL,
+    stdin: Path | int | bytes = subprocess.DEVNULL,
     deadline: float | None = None,
     deliver_cancel: Callable[[trio.Process], Awaitable[object]] = kill_group,
 ) -> GroupRun:
     """Run ``argv`` in a process group of its own, its output in ``logs``' files.
 
-    ``stdin``: a file to read, a :mod:`subprocess` constant, or None (inherited). Bounded by
+    ``stdin``: a file to read, a :mod:`subprocess` constant, or bytes to feed. Bounded by
     ``deadline`` when one is given (the caller's otherwise); cancelled, ``deliver_cancel``
     stops the process and its group. What the group left behind is the caller's to check
     (:func:`reap_group`).
@@ -160,7 +162,7 @@ async def run_in_group(
     )
 
 
-def _open_stdin(stdin: Path | int | None) -> AbstractContextManager[IO[bytes] | int | None]:
+def _open_stdin(stdin: Path | int | bytes) -> AbstractContextManager[IO[bytes] | int | bytes]:
     return stdin.open("rb") if isinstance(stdin, Path) else nullcontext(stdin)
 
 
