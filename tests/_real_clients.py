@@ -31,13 +31,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import attrs
 import pytest
 import trio
 
-from clibridge.testing.recording_proxy import RecordingProxy, open_recording_proxy
+from clibridge.testing.recording_proxy import Exchange, RecordingProxy, open_recording_proxy
 from tests._procs import in_groups
 
 if TYPE_CHECKING:
@@ -176,6 +176,36 @@ def reap_group(pid: int) -> frozenset[int]:
     return leftovers
 
 
+@attrs.frozen
+class ClientRun:
+    """One finished run of a client whose attempts to leave loopback are trapped (each
+    package's run record adds its own :meth:`describe`)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    #: what the client tried to reach besides loopback, each attempt refused (the package's
+    #: trap says in which form)
+    network: tuple[str, ...]
+    #: processes of its group still alive after it exited (killed since)
+    leftovers: frozenset[int] = frozenset()
+
+    @classmethod
+    def finished(cls, argv: Sequence[str], ran: GroupRun, network: Iterable[str]) -> Self:
+        """The record of ``ran``; what its group left behind is reaped (:func:`reap_group`)."""
+        return cls(
+            argv=tuple(argv),
+            returncode=ran.returncode,
+            stdout=ran.stdout,
+            stderr=ran.stderr,
+            seconds=ran.seconds,
+            network=tuple(network),
+            leftovers=reap_group(ran.pid),
+        )
+
+
 def describe_output(header: str, stdout: str, stderr: str, *, stdout_tail: int = 3000) -> str:
     """For assertion messages: ``header``, then the tails of the run's output."""
     return f"{header}\n--- stdout\n{stdout[-stdout_tail:]}\n--- stderr\n{stderr[-3000:]}"
@@ -225,7 +255,21 @@ async def settle(server: E2EServer) -> tuple[dict[str, Any], str | None]:
         return await server.stats(), str(exc)
 
 
+def describe_case(name: str, exchanges: Iterable[Exchange], run: str) -> str:
+    """For assertion messages: a case's HTTP exchanges, then its run's description."""
+    statuses = [(e.method, e.path, e.status, e.error) for e in exchanges]
+    return f"{name}: exchanges {statuses}\n{run}"
+
+
 # --------------------------------------------------------------------------- samples
+
+
+def not_written(failed: Mapping[str, str], clean_error: str | None) -> list[str]:
+    """Why a recorder writes no samples: each failed case's description (``failed``: name to
+    description), then a line naming them and the server's problem; empty when all went well."""
+    if not failed and not clean_error:
+        return []
+    return [*failed.values(), f"not written: failed {list(failed)}, server {clean_error}"]
 
 
 def record_samples(

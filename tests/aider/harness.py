@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 import trio
 
-from tests._real_clients import describe_output, next_run_logs, reap_group, run_in_group
+from tests._real_clients import ClientRun, describe_output, next_run_logs, run_in_group
 
 AIDER_VERSION = "0.86.2"
 AIDER_DIR_ENV = "CLIBRIDGE_AIDER_DIR"
@@ -295,19 +295,10 @@ def aider_env(project: AiderProject, trap: NetworkTrap, trap_log: Path) -> dict[
 
 
 @attrs.frozen
-class AiderRun:
-    """One finished Aider invocation."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    #: requests Aider sent through the proxy variables (their first line), then connections
-    #: it opened to anything but loopback (``host:port``); each one refused
-    network: tuple[str, ...]
-    #: processes of its group still alive after it exited (killed since)
-    leftovers: frozenset[int] = frozenset()
+class AiderRun(ClientRun):
+    """One finished Aider invocation; its :attr:`network`: requests Aider sent through the
+    proxy variables (their first line), then connections it opened to anything but loopback
+    (``host:port``)."""
 
     def describe(self) -> str:
         return describe_output(
@@ -348,12 +339,4 @@ async def run_aider(
             stdin=stdin,
             deadline=deadline,
         )
-    return AiderRun(
-        argv=tuple(argv),
-        returncode=ran.returncode,
-        stdout=ran.stdout,
-        stderr=ran.stderr,
-        seconds=ran.seconds,
-        network=(*trap.attempts, *trap_log.read_text().split()),
-        leftovers=reap_group(ran.pid),
-    )
+    return AiderRun.finished(argv, ran, (*trap.attempts, *trap_log.read_text().split()))

@@ -25,7 +25,7 @@ import trio
 
 from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
-from tests._real_clients import case_proxy, run_cases, settle
+from tests._real_clients import case_proxy, describe_case, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -81,8 +81,7 @@ class CaseResult:
         return [e.request for e in sorted(self.exchanges, key=lambda e: e.seq)]
 
     def describe(self) -> str:
-        statuses = [(e.method, e.path, e.status, e.error) for e in self.exchanges]
-        return f"{self.case.name}: exchanges {statuses}\n{self.run.describe()}"
+        return describe_case(self.case.name, self.exchanges, self.run.describe())
 
 
 @attrs.frozen

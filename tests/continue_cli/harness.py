@@ -31,7 +31,7 @@ from pathlib import Path
 import attrs
 
 from clibridge.testing.realcli import package_version
-from tests._real_clients import describe_output, next_run_logs, reap_group, run_in_group
+from tests._real_clients import ClientRun, describe_output, next_run_logs, run_in_group
 
 CONTINUE_VERSION = "1.5.47"
 CONTINUE_DIR_ENV = "CLIBRIDGE_CONTINUE_DIR"
@@ -162,18 +162,9 @@ def cn_env(install: ContinueInstall, home: ContinueHome, trap_log: Path) -> dict
 
 
 @attrs.frozen
-class CnRun:
-    """One finished ``cn -p`` invocation."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    #: ``host:port`` of every connection to anything but loopback (each refused)
-    network: tuple[str, ...]
-    #: processes of its group still alive after it exited (killed since)
-    leftovers: frozenset[int] = frozenset()
+class CnRun(ClientRun):
+    """One finished ``cn -p`` invocation; its :attr:`network`: ``host:port`` of every
+    connection to anything but loopback."""
 
     @property
     def unexpected_network(self) -> tuple[str, ...]:
@@ -204,12 +195,4 @@ async def run_cn(
         logs=logs,
         deadline=deadline,
     )
-    return CnRun(
-        argv=argv,
-        returncode=ran.returncode,
-        stdout=ran.stdout,
-        stderr=ran.stderr,
-        seconds=ran.seconds,
-        network=tuple(trap_log.read_text().split()),
-        leftovers=reap_group(ran.pid),
-    )
+    return CnRun.finished(argv, ran, trap_log.read_text().split())

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from tests._real_clients import record_samples
+from tests._real_clients import not_written, record_samples
 
 from .cases import run_matrix, summary
 from .harness import REPO_ROOT, find_continue
@@ -31,13 +31,13 @@ from .harness import REPO_ROOT, find_continue
 def _record(work: Path, staging: Path) -> tuple[list[str], dict[str, Any]]:
     install = find_continue()
     matrix = trio.run(run_matrix, install, work, staging)
-    failed = [
-        n for n, r in matrix.results.items() if r.run.returncode != 0 or r.run.unexpected_network
-    ]
-    if failed or matrix.clean_error:
-        errors = [matrix.results[name].describe() for name in failed]
-        return [*errors, f"not written: failed {failed}, server {matrix.clean_error}"], {}
-    return [], summary(matrix)
+    failed = {
+        name: result.describe()
+        for name, result in matrix.results.items()
+        if result.run.returncode != 0 or result.run.unexpected_network
+    }
+    errors = not_written(failed, matrix.clean_error)
+    return errors, {} if errors else summary(matrix)
 
 
 def main(argv: list[str] | None = None) -> int:
