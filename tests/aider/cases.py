@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ import attrs
 import trio
 
 from clibridge._supervisor import FAKE_CODEX_COMMAND
-from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
+from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
+from tests._real_clients import case_proxy, describe_case, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -108,8 +110,7 @@ class CaseResult:
     exchanges: tuple[Exchange, ...]
 
     def describe(self) -> str:
-        statuses = [(e.method, e.path, e.status, e.error) for e in self.exchanges]
-        return f"{self.case.name}: exchanges {statuses}\n{self.run.describe()}"
+        return describe_case(self.case.name, self.exchanges, self.run.describe())
 
 
 @attrs.frozen
@@ -126,17 +127,13 @@ class Matrix:
 
 async def _run_case(
     install: AiderInstall,
-    limiter: trio.CapacityLimiter,
-    case: Case,
     base_url: str,
     root: Path,
     record_dir: Path | None,
-    results: dict[str, CaseResult],
-) -> None:
-    record = None if record_dir is None else record_dir / f"{case.name}.jsonl"
-    if record is not None:
-        record.unlink(missing_ok=True)
-    async with open_recording_proxy(base_url, record=record) as proxy:
+    case: Case,
+    limiter: trio.CapacityLimiter,
+) -> CaseResult:
+    async with case_proxy(base_url, case.name, record_dir) as proxy:
         project = make_project(root / case.name, with_git=case.scenario == "git_edit")
         async with limiter:
             run = await run_aider(
@@ -148,39 +145,22 @@ async def _run_case(
                 stream=case.stream,
                 deadline=RUN_DEADLINE,
             )
-        results[case.name] = CaseResult(case, project, run, tuple(proxy.exchanges))
+        return CaseResult(case, project, run, tuple(proxy.exchanges))
 
 
 async def run_matrix(install: AiderInstall, root: Path, record_dir: Path | None = None) -> Matrix:
     """Every case of :data:`CASES` on one server; with ``record_dir`` each case's exchanges
     are also written there as ``<case>.jsonl``."""
-    results: dict[str, CaseResult] = {}
-    limiter = trio.CapacityLimiter(CONCURRENT_RUNS)
     started = time.monotonic()
     with trio.fail_after(MATRIX_DEADLINE):
         # the fake codex next to the fake claude, for the codex route
         async with open_e2e_server(root / "server", pool=POOL, codex=FAKE_CODEX_COMMAND) as server:
-            async with trio.open_nursery() as nursery:
-                for case in CASES:
-                    nursery.start_soon(
-                        _run_case,
-                        install,
-                        limiter,
-                        case,
-                        server.base_url,
-                        root,
-                        record_dir,
-                        results,
-                    )
-            clean_error = None
-            try:
-                stats = await server.assert_clean()
-            except AssertionError as exc:
-                clean_error = str(exc)
-                stats = await server.stats()
+            run_case = partial(_run_case, install, server.base_url, root, record_dir)
+            results = await run_cases(CASES, run_case, CONCURRENT_RUNS)
+            stats, clean_error = await settle(server)
             codex_stats = await server.stats("codex")
     return Matrix(
-        results=results,
+        results={case.name: result for case, result in results.items()},
         stats=stats,
         codex_stats=codex_stats,
         clean_error=clean_error,

@@ -8,9 +8,9 @@ is missing the tests skip with a reason naming ``scripts/install-aider.sh``, exc
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from tests._real_clients import require_install
 
 from .harness import AiderInstall, find_aider
 
@@ -19,8 +19,5 @@ from .harness import AiderInstall, find_aider
 def aider_install() -> AiderInstall:
     """The pinned Aider; skips (fails under ``CI``) when it is missing."""
     install = find_aider()
-    if install.problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"Aider missing in CI: {install.problem}", pytrace=False)
-        pytest.skip(f"Aider missing: {install.problem}")
+    require_install("Aider", install.problem)
     return install

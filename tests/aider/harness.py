@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from typing import Any
 import attrs
 import trio
 
-from tests._procs import in_groups
+from tests._real_clients import ClientRun, describe_output, next_run_logs, run_in_group
 
 AIDER_VERSION = "0.86.2"
 AIDER_DIR_ENV = "CLIBRIDGE_AIDER_DIR"
@@ -297,32 +295,19 @@ def aider_env(project: AiderProject, trap: NetworkTrap, trap_log: Path) -> dict[
 
 
 @attrs.frozen
-class AiderRun:
-    """One finished Aider invocation."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    #: requests Aider sent through the proxy variables (their first line), then connections
-    #: it opened to anything but loopback (``host:port``); each one refused
-    network: tuple[str, ...]
-    #: processes of its group still alive after it exited (killed since)
-    leftovers: frozenset[int] = frozenset()
+class AiderRun(ClientRun):
+    """One finished Aider invocation; its :attr:`network`: requests Aider sent through the
+    proxy variables (their first line), then connections it opened to anything but loopback
+    (``host:port``)."""
 
     def describe(self) -> str:
-        return (
+        return describe_output(
             f"aider {' '.join(self.argv[1:3])!r}... exited {self.returncode} after "
-            f"{self.seconds:.1f} s; network attempts {list(self.network)}\n--- stdout\n"
-            f"{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-3000:]}"
+            f"{self.seconds:.1f} s; network attempts {list(self.network)}",
+            self.stdout,
+            self.stderr,
+            stdout_tail=4000,
         )
-
-
-async def _kill_group(process: trio.Process) -> None:
-    """trio's ``deliver_cancel``: Aider and anything it started go at once."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 async def run_aider(
@@ -340,51 +325,18 @@ async def run_aider(
     sequence of messages."""
     single = message if isinstance(message, str) else None
     argv = aider_argv(install, project, route, base_url, single, stream=stream)
-    logs = project.root / "logs"
-    logs.mkdir(exist_ok=True)
-    runs = len(list(logs.glob("*.stdout")))
-    stdout_path, stderr_path = logs / f"{runs}.stdout", logs / f"{runs}.stderr"
-    stdin_path = logs / f"{runs}.stdin"
-    stdin_path.write_bytes(b"" if isinstance(message, str) else chat_input(message))
-    trap_log = logs / f"{runs}.network"
+    logs = next_run_logs(project.root / "logs")
+    stdin = logs.path("stdin")
+    stdin.write_bytes(b"" if isinstance(message, str) else chat_input(message))
+    trap_log = logs.path("network")
     trap_log.touch()
-    started = time.monotonic()
-    # Why files, not capture: started with nursery.start, run_process hands back the Process
-    # (its pid names the group to check afterwards) but no captured output
-    with (
-        stdin_path.open("rb") as stdin,
-        stdout_path.open("wb") as stdout,
-        stderr_path.open("wb") as stderr,
-    ):
-        async with open_network_trap() as trap, trio.open_nursery() as nursery:
-            with trio.fail_after(deadline):
-                process: trio.Process = await nursery.start(
-                    partial(
-                        trio.run_process,
-                        argv,
-                        env=aider_env(project, trap, trap_log),
-                        cwd=str(project.project),
-                        stdin=stdin,
-                        stdout=stdout,
-                        stderr=stderr,
-                        check=False,
-                        start_new_session=True,
-                        deliver_cancel=_kill_group,
-                    )
-                )
-                await process.wait()
-    assert process.returncode is not None
-    # Why: the group is Aider's own; anything it leaves behind is a leak worth reporting
-    leftovers = frozenset(in_groups({process.pid}))
-    with suppress(ProcessLookupError, PermissionError):
-        if leftovers:
-            os.killpg(process.pid, signal.SIGKILL)
-    return AiderRun(
-        argv=tuple(argv),
-        returncode=process.returncode,
-        stdout=stdout_path.read_text(errors="replace"),
-        stderr=stderr_path.read_text(errors="replace"),
-        seconds=time.monotonic() - started,
-        network=(*trap.attempts, *trap_log.read_text().split()),
-        leftovers=leftovers,
-    )
+    async with open_network_trap() as trap:
+        ran = await run_in_group(
+            argv,
+            env=aider_env(project, trap, trap_log),
+            cwd=project.project,
+            logs=logs,
+            stdin=stdin,
+            deadline=deadline,
+        )
+    return AiderRun.finished(argv, ran, (*trap.attempts, *trap_log.read_text().split()))

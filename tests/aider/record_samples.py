@@ -16,50 +16,38 @@ write samples that name the repository's checkout or the work directory all the 
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
+
+from tests._real_clients import not_written, record_samples
 
 from .cases import run_matrix, summary
 from .harness import REPO_ROOT, find_aider
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+def _record(work: Path, staging: Path) -> tuple[list[str], dict[str, Any]]:
     install = find_aider()
-    if install.problem is not None:
-        print(install.problem, file=sys.stderr)
-        return 2
-    work: Path = args.work_dir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    staging = work / "samples"
-    staging.mkdir(parents=True)
     matrix = trio.run(run_matrix, install, work, staging)
-    failed = [n for n, r in matrix.results.items() if r.run.returncode != 0 or r.run.network]
-    if failed or matrix.clean_error:
-        for name in failed:
-            print(matrix.results[name].describe(), file=sys.stderr)
-        print(f"not written: failed {failed}, server {matrix.clean_error}", file=sys.stderr)
-        return 1
-    (staging / "summary.json").write_text(json.dumps(summary(matrix), indent=2) + "\n")
-    for path in sorted(staging.iterdir()):
-        text = path.read_text()
-        for private in (str(REPO_ROOT), str(work)):
-            if private in text:
-                print(f"not written: {path.name} names {private}", file=sys.stderr)
-                return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(staging.iterdir()):
-        shutil.copy(path, args.out / path.name)
-        print(f"wrote {args.out / path.name} ({path.stat().st_size} bytes)")
-    return 0
+    failed = {
+        name: result.describe()
+        for name, result in matrix.results.items()
+        if result.run.returncode != 0 or result.run.network
+    }
+    errors = not_written(failed, matrix.clean_error)
+    return errors, {} if errors else summary(matrix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return record_samples(
+        argv,
+        __doc__,
+        problem=lambda: find_aider().problem,
+        record=_record,
+        private=lambda work: (str(REPO_ROOT), str(work)),
+    )
 
 
 if __name__ == "__main__":

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
+from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
+from tests._real_clients import case_proxy, describe_case, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -79,8 +81,7 @@ class CaseResult:
         return [e.request for e in sorted(self.exchanges, key=lambda e: e.seq)]
 
     def describe(self) -> str:
-        statuses = [(e.method, e.path, e.status, e.error) for e in self.exchanges]
-        return f"{self.case.name}: exchanges {statuses}\n{self.run.describe()}"
+        return describe_case(self.case.name, self.exchanges, self.run.describe())
 
 
 @attrs.frozen
@@ -95,21 +96,17 @@ class Matrix:
 
 async def _run_case(
     install: ContinueInstall,
-    limiter: trio.CapacityLimiter,
-    case: Case,
     base_url: str,
     root: Path,
     record_dir: Path | None,
-    results: dict[str, CaseResult],
-) -> None:
-    record = None if record_dir is None else record_dir / f"{case.name}.jsonl"
-    if record is not None:
-        record.unlink(missing_ok=True)
-    async with open_recording_proxy(base_url, record=record) as proxy:
+    case: Case,
+    limiter: trio.CapacityLimiter,
+) -> CaseResult:
+    async with case_proxy(base_url, case.name, record_dir) as proxy:
         home = make_home(root / case.name, case.provider, proxy.base_url)
         async with limiter:
             run = await run_cn(install, home, case.prompt, deadline=RUN_DEADLINE)
-        results[case.name] = CaseResult(case, home, run, tuple(proxy.exchanges))
+        return CaseResult(case, home, run, tuple(proxy.exchanges))
 
 
 async def run_matrix(
@@ -117,31 +114,17 @@ async def run_matrix(
 ) -> Matrix:
     """Every case of :data:`CASES` on one server; with ``record_dir`` each case's exchanges
     are also written there as ``<case>.jsonl``."""
-    results: dict[str, CaseResult] = {}
-    limiter = trio.CapacityLimiter(CONCURRENT_RUNS)
     started = time.monotonic()
     with trio.fail_after(MATRIX_DEADLINE):
         async with open_e2e_server(root / "server", scenario=FAKE_SCENARIO, pool=POOL) as server:
-            async with trio.open_nursery() as nursery:
-                for case in CASES:
-                    nursery.start_soon(
-                        _run_case,
-                        install,
-                        limiter,
-                        case,
-                        server.base_url,
-                        root,
-                        record_dir,
-                        results,
-                    )
-            clean_error = None
-            try:
-                stats = await server.assert_clean()
-            except AssertionError as exc:
-                clean_error = str(exc)
-                stats = await server.stats()
+            run_case = partial(_run_case, install, server.base_url, root, record_dir)
+            results = await run_cases(CASES, run_case, CONCURRENT_RUNS)
+            stats, clean_error = await settle(server)
     return Matrix(
-        results=results, stats=stats, clean_error=clean_error, seconds=time.monotonic() - started
+        results={case.name: result for case, result in results.items()},
+        stats=stats,
+        clean_error=clean_error,
+        seconds=time.monotonic() - started,
     )
 
 

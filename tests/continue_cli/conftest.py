@@ -8,9 +8,9 @@ fail, so CI can never pass by skipping them (the policy of the ``realcli`` fixtu
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from tests._real_clients import require_install
 
 from .harness import ContinueInstall, find_continue
 
@@ -19,8 +19,5 @@ from .harness import ContinueInstall, find_continue
 def continue_install() -> ContinueInstall:
     """The pinned Continue CLI; skips (fails under ``CI``) when it is missing."""
     install = find_continue()
-    if install.problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"Continue CLI missing in CI: {install.problem}", pytrace=False)
-        pytest.skip(f"Continue CLI missing: {install.problem}")
+    require_install("Continue CLI", install.problem)
     return install

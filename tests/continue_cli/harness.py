@@ -25,19 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Mapping
-from contextlib import suppress
-from functools import partial
 from pathlib import Path
 
 import attrs
-import trio
 
 from clibridge.testing.realcli import package_version
-from tests._procs import in_groups
+from tests._real_clients import ClientRun, describe_output, next_run_logs, run_in_group
 
 CONTINUE_VERSION = "1.5.47"
 CONTINUE_DIR_ENV = "CLIBRIDGE_CONTINUE_DIR"
@@ -168,18 +162,9 @@ def cn_env(install: ContinueInstall, home: ContinueHome, trap_log: Path) -> dict
 
 
 @attrs.frozen
-class CnRun:
-    """One finished ``cn -p`` invocation."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    #: ``host:port`` of every connection to anything but loopback (each refused)
-    network: tuple[str, ...]
-    #: processes of its group still alive after it exited (killed since)
-    leftovers: frozenset[int] = frozenset()
+class CnRun(ClientRun):
+    """One finished ``cn -p`` invocation; its :attr:`network`: ``host:port`` of every
+    connection to anything but loopback."""
 
     @property
     def unexpected_network(self) -> tuple[str, ...]:
@@ -187,17 +172,12 @@ class CnRun:
         return tuple(n for n in self.network if n != VERSION_CHECK)
 
     def describe(self) -> str:
-        return (
+        return describe_output(
             f"cn -p exited {self.returncode} after {self.seconds:.1f} s; network attempts "
-            f"{list(self.network)}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n"
-            f"{self.stderr[-3000:]}"
+            f"{list(self.network)}",
+            self.stdout,
+            self.stderr,
         )
-
-
-async def _kill_group(process: trio.Process) -> None:
-    """trio's ``deliver_cancel``: ``cn`` and anything it started go at once."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 async def run_cn(
@@ -205,45 +185,14 @@ async def run_cn(
 ) -> CnRun:
     """``cn -p --config <config.yaml> PROMPT`` in ``home``'s project, bounded by ``deadline``."""
     argv = (str(install.cn), "-p", "--config", str(home.config), prompt)
-    logs = home.root / "logs"
-    logs.mkdir(exist_ok=True)
-    runs = len(list(logs.glob("*.stdout")))
-    stdout_path, stderr_path = logs / f"{runs}.stdout", logs / f"{runs}.stderr"
-    trap_log = logs / f"{runs}.network"
+    logs = next_run_logs(home.root / "logs")
+    trap_log = logs.path("network")
     trap_log.touch()
-    started = time.monotonic()
-    # Why files, not capture: started with nursery.start, run_process hands back the Process
-    # (its pid names the group to check afterwards) but no captured output
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(deadline):
-                process: trio.Process = await nursery.start(
-                    partial(
-                        trio.run_process,
-                        list(argv),
-                        env=cn_env(install, home, trap_log),
-                        cwd=str(home.project),
-                        stdin=subprocess.DEVNULL,
-                        stdout=stdout,
-                        stderr=stderr,
-                        check=False,
-                        start_new_session=True,
-                        deliver_cancel=_kill_group,
-                    )
-                )
-                await process.wait()
-    assert process.returncode is not None
-    # Why: the group is cn's own; anything it leaves behind is a leak worth reporting
-    leftovers = frozenset(in_groups({process.pid}))
-    if leftovers:
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-    return CnRun(
-        argv=argv,
-        returncode=process.returncode,
-        stdout=stdout_path.read_text(errors="replace"),
-        stderr=stderr_path.read_text(errors="replace"),
-        seconds=time.monotonic() - started,
-        network=tuple(trap_log.read_text().split()),
-        leftovers=leftovers,
+    ran = await run_in_group(
+        argv,
+        env=cn_env(install, home, trap_log),
+        cwd=home.project,
+        logs=logs,
+        deadline=deadline,
     )
+    return CnRun.finished(argv, ran, trap_log.read_text().split())

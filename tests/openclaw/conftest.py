@@ -8,9 +8,9 @@ them (the policy of the ``realcli`` fixtures in ``clibridge.testing.pytest_plugi
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from tests._real_clients import require_install
 
 from .harness import OpenClawInstall, find_openclaw
 
@@ -19,8 +19,5 @@ from .harness import OpenClawInstall, find_openclaw
 def openclaw_install() -> OpenClawInstall:
     """The pinned OpenClaw and its Node; skips (fails under ``CI``) when they are missing."""
     install = find_openclaw()
-    if install.problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"OpenClaw missing in CI: {install.problem}", pytrace=False)
-        pytest.skip(f"OpenClaw missing: {install.problem}")
+    require_install("OpenClaw", install.problem)
     return install

@@ -26,10 +26,8 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import trio
 
 from clibridge.testing.realcli import package_version
 from clibridge.testing.scenario import directive
+from tests._real_clients import next_run_logs, run_in_group
 
 OPENCLAW_VERSION = "2026.9.6"
 NODE_VERSION = "24.21.0"
@@ -323,40 +322,24 @@ async def run_openclaw(
     The caller bounds it (``trio.fail_after``); cancelled, it kills OpenClaw's whole group.
     """
     argv = (str(install.openclaw), *args)
-    logs = home.home / "logs"
-    logs.mkdir(exist_ok=True)
-    runs = len(list(logs.glob("*.stdout")))
-    stdout_path, stderr_path = logs / f"{runs}.stdout", logs / f"{runs}.stderr"
-    started = time.monotonic()
-    # Why files, not capture: started with nursery.start, run_process hands back the Process
-    # (its pid names the group to check afterwards) but no captured output
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    list(argv),
-                    env=openclaw_env(install, home),
-                    cwd=str(home.workspace),
-                    stdout=stdout,
-                    stderr=stderr,
-                    check=False,
-                    start_new_session=True,
-                    deliver_cancel=_terminate_group,
-                )
-            )
-    seconds = time.monotonic() - started
-    assert process.returncode is not None
+    ran = await run_in_group(
+        argv,
+        env=openclaw_env(install, home),
+        cwd=home.workspace,
+        logs=next_run_logs(home.home / "logs"),
+        stdin=b"",
+        deliver_cancel=_terminate_group,
+    )
     # Why: the group is OpenClaw's own; anything it leaves behind is a leak worth reporting
-    leftovers = _group_members(process.pid)
+    leftovers = _group_members(ran.pid)
     if leftovers:
-        _kill_group(process.pid)
+        _kill_group(ran.pid)
     return OpenClawRun(
         argv=argv,
-        returncode=process.returncode,
-        stdout=stdout_path.read_text(errors="replace"),
-        stderr=stderr_path.read_text(errors="replace"),
-        seconds=seconds,
+        returncode=ran.returncode,
+        stdout=ran.stdout,
+        stderr=ran.stderr,
+        seconds=ran.seconds,
         leftovers=leftovers,
     )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ import attrs
 import pytest
 import trio
 
-from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
+from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
+from tests._real_clients import case_proxy, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -128,14 +130,13 @@ def _messages(scenario: str, api: str) -> list[str]:
 
 async def _run_cell(
     install: OpenClawInstall,
-    limiter: trio.CapacityLimiter,
-    api: str,
-    scenario: str,
     base_url: str,
     root: Path,
-    cells: dict[tuple[str, str], Cell],
-) -> None:
-    async with open_recording_proxy(base_url) as proxy:
+    cell: tuple[str, str],
+    limiter: trio.CapacityLimiter,
+) -> Cell:
+    api, scenario = cell
+    async with case_proxy(base_url, f"{api}_{scenario}") as proxy:
         home = make_home(root / f"{api}_{scenario}", api, proxy.base_url)
         if scenario == "tool_loop":
             (home.workspace / TOOL_FILE).write_text(TOOL_FILE_CONTENT + "\n")
@@ -150,32 +151,22 @@ async def _run_cell(
             runs.append(run)
             if not run.ok:
                 break
-        cells[api, scenario] = Cell(api, scenario, home, tuple(runs), tuple(proxy.exchanges))
+        return Cell(api, scenario, home, tuple(runs), tuple(proxy.exchanges))
 
 
 async def _run_matrix(install: OpenClawInstall, root: Path) -> Matrix:
     # Why one server: open_e2e_server accounts for every child of this process, so a second
     # server (or an OpenClaw still running) would count as its leak
-    cells: dict[tuple[str, str], Cell] = {}
-    limiter = trio.CapacityLimiter(CONCURRENT_RUNS)
     started = time.monotonic()
     with trio.fail_after(MATRIX_DEADLINE):
         async with open_e2e_server(root / "server", scenario=FAKE_SCENARIO, pool=POOL) as server:
-            async with trio.open_nursery() as nursery:
-                for scenario in SCENARIOS:
-                    for api in API_TYPES:
-                        nursery.start_soon(
-                            _run_cell, install, limiter, api, scenario, server.base_url, root, cells
-                        )
-            clean_error = None
-            try:
-                stats = await server.assert_clean()
-            except AssertionError as exc:
-                clean_error = str(exc)
-                stats = await server.stats()
+            cells = [(api, scenario) for scenario in SCENARIOS for api in API_TYPES]
+            run_cell = partial(_run_cell, install, server.base_url, root)
+            results = await run_cases(cells, run_cell, CONCURRENT_RUNS)
+            stats, clean_error = await settle(server)
             fake_stdin = tuple(server.stdin_lines())
     return Matrix(
-        cells=cells,
+        cells=results,
         stats=stats,
         fake_stdin=fake_stdin,
         clean_error=clean_error,
