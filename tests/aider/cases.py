@@ -32,7 +32,7 @@ import trio
 from clibridge._supervisor import FAKE_CODEX_COMMAND
 from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
-from tests._real_clients import case_proxy, describe_case, run_cases, settle
+from tests._real_clients import case_proxy, describe_case, exchanges_of, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -145,7 +145,7 @@ async def _run_case(
                 stream=case.stream,
                 deadline=RUN_DEADLINE,
             )
-        return CaseResult(case, project, run, tuple(proxy.exchanges))
+        return CaseResult(case, project, run, await exchanges_of(proxy))
 
 
 async def run_matrix(install: AiderInstall, root: Path, record_dir: Path | None = None) -> Matrix:

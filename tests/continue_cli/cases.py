@@ -25,7 +25,7 @@ import trio
 
 from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
-from tests._real_clients import case_proxy, describe_case, run_cases, settle
+from tests._real_clients import case_proxy, describe_case, exchanges_of, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -106,7 +106,7 @@ async def _run_case(
         home = make_home(root / case.name, case.provider, proxy.base_url)
         async with limiter:
             run = await run_cn(install, home, case.prompt, deadline=RUN_DEADLINE)
-        return CaseResult(case, home, run, tuple(proxy.exchanges))
+        return CaseResult(case, home, run, await exchanges_of(proxy))
 
 
 async def run_matrix(

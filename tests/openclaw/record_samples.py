@@ -173,7 +173,7 @@ async def record_cell(
         # Why a pause: the last stream's worker goes back to the pool just after the response
         await trio.sleep(0.5)
         stats = await pool_stats(upstream)
-        exchanges: list[Exchange] = list(proxy.exchanges)
+        exchanges: list[Exchange] = list(await proxy.settled())
     for run in runs:
         if not run.ok:
             print(run.describe(), file=sys.stderr)

@@ -33,7 +33,7 @@ import trio
 
 from clibridge.testing.recording_proxy import Exchange
 from clibridge.testing.scenario import directive
-from tests._real_clients import case_proxy, run_cases, settle
+from tests._real_clients import case_proxy, exchanges_of, run_cases, settle
 from tests.e2e.conftest import FAST_POOL, open_e2e_server
 
 from .harness import (
@@ -151,7 +151,7 @@ async def _run_cell(
             runs.append(run)
             if not run.ok:
                 break
-        return Cell(api, scenario, home, tuple(runs), tuple(proxy.exchanges))
+        return Cell(api, scenario, home, tuple(runs), await exchanges_of(proxy))
 
 
 async def _run_matrix(install: OpenClawInstall, root: Path) -> Matrix:

@@ -54,6 +54,7 @@ from clibridge.testing.model_stub import directive as stub_directive
 from clibridge.testing.pytest_plugin import require_real_cli
 from clibridge.testing.realcli import RealClis, codex_setup
 from clibridge.testing.recording_proxy import Exchange, open_recording_proxy
+from tests._real_clients import exchanges_of
 from tests.e2e.conftest import CODEX_POOL, FAST_POOL, open_codex_server, open_real_server
 
 from .harness import (
@@ -273,7 +274,7 @@ async def _run_cell(
             if not run.ok:
                 break
         cells[api, scenario] = Cell(
-            backend, api, scenario, home, proxy.base_url, tuple(runs), tuple(proxy.exchanges)
+            backend, api, scenario, home, proxy.base_url, tuple(runs), await exchanges_of(proxy)
         )
 
 

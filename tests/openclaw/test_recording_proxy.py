@@ -102,3 +102,22 @@ async def test_unreachable_upstream_is_a_502(tmp_path: Path) -> None:
     (line,) = (tmp_path / "r.jsonl").read_text().splitlines()
     recorded = json.loads(line)
     assert recorded["status"] == 502 and recorded["error"].startswith("upstream unreachable")
+
+
+async def test_settled_returns_every_exchange_a_client_got_its_answer_to(tmp_path: Path) -> None:
+    """``settled()`` waits for the recording of every request the proxy read: a client that
+    exits at its last byte must not lose its last exchange (``cn`` in CI)."""
+    async with (
+        open_e2e_server(tmp_path / "server") as server,
+        open_recording_proxy(server.base_url) as proxy,
+        httpx.AsyncClient(base_url=proxy.base_url, timeout=30) as client,
+    ):
+        for i in range(3):
+            reply = await client.post(
+                "/v1/chat/completions", json=_chat(f"turn {i}", stream=i % 2 == 0)
+            )
+            assert reply.status_code == 200
+        with trio.fail_after(10):
+            settled = await proxy.settled()
+        assert [x.seq for x in settled] == [1, 2, 3]
+        assert all(x.status == 200 and x.error is None for x in settled)
