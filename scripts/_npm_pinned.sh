@@ -1,4 +1,4 @@
-# Sourced by the install-*.sh scripts: npm packages pinned into an ignored cache directory,
+# Sourced by the install-*.sh scripts: npm (or pip) packages pinned into an ignored cache directory,
 # recorded in a stamp file so that a second run with the same pins returns at once.
 
 # pinned_present STAMP WANT EXE... : the stamp says WANT and every EXE is executable
@@ -18,6 +18,16 @@ npm_install_into() {
   mkdir -p "$dir"
   (cd "$dir" && { [ -f package.json ] || echo '{"name":"clibridge-cache","private":true}' > package.json; } \
      && npm install --no-audit --no-fund --loglevel=error --save-exact "$@")
+}
+
+# pip_venv_into DIR PYTHON PACKAGE : a venv of its own at DIR/venv (made with PYTHON when
+# missing) with the exact PACKAGE pip-installed into it
+pip_venv_into() {
+  local dir="$1" py="$2" pkg="$3"
+  mkdir -p "$dir"
+  [ -x "$dir/venv/bin/python" ] || "$py" -m venv "$dir/venv"
+  "$dir/venv/bin/python" -m pip install --quiet --upgrade pip
+  "$dir/venv/bin/python" -m pip install --quiet "$pkg"
 }
 
 # pinned_done STAMP WANT DEST START : write the stamp and say what was installed, how fast

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the pinned Aider (aider-chat from PyPI) into its own venv in an ignored cache
-# directory of the repo, for the tests that run it against clibridge (tests/clients).
+# directory of the repo, for the tests that run it against clibridge (tests/aider).
 # Idempotent: when the pinned version is already there it returns at once.
 #
 # Pinned to 0.86.2: the newest on PyPI, and it installs on Python 3.11.
@@ -10,7 +10,7 @@
 #   .cache/aider/venv/bin/aider
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-. "$here/scripts/_npm_pinned.sh"   # pinned_present / pinned_done (not npm-specific)
+. "$here/scripts/_npm_pinned.sh"   # pinned_present / pip_venv_into / pinned_done
 dest="${CLIBRIDGE_AIDER_DIR:-$here/.cache/aider}"
 py="${PYTHON:-python3}"
 pkg="aider-chat==0.86.2"
@@ -22,9 +22,6 @@ if pinned_present "$stamp" "$pkg" "$exe"; then
 fi
 start=$(date +%s)
 rm -f "$stamp"
-mkdir -p "$dest"
-[ -x "$dest/venv/bin/python" ] || "$py" -m venv "$dest/venv"
-"$dest/venv/bin/python" -m pip install --quiet --upgrade pip
-"$dest/venv/bin/python" -m pip install --quiet "$pkg"
+pip_venv_into "$dest" "$py" "$pkg"
 "$exe" --version >/dev/null
 pinned_done "$stamp" "$pkg" "$dest" "$start"

@@ -11,7 +11,7 @@
 #   .cache/litellm/venv/bin/litellm
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-. "$here/scripts/_npm_pinned.sh"   # pinned_present / pinned_done (not npm-specific)
+. "$here/scripts/_npm_pinned.sh"   # pinned_present / pip_venv_into / pinned_done
 dest="${CLIBRIDGE_LITELLM_DIR:-$here/.cache/litellm}"
 py="${PYTHON:-python3}"
 pkg="litellm[proxy]==1.108.7"
@@ -23,9 +23,6 @@ if pinned_present "$stamp" "$pkg" "$exe"; then
 fi
 start=$(date +%s)
 rm -f "$stamp"
-mkdir -p "$dest"
-[ -x "$dest/venv/bin/python" ] || "$py" -m venv "$dest/venv"
-"$dest/venv/bin/python" -m pip install --quiet --upgrade pip
-"$dest/venv/bin/python" -m pip install --quiet "$pkg"
+pip_venv_into "$dest" "$py" "$pkg"
 LITELLM_LOCAL_MODEL_COST_MAP=True "$exe" --version >/dev/null
 pinned_done "$stamp" "$pkg" "$dest" "$start"
