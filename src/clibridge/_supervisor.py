@@ -325,9 +325,17 @@ class Supervisor:
                         source = worker.turn(request, messages=step.messages)
                     account = group.account_of(lease)
                     served = self._served(
-                        group, lease, binding, request, tracker, watch, output, source,
-                        queue_wait=trio.current_time() - asked, continued=True,
-                    )  # fmt: skip
+                        group,
+                        lease,
+                        binding,
+                        request,
+                        tracker,
+                        watch,
+                        output,
+                        source,
+                        queue_wait=trio.current_time() - asked,
+                        continued=True,
+                    )
                     async with aclosing(served):
                         async for event in served:
                             yield event
@@ -380,10 +388,17 @@ class Supervisor:
                 async with group.lease(binding, reuse_finished=reuse, avoid=tried) as lease:
                     account = group.account_of(lease)
                     served = self._served(
-                        group, lease, binding, request, tracker, watch, output,
+                        group,
+                        lease,
+                        binding,
+                        request,
+                        tracker,
+                        watch,
+                        output,
                         lease.worker.turn(request),
-                        queue_wait=trio.current_time() - asked, continued=False,
-                    )  # fmt: skip
+                        queue_wait=trio.current_time() - asked,
+                        continued=False,
+                    )
                     async with aclosing(served):
                         async for event in served:
                             yield event
@@ -418,10 +433,16 @@ class Supervisor:
         ``output``); at the end, on every path, the response is settled (park or drop)."""
         events = output.relay(
             self._retrying(
-                group, lease, binding, request, tracker, source,
-                queue_wait=queue_wait, continued=continued,
+                group,
+                lease,
+                binding,
+                request,
+                tracker,
+                source,
+                queue_wait=queue_wait,
+                continued=continued,
             )
-        )  # fmt: skip
+        )
         try:
             async with aclosing(events):
                 async for event in events:

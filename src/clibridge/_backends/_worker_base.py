@@ -119,7 +119,7 @@ class OneConversationWorker(WorkerBase, abc.ABC):
             await self._clear()
         except BridgeError as exc:
             log.info("%s %d: /clear on release failed: %s", self.label, self.id, exc.message)
-            self.healthy = False
+            self._unhealthy()
         finally:
             self._busy = False
             done.set()
