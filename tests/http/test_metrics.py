@@ -85,13 +85,17 @@ async def test_model_label_stays_bounded(server: RunningServer) -> None:
     assert "req_" not in text  # no request ids anywhere
 
 
-async def test_metrics_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None:
-    store = KeyStore.open(tmp_path)
+def user_and_admin(state: Path, quotas: Quotas | None = None) -> tuple[str, str]:
+    """A user key (with ``quotas``) and an admin key in ``state``'s keys file."""
+    store = KeyStore.open(state)
     try:
-        user = store.add("user", Quotas(rpm=1))
-        admin = store.add("ops", Quotas(), admin=True)
+        return store.add("user", quotas or Quotas()), store.add("ops", Quotas(), admin=True)
     finally:
         store.close()
+
+
+async def test_metrics_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None:
+    user, admin = user_and_admin(tmp_path, Quotas(rpm=1))
     async with (
         open_server(keys=KeyRing(tmp_path), auth_token="s3cret") as server,
         httpx.AsyncClient(base_url=server.base_url) as client,
@@ -117,12 +121,7 @@ async def test_metrics_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None
 
 async def test_stats_need_an_admin_key_when_auth_is_on(tmp_path: Path) -> None:
     """/v1/stats shows worker pids and accounts: like /metrics, the operator's only."""
-    store = KeyStore.open(tmp_path)
-    try:
-        user = store.add("user", Quotas())
-        admin = store.add("ops", Quotas(), admin=True)
-    finally:
-        store.close()
+    user, admin = user_and_admin(tmp_path)
     async with (
         open_server(keys=KeyRing(tmp_path), auth_token="s3cret") as server,
         httpx.AsyncClient(base_url=server.base_url) as client,
