@@ -89,14 +89,22 @@ async def test_revoke_takes_effect_without_a_restart(tmp_path: Path) -> None:
         body = body_for("anthropic_messages")
         assert (await client.post(PATHS["anthropic_messages"], json=body)).status_code == 200
         _revoke(tmp_path, "temp")
-        with trio.fail_after(10):
-            while True:
-                r = await client.post(PATHS["anthropic_messages"], json=body)
-                if r.status_code == 401:
-                    break
-                assert r.status_code == 200
-                await trio.sleep(0.02)
+        r = await answered(client, PATHS["anthropic_messages"], body, 401, meanwhile=200)
         assert assert_error_shape("anthropic_messages", r.json())["type"] == "authentication_error"
+
+
+async def answered(
+    client: httpx.AsyncClient, path: str, body: Any, status: int, *, meanwhile: int
+) -> httpx.Response:
+    """POST until the server answers ``status`` (a running server syncs the keys file
+    twice a second); every earlier answer must be ``meanwhile``."""
+    with trio.fail_after(10):
+        while True:
+            r = await client.post(path, json=body)
+            if r.status_code == status:
+                return r
+            assert r.status_code == meanwhile
+            await trio.sleep(0.02)
 
 
 async def test_set_quotas_takes_effect_without_a_restart(tmp_path: Path) -> None:
@@ -114,13 +122,7 @@ async def test_set_quotas_takes_effect_without_a_restart(tmp_path: Path) -> None
             store.set_quotas("capped", {"rpm": None})
         finally:
             store.close()
-        with trio.fail_after(10):
-            while True:
-                r = await client.post(PATHS["openai_chat"], json=body)
-                if r.status_code == 200:
-                    break
-                assert r.status_code == 429
-                await trio.sleep(0.02)
+        await answered(client, PATHS["openai_chat"], body, 200, meanwhile=429)
         for _ in range(3):  # unlimited now
             assert (await client.post(PATHS["openai_chat"], json=body)).status_code == 200
 
